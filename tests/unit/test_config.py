@@ -1,0 +1,151 @@
+"""Tests for L{veil.config}."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from veil.config import KEYS, load
+from veil.errors import ConfigError
+
+
+class DefaultsTests(SynchronousTestCase):
+    """With no file and no environment, Veil runs on its embedded defaults."""
+
+    def test_embedded_defaults(self) -> None:
+        """Loopback ports 8443/8080/8081, ./veil-data and the embedded database."""
+        config = load(None, environ={})
+        self.assertEqual((config.edge.address, config.edge.port), ("127.0.0.1", 8443))
+        self.assertEqual((config.http.address, config.http.port), ("127.0.0.1", 8080))
+        self.assertEqual((config.dashboard.address, config.dashboard.port), ("127.0.0.1", 8081))
+        self.assertEqual(config.data_dir, Path("veil-data").absolute())
+        self.assertTrue(config.uses_embedded_database)
+        self.assertIsNone(config.database.url)
+
+    def test_every_key_has_an_environment_name(self) -> None:
+        """Each key maps to VEIL_ plus its dotted name in capitals."""
+        names = {key.name: key.env for key in KEYS}
+        self.assertEqual(names["database.url"], "VEIL_DATABASE_URL")
+        self.assertEqual(names["data_dir"], "VEIL_DATA_DIR")
+        self.assertEqual(names["edge.port"], "VEIL_EDGE_PORT")
+
+
+class FileTests(SynchronousTestCase):
+    """Values come from a TOML file, and bad ones are refused with the key named."""
+
+    def write(self, text: str) -> str:
+        path = self.mktemp()
+        Path(path).write_text(text)
+        return path
+
+    def test_values_from_file(self) -> None:
+        """Sections map to dotted keys."""
+        path = self.write(
+            'data_dir = "/var/lib/veil"\n[edge]\naddress = "0.0.0.0"\nport = 443\n'
+            '[database]\nurl = "postgresql://veil@db/veil"\npool_max = 10\n'
+        )
+        config = load(path, environ={})
+        self.assertEqual(config.data_dir, Path("/var/lib/veil"))
+        self.assertEqual((config.edge.address, config.edge.port), ("0.0.0.0", 443))
+        self.assertEqual(config.database.url, "postgresql://veil@db/veil")
+        self.assertEqual(config.database.pool_max, 10)
+        self.assertFalse(config.uses_embedded_database)
+
+    def test_port_out_of_range(self) -> None:
+        """A port of 70000 is refused, naming the key and the file."""
+        path = self.write("[edge]\nport = 70000\n")
+        e = self.assertRaises(ConfigError, load, path, {})
+        self.assertEqual(e.key, "edge.port")
+        self.assertEqual(e.path, path)
+        self.assertIn("70000", str(e))
+        self.assertIn("edge.port", str(e))
+
+    def test_wrong_type(self) -> None:
+        """A string where a number is wanted names the key."""
+        path = self.write('[dashboard]\nport = "eighty"\n')
+        e = self.assertRaises(ConfigError, load, path, {})
+        self.assertEqual(e.key, "dashboard.port")
+
+    def test_boolean_is_not_a_port(self) -> None:
+        """TOML true is not accepted as a number."""
+        e = self.assertRaises(ConfigError, load, self.write("[http]\nport = true\n"), {})
+        self.assertEqual(e.key, "http.port")
+
+    def test_unknown_key(self) -> None:
+        """A misspelt key is an error, not silently ignored."""
+        e = self.assertRaises(ConfigError, load, self.write("[edge]\nprot = 443\n"), {})
+        self.assertEqual(e.key, "edge.prot")
+        self.assertIn("unknown", e.reason)
+
+    def test_bad_address(self) -> None:
+        """A listening address must be an IP address."""
+        e = self.assertRaises(ConfigError, load, self.write('[edge]\naddress = "nowhere"\n'), {})
+        self.assertEqual(e.key, "edge.address")
+
+    def test_bad_database_url(self) -> None:
+        """A database URL must look like a PostgreSQL URL or libpq string."""
+        e = self.assertRaises(ConfigError, load, self.write('[database]\nurl = "mysql://x"\n'), {})
+        self.assertEqual(e.key, "database.url")
+
+    def test_not_toml(self) -> None:
+        """A file that is not TOML is reported as such."""
+        e = self.assertRaises(ConfigError, load, self.write("[edge\nport = 1\n"), {})
+        self.assertIn("not valid TOML", e.reason)
+
+    def test_missing_file(self) -> None:
+        """A configured file that does not exist is an error."""
+        e = self.assertRaises(ConfigError, load, "/nonexistent/veil.toml", {})
+        self.assertIn("no such file", e.reason)
+
+    def test_same_port_twice(self) -> None:
+        """Two listeners on the same address and port are refused."""
+        e = self.assertRaises(ConfigError, load, self.write("[http]\nport = 8443\n"), {})
+        self.assertEqual(e.key, "http.port")
+
+    def test_pool_bounds(self) -> None:
+        """pool_min may not exceed pool_max."""
+        path = self.write("[database]\npool_min = 8\npool_max = 4\n")
+        e = self.assertRaises(ConfigError, load, path, {})
+        self.assertEqual(e.key, "database.pool_min")
+
+    def test_bad_hostname(self) -> None:
+        """The dashboard host must be a valid DNS name."""
+        e = self.assertRaises(ConfigError, load, self.write('[dashboard]\nhost = "a b"\n'), {})
+        self.assertEqual(e.key, "dashboard.host")
+
+
+class EnvironmentTests(SynchronousTestCase):
+    """VEIL_* variables override the file, and are validated the same way."""
+
+    def test_overrides_file(self) -> None:
+        """The environment wins over the file."""
+        path = self.mktemp()
+        Path(path).write_text("[edge]\nport = 443\n")
+        config = load(path, environ={"VEIL_EDGE_PORT": "9443", "VEIL_DATA_DIR": "/srv/veil",
+                                     "VEIL_DATABASE_URL": "host=/run/pg dbname=veil"})
+        self.assertEqual(config.edge.port, 9443)
+        self.assertEqual(config.data_dir, Path("/srv/veil"))
+        self.assertEqual(config.database.url, "host=/run/pg dbname=veil")
+
+    def test_bad_environment_value(self) -> None:
+        """A bad value in the environment names the variable and the key."""
+        e = self.assertRaises(ConfigError, load, None, {"VEIL_DASHBOARD_PORT": "70000"})
+        self.assertEqual(e.key, "dashboard.port")
+        self.assertIn("VEIL_DASHBOARD_PORT", str(e))
+
+    def test_empty_database_url_means_embedded(self) -> None:
+        """VEIL_DATABASE_URL set to nothing selects the embedded cluster."""
+        self.assertTrue(load(None, {"VEIL_DATABASE_URL": ""}).uses_embedded_database)
+
+    def test_unknown_variable(self) -> None:
+        """A misspelt VEIL_ variable is an error."""
+        e = self.assertRaises(ConfigError, load, None, {"VEIL_DATABSE_URL": "x"})
+        self.assertEqual(e.key, "VEIL_DATABSE_URL")
+
+    def test_seconds(self) -> None:
+        """Durations accept decimal strings and refuse garbage."""
+        config = load(None, {"VEIL_DATABASE_CONNECT_TIMEOUT": "1.5"})
+        self.assertEqual(config.database.connect_timeout, 1.5)
+        e = self.assertRaises(ConfigError, load, None, {"VEIL_DATABASE_CONNECT_TIMEOUT": "soon"})
+        self.assertEqual(e.key, "database.connect_timeout")

@@ -1,0 +1,3 @@
+"""Veil: a self-hosted edge proxy on Twisted."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,342 @@
+"""
+Veil's configuration: one TOML file plus C{VEIL_*} environment overrides.
+
+Every key is declared once in L{KEYS}, with its type, default and check.
+L{load} reads the file, applies the environment, validates everything and
+returns a frozen L{Config}, or raises L{ConfigError} naming the key.  With
+no file and no environment, the result is the embedded default: loopback
+ports, a private PostgreSQL cluster and data in C{./veil-data}.
+
+Environment overrides are named after the dotted key: C{edge.port} is
+C{VEIL_EDGE_PORT}, C{database.url} is C{VEIL_DATABASE_URL}, and the
+top-level C{data_dir} is C{VEIL_DATA_DIR}.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import tomllib
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from veil.errors import ConfigError
+
+# -- value parsers --------------------------------------------------------
+# Each takes the raw value (from TOML, or a string from the environment)
+# and returns the checked value or raises ValueError with the reason.
+
+
+def _integer(low: int, high: int) -> Callable[[object], int]:
+    def parse(value: object) -> int:
+        if isinstance(value, bool):
+            raise ValueError("must be a whole number, not true/false")
+        if isinstance(value, str):
+            try:
+                value = int(value.strip(), 10)
+            except ValueError:
+                raise ValueError(f"{value!r} is not a whole number") from None
+        if not isinstance(value, int):
+            raise ValueError(f"must be a whole number, not {type(value).__name__}")
+        if not low <= value <= high:
+            raise ValueError(f"{value} is out of range ({low}-{high})")
+        return value
+
+    return parse
+
+
+def _seconds(low: float, high: float) -> Callable[[object], float]:
+    def parse(value: object) -> float:
+        if isinstance(value, bool):
+            raise ValueError("must be a number of seconds")
+        if isinstance(value, str):
+            try:
+                value = float(value.strip())
+            except ValueError:
+                raise ValueError(f"{value!r} is not a number of seconds") from None
+        if not isinstance(value, (int, float)):
+            raise ValueError(f"must be a number of seconds, not {type(value).__name__}")
+        if not low <= value <= high:
+            raise ValueError(f"{value} is out of range ({low}-{high} seconds)")
+        return float(value)
+
+    return parse
+
+
+def _boolean(value: object) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        lowered = value.strip().lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off"):
+            return False
+    raise ValueError(f"{value!r} is not true or false")
+
+
+def _text(value: object) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"must be a string, not {type(value).__name__}")
+    return value
+
+
+def _optional_text(value: object) -> str | None:
+    text = _text(value).strip()
+    return text or None
+
+
+def _address(value: object) -> str:
+    text = _text(value).strip()
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        raise ValueError(f"{text!r} is not an IPv4 or IPv6 address") from None
+    return text
+
+
+def _path(value: object) -> str:
+    text = _text(value).strip()
+    if not text:
+        raise ValueError("must not be empty")
+    if "\x00" in text:
+        raise ValueError("must not contain NUL")
+    return text
+
+
+def _optional_path(value: object) -> str | None:
+    text = _text(value).strip()
+    return _path(text) if text else None
+
+
+def _database_url(value: object) -> str | None:
+    text = _text(value).strip()
+    if not text:
+        return None
+    if not (text.startswith(("postgresql://", "postgres://")) or "=" in text):
+        raise ValueError(
+            "must be a postgresql:// URL or a libpq key=value connection string"
+        )
+    return text
+
+
+_HOSTNAME = re.compile(r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$")
+
+
+def _optional_hostname(value: object) -> str | None:
+    text = _text(value).strip().lower().rstrip(".")
+    if not text:
+        return None
+    if not _HOSTNAME.match(text):
+        raise ValueError(f"{text!r} is not a valid host name")
+    return text
+
+
+def _choice(*choices: str) -> Callable[[object], str]:
+    def parse(value: object) -> str:
+        text = _text(value).strip().lower()
+        if text not in choices:
+            raise ValueError(f"{text!r} is not one of: {', '.join(choices)}")
+        return text
+
+    return parse
+
+
+@attrs.frozen
+class Key:
+    """One configuration key: its dotted name, parser and default."""
+
+    name: str
+    parse: Callable[[object], Any]
+    default: Any
+    help: str
+
+    @property
+    def env(self) -> str:
+        return "VEIL_" + self.name.replace(".", "_").upper()
+
+
+KEYS: tuple[Key, ...] = (
+    Key("data_dir", _path, "./veil-data", "where Veil keeps its state"),
+    Key("edge.address", _address, "127.0.0.1", "TLS edge listening address"),
+    Key("edge.port", _integer(0, 65535), 8443, "TLS edge port (production: 443)"),
+    Key("http.address", _address, "127.0.0.1", "plain-HTTP listening address"),
+    Key("http.port", _integer(0, 65535), 8080, "plain-HTTP port (production: 80)"),
+    Key("dashboard.address", _address, "127.0.0.1", "dashboard listening address"),
+    Key("dashboard.port", _integer(0, 65535), 8081, "dashboard port"),
+    Key("dashboard.host", _optional_hostname, "", "the dashboard's public host name"),
+    Key("database.url", _database_url, "", "PostgreSQL URL; empty for the embedded cluster"),
+    Key("database.pool_min", _integer(1, 100), 2, "connections kept open"),
+    Key("database.pool_max", _integer(1, 200), 6, "connections at most (and DB threads)"),
+    Key("database.connect_timeout", _seconds(0.1, 600), 5.0, "wait for a connection at most"),
+    Key("database.statement_timeout", _seconds(0, 3600), 30.0, "per statement, 0 = none"),
+    Key("embedded.bin_dir", _optional_path, "", "PostgreSQL binaries for the embedded cluster"),
+    Key("embedded.run_as", _optional_text, "", "user the embedded cluster runs as when Veil is root"),
+    Key("logging.format", _choice("text", "json"), "text", "text for people, json for journald"),
+    Key("logging.level", _choice("debug", "info", "warn", "error"), "info", "lowest level logged"),
+    Key("workers.partition_retention_months", _integer(1, 120), 6,
+        "request_log months kept"),
+    Key("workers.partition_interval", _seconds(60, 7 * 86400), 86400.0,
+        "how often partition maintenance runs"),
+    Key("workers.session_cleanup_interval", _seconds(10, 86400), 3600.0,
+        "how often expired sessions are deleted"),
+)
+
+_BY_NAME = {key.name: key for key in KEYS}
+
+
+@attrs.frozen
+class Listen:
+    """An address and port to listen on."""
+
+    address: str
+    port: int
+
+
+@attrs.frozen
+class DatabaseConfig:
+    url: str | None
+    pool_min: int
+    pool_max: int
+    connect_timeout: float
+    statement_timeout: float
+
+
+@attrs.frozen
+class EmbeddedConfig:
+    bin_dir: Path | None
+    run_as: str | None
+
+
+@attrs.frozen
+class LoggingConfig:
+    format: str
+    level: str
+
+
+@attrs.frozen
+class WorkersConfig:
+    partition_retention_months: int
+    partition_interval: float
+    session_cleanup_interval: float
+
+
+@attrs.frozen
+class Config:
+    """The whole, validated configuration."""
+
+    source: str | None
+    data_dir: Path
+    edge: Listen
+    http: Listen
+    dashboard: Listen
+    dashboard_host: str | None
+    database: DatabaseConfig
+    embedded: EmbeddedConfig
+    logging: LoggingConfig
+    workers: WorkersConfig
+
+    @property
+    def uses_embedded_database(self) -> bool:
+        return self.database.url is None
+
+
+def _flatten(table: Mapping[str, Any], prefix: str, path: str) -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for name, value in table.items():
+        dotted = f"{prefix}{name}"
+        if isinstance(value, dict):
+            flat.update(_flatten(value, dotted + ".", path))
+        else:
+            flat[dotted] = value
+    return flat
+
+
+def _read_file(path: str) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as f:
+            raw = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(path, "(file)", "no such file") from None
+    except PermissionError:
+        raise ConfigError(path, "(file)", "permission denied") from None
+    except IsADirectoryError:
+        raise ConfigError(path, "(file)", "is a directory, not a TOML file") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(path, "(file)", f"not valid TOML: {e}") from None
+    return _flatten(raw, "", path)
+
+
+def load(path: str | None = None, environ: Mapping[str, str] | None = None) -> Config:
+    """
+    Read, override and validate the configuration.
+
+    @param path: a TOML file, or L{None} for the embedded defaults.
+    @param environ: the environment to take C{VEIL_*} overrides from
+        (C{os.environ} when L{None}).
+    @raise ConfigError: for the first bad or unknown key, naming it.
+    """
+    environ = os.environ if environ is None else environ
+    given = _read_file(path) if path is not None else {}
+    for name in given:
+        if name not in _BY_NAME:
+            raise ConfigError(path, name, "unknown key")
+
+    values: dict[str, Any] = {}
+    for key in KEYS:
+        source, raw = path, key.default
+        if key.name in given:
+            raw = given[key.name]
+        if key.env in environ:
+            source, raw = f"environment {key.env}", environ[key.env]
+        try:
+            values[key.name] = key.parse(raw)
+        except ValueError as e:
+            raise ConfigError(source, key.name, str(e)) from None
+
+    known_env = {key.env for key in KEYS} | {"VEIL_CONFIG"}
+    for name in environ:
+        if name.startswith("VEIL_") and name not in known_env:
+            raise ConfigError("environment", name, "unknown VEIL_ variable")
+
+    if values["database.pool_min"] > values["database.pool_max"]:
+        raise ConfigError(path, "database.pool_min", "is larger than database.pool_max")
+    ports = {}
+    for section in ("edge", "http", "dashboard"):
+        listen = (values[f"{section}.address"], values[f"{section}.port"])
+        if listen[1] and listen in ports:
+            raise ConfigError(
+                path, f"{section}.port",
+                f"{listen[0]}:{listen[1]} is also used by {ports[listen]}.port"
+            )
+        ports[listen] = section
+
+    return Config(
+        source=path,
+        data_dir=Path(values["data_dir"]).absolute(),
+        edge=Listen(values["edge.address"], values["edge.port"]),
+        http=Listen(values["http.address"], values["http.port"]),
+        dashboard=Listen(values["dashboard.address"], values["dashboard.port"]),
+        dashboard_host=values["dashboard.host"],
+        database=DatabaseConfig(
+            url=values["database.url"],
+            pool_min=values["database.pool_min"],
+            pool_max=values["database.pool_max"],
+            connect_timeout=values["database.connect_timeout"],
+            statement_timeout=values["database.statement_timeout"],
+        ),
+        embedded=EmbeddedConfig(
+            bin_dir=Path(values["embedded.bin_dir"]) if values["embedded.bin_dir"] else None,
+            run_as=values["embedded.run_as"],
+        ),
+        logging=LoggingConfig(values["logging.format"], values["logging.level"]),
+        workers=WorkersConfig(
+            partition_retention_months=values["workers.partition_retention_months"],
+            partition_interval=values["workers.partition_interval"],
+            session_cleanup_interval=values["workers.session_cleanup_interval"],
+        ),
+    )

@@ -1,0 +1,112 @@
+"""
+The dashboard's Klein application.
+
+For now it carries the operational endpoints: C{/health} (liveness, with
+the version and every worker's status) and C{/ready} (200 only when start-up
+is complete and the database answers).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+from klein import Klein
+from twisted.internet.defer import Deferred, succeed
+from twisted.web.iweb import IRequest
+from twisted.web.resource import IResource
+
+from veil import __version__
+from veil.errors import StoreUnavailable
+from veil.metrics import Registry
+
+
+class Readiness:
+    """
+    What C{/ready} consults: the start-up phase and a database ping.
+
+    @ivar phase: C{"starting"}, C{"running"} or C{"stopping"}.
+    """
+
+    def __init__(self, ping: Callable[[], Any] | None = None) -> None:
+        self.phase = "starting"
+        self.detail = "waiting for the database"
+        self.ping = ping
+        self._waiting: list[Deferred[str]] = []
+
+    def set_phase(self, phase: str, detail: str = "") -> None:
+        """Enter C{phase}; leaving C{"starting"} wakes every L{settled} waiter."""
+        self.phase, self.detail = phase, detail
+        if phase != "starting":
+            waiting, self._waiting = self._waiting, []
+            for d in waiting:
+                d.callback(phase)
+
+    def settled(self) -> Deferred[str]:
+        """
+        A new L{Deferred} that fires with the phase once start-up has
+        ended, C{"running"} or C{"failed"}.
+        """
+        if self.phase != "starting":
+            return succeed(self.phase)
+        d: Deferred[str] = Deferred()
+        self._waiting.append(d)
+        return d
+
+
+class DashboardApp:
+    """The Klein application served on the dashboard port."""
+
+    app = Klein()
+
+    def __init__(self, readiness: Readiness, workers: Callable[[], dict[str, Any]],
+                 metrics: Registry) -> None:
+        self._readiness = readiness
+        self._workers = workers
+        self._metrics = metrics
+
+    def resource(self) -> IResource:
+        return self.app.resource()
+
+    @staticmethod
+    def _json(request: IRequest, status: int, body: dict[str, Any]) -> bytes:
+        request.setResponseCode(status)
+        request.setHeader(b"content-type", b"application/json")
+        request.setHeader(b"cache-control", b"no-store")
+        return json.dumps(body, sort_keys=True).encode("utf-8") + b"\n"
+
+    @app.route("/health", methods=["GET"])
+    def health(self, request: IRequest) -> bytes:
+        return self._json(request, 200, {
+            "status": "ok",
+            "version": __version__,
+            "phase": self._readiness.phase,
+            "workers": self._workers(),
+        })
+
+    @app.route("/ready", methods=["GET"])
+    async def ready(self, request: IRequest) -> bytes:
+        readiness = self._readiness
+        if readiness.phase != "running" or readiness.ping is None:
+            return self._json(request, 503, {
+                "ready": False, "phase": readiness.phase, "reason": readiness.detail,
+                "database": {"ok": False},
+            })
+        try:
+            seconds = await readiness.ping()
+        except StoreUnavailable as e:
+            return self._json(request, 503, {
+                "ready": False, "phase": readiness.phase,
+                "reason": "the database does not answer",
+                "database": {"ok": False, "error": str(e)},
+            })
+        return self._json(request, 200, {
+            "ready": True, "phase": readiness.phase,
+            "database": {"ok": True, "latency_ms": round(seconds * 1000, 2)},
+        })
+
+    @app.route("/metrics", methods=["GET"])
+    def metrics(self, request: IRequest) -> bytes:
+        request.setHeader(b"content-type", b"text/plain; version=0.0.4")
+        return self._metrics.render().encode("utf-8")

@@ -1,0 +1,199 @@
+"""
+L{VeilService}: the whole process, started and stopped in order.
+
+Start-up: the dashboard port is bound first (in C{privilegedStartService},
+so a port in use stops C{twistd} at once), then the embedded PostgreSQL
+cluster is started if no database URL is configured, the database is
+waited for (retrying, while C{/ready} says why it is not ready), the
+migrations are applied, and the listener and workers start.  A failed
+migration is fatal: Veil stops with a non-zero exit status.
+
+Shut-down (SIGTERM/SIGINT) runs the same steps backwards and completes only
+when every part has really stopped, the PostgreSQL cluster included.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.task import deferLater
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.server import Site
+
+from veil import __version__
+from veil.config import Config
+from veil.dashboard.app import DashboardApp, Readiness
+from veil.errors import StoreUnavailable, VeilError
+from veil.metrics import Registry
+from veil.sdnotify import notify
+from veil.store.db import Database
+from veil.store.listener import ListenerService
+from veil.store.migrate import migrate
+from veil.workers.base import PeriodicWorker
+from veil.workers.maintenance import partition_worker, session_cleanup_worker
+
+_log = Logger()
+
+
+class VeilService(Service):
+    """
+    One Veil process.
+
+    @ivar dashboard_port: the listening port of the dashboard, once bound.
+    @ivar db: the L{Database}, once start-up has reached it.
+    """
+
+    name = "veil"
+
+    def __init__(self, config: Config, reactor: Any,
+                 request_exit: Callable[[int], None]) -> None:
+        self.config = config
+        self.reactor = reactor
+        self._request_exit = request_exit
+        self.metrics = Registry()
+        self.readiness = Readiness()
+        self.db: Database | None = None
+        self.embedded: Any = None
+        self.listener: ListenerService | None = None
+        self.workers: list[PeriodicWorker] = []
+        self.dashboard_port: Any = None
+        self._starting: Deferred[None] | None = None
+
+    # -- status ----------------------------------------------------------------
+
+    def worker_status(self) -> dict[str, Any]:
+        """Every supervised part's status, for C{/health}."""
+        status: dict[str, Any] = {w.name: w.status() for w in self.workers}
+        if self.listener is not None:
+            status["listener"] = {
+                "connected": self.listener.backend_pid is not None,
+                "connections": self.listener.connections,
+                "last_error": self.listener.last_error,
+            }
+        if self.embedded is not None:
+            status["embedded-postgres"] = self.embedded.status()
+        if self.db is not None:
+            status["database"] = {"healthy": self.db.healthy, "last_error": self.db.last_error}
+        return status
+
+    # -- start -----------------------------------------------------------------
+
+    def privilegedStartService(self) -> None:
+        super().privilegedStartService()
+        app = DashboardApp(self.readiness, self.worker_status, self.metrics)
+        site = Site(app.resource())
+        site.displayTracebacks = False
+        listen = self.config.dashboard
+        self.dashboard_port = self.reactor.listenTCP(listen.port, site, interface=listen.address)
+        host = self.dashboard_port.getHost()
+        _log.info("Dashboard on http://{address}:{port}/", address=host.host, port=host.port)
+
+    def startService(self) -> None:
+        super().startService()
+        if self.dashboard_port is None:
+            self.privilegedStartService()
+        _log.info("Veil {version} starting", version=__version__)
+        self._starting = Deferred.fromCoroutine(self._start())
+        self._starting.addErrback(self._start_failed)
+
+    async def _start(self) -> None:
+        config = self.config
+        if config.uses_embedded_database:
+            from veil.store.embedded import EmbeddedPostgres
+
+            self.readiness.detail = "starting the embedded PostgreSQL cluster"
+            self.embedded = EmbeddedPostgres(
+                data_dir=config.data_dir,
+                bindir=config.embedded.bin_dir,
+                reactor=self.reactor,
+                run_as=config.embedded.run_as,
+            )
+            self.embedded.startService()
+            conninfo = await self.embedded.when_ready()
+        else:
+            assert config.database.url is not None
+            conninfo = config.database.url
+
+        db = self.db = Database(
+            conninfo,
+            self.reactor,
+            min_size=config.database.pool_min,
+            max_size=config.database.pool_max,
+            connect_timeout=config.database.connect_timeout,
+            statement_timeout=config.database.statement_timeout,
+            metrics=self.metrics,
+        )
+        db.start()
+        self.readiness.ping = lambda: db.ping(timeout=min(2.0, config.database.connect_timeout))
+        await self._wait_for_database(db)
+
+        self.readiness.detail = "applying schema migrations"
+        applied = await migrate(db)
+        _log.info("Schema up to date ({count} migrations applied now)", count=len(applied))
+
+        self.listener = ListenerService(conninfo, self.reactor,
+                                        connect_timeout=config.database.connect_timeout)
+        self.listener.startService()
+        workers = config.workers
+        self.workers = [
+            partition_worker(db, self.reactor, workers.partition_retention_months,
+                             every=workers.partition_interval),
+            session_cleanup_worker(db, self.reactor, every=workers.session_cleanup_interval),
+        ]
+        for worker in self.workers:
+            worker.startService()
+        self.readiness.set_phase("running")
+        notify("READY=1")
+        _log.info("Veil {version} ready", version=__version__)
+
+    async def _wait_for_database(self, db: Database) -> None:
+        failures = 0
+        while True:
+            try:
+                await db.ping()
+                return
+            except StoreUnavailable as e:
+                failures += 1
+                delay = min(30.0, 0.5 * 2 ** min(failures, 6))
+                self.readiness.detail = f"the database does not answer: {e}"
+                _log.warn("Waiting for the database ({error}); next try in {delay:.1f} s",
+                          error=e, delay=delay)
+                await deferLater(self.reactor, delay, lambda: None)
+
+    def _start_failed(self, failure: Failure) -> None:
+        if failure.check(CancelledError):
+            return
+        if failure.check(VeilError):
+            _log.critical("Veil cannot start: {error}", error=failure.value)
+        else:
+            _log.failure("Veil cannot start", failure)
+        self.readiness.set_phase("failed", str(failure.value))
+        self._request_exit(1)
+
+    # -- stop ------------------------------------------------------------------
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        return Deferred.fromCoroutine(self._stop())
+
+    async def _stop(self) -> None:
+        self.readiness.set_phase("stopping")
+        notify("STOPPING=1")
+        if self._starting is not None and not self._starting.called:
+            self._starting.cancel()
+        if self.dashboard_port is not None:
+            await self.dashboard_port.stopListening()
+            self.dashboard_port = None
+        for worker in reversed(self.workers):
+            await worker.stopService()
+        if self.listener is not None:
+            await self.listener.stopService()
+        if self.db is not None:
+            await self.db.close()
+        if self.embedded is not None and self.embedded.running:
+            await self.embedded.stopService()
+        _log.info("Veil stopped")

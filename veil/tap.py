@@ -1,0 +1,73 @@
+"""
+C{twistd veil}: options and the service maker.
+
+The whole configuration is loaded and validated in L{Options.postOptions},
+before the reactor starts and before anything is bound: a bad value stops
+C{twistd} with a message naming the key and a non-zero exit status.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from twisted.application.service import IService
+from twisted.python import usage
+
+from veil import config as veil_config
+from veil.errors import ConfigError, EmbeddedPostgresError
+
+
+class Options(usage.Options):
+    """Command line of C{twistd veil}."""
+
+    synopsis = "[--config PATH]"
+    longdesc = (
+        "Run Veil. With no configuration it runs on its embedded defaults, on loopback only: "
+        "edge TLS on 127.0.0.1:8443, plain HTTP on 127.0.0.1:8080, the dashboard on "
+        "http://127.0.0.1:8081, a private PostgreSQL cluster and its data in ./veil-data. "
+        "VEIL_* environment variables override single keys (VEIL_DATABASE_URL, VEIL_DATA_DIR, "
+        "VEIL_DASHBOARD_PORT, ...)."
+    )
+    optParameters = [
+        ["config", "c", None, "TOML configuration file (also VEIL_CONFIG)."],
+    ]
+
+    def postOptions(self) -> None:
+        path = self["config"] or os.environ.get("VEIL_CONFIG") or None
+        try:
+            self.config = veil_config.load(path)
+        except ConfigError as e:
+            raise usage.UsageError(f"configuration error: {e}") from None
+        if self.config.uses_embedded_database:
+            from veil.store.embedded import find_bindir
+
+            try:
+                find_bindir(self.config.embedded.bin_dir)
+            except EmbeddedPostgresError as e:
+                raise usage.UsageError(str(e)) from None
+
+
+def makeService(options: Options) -> IService:
+    """Build the L{VeilService} for the global reactor."""
+    from twisted.internet import reactor
+
+    from veil.service import VeilService
+
+    exit_status = []
+
+    def request_exit(status: int) -> None:
+        if not exit_status:
+            exit_status.append(status)
+            reactor.addSystemEventTrigger("after", "shutdown", _exit_now, exit_status)
+            reactor.stop()
+
+    return VeilService(options.config, reactor, request_exit)
+
+
+def _exit_now(status: list[int]) -> None:
+    # twistd has no way to exit with a status of our choosing once the
+    # reactor has run; by now every service has stopped, so leave at once.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status[0])
