@@ -32,6 +32,7 @@ from veil.metrics import Registry
 from veil.sdnotify import notify
 from veil.store.db import Database
 from veil.store.listener import ListenerService
+from veil.store.locks import LockSession
 from veil.store.migrate import migrate
 from veil.workers.base import PeriodicWorker
 from veil.workers.maintenance import partition_worker, session_cleanup_worker
@@ -59,6 +60,7 @@ class VeilService(Service):
         self.db: Database | None = None
         self.embedded: Any = None
         self.listener: ListenerService | None = None
+        self.locks: LockSession | None = None
         self.workers: list[PeriodicWorker] = []
         self.dashboard_port: Any = None
         self._starting: Deferred[None] | None = None
@@ -135,14 +137,18 @@ class VeilService(Service):
         applied = await migrate(db)
         _log.info("Schema up to date ({count} migrations applied now)", count=len(applied))
 
+        locks = self.locks = LockSession(conninfo, self.reactor,
+                                         connect_timeout=config.database.connect_timeout)
+        locks.start()
         self.listener = ListenerService(conninfo, self.reactor,
                                         connect_timeout=config.database.connect_timeout)
         self.listener.startService()
         workers = config.workers
         self.workers = [
-            partition_worker(db, self.reactor, workers.partition_retention_months,
+            partition_worker(db, locks, self.reactor, workers.partition_retention_months,
                              every=workers.partition_interval),
-            session_cleanup_worker(db, self.reactor, every=workers.session_cleanup_interval),
+            session_cleanup_worker(db, locks, self.reactor,
+                                   every=workers.session_cleanup_interval),
         ]
         for worker in self.workers:
             worker.startService()
@@ -171,8 +177,8 @@ class VeilService(Service):
             _log.critical("Veil cannot start: {error}", error=failure.value)
         else:
             _log.failure("Veil cannot start", failure)
-        self.readiness.set_phase("failed", str(failure.value))
         self._request_exit(1)
+        self.readiness.set_phase("failed", str(failure.value))
 
     # -- stop ------------------------------------------------------------------
 
@@ -192,6 +198,8 @@ class VeilService(Service):
             await worker.stopService()
         if self.listener is not None:
             await self.listener.stopService()
+        if self.locks is not None:
+            await self.locks.close()
         if self.db is not None:
             await self.db.close()
         if self.embedded is not None and self.embedded.running:

@@ -9,13 +9,17 @@ C{twistd} with a message naming the key and a non-zero exit status.
 from __future__ import annotations
 
 import os
+import signal
 import sys
 
 from twisted.application.service import IService
+from twisted.logger import Logger
 from twisted.python import usage
 
 from veil import config as veil_config
 from veil.errors import ConfigError, EmbeddedPostgresError
+
+_log = Logger()
 
 
 class Options(usage.Options):
@@ -62,7 +66,25 @@ def makeService(options: Options) -> IService:
             reactor.addSystemEventTrigger("after", "shutdown", _exit_now, exit_status)
             reactor.stop()
 
+    reactor.callWhenRunning(_stop_cleanly_on_signals, reactor)
     return VeilService(options.config, reactor, request_exit)
+
+
+def _stop_cleanly_on_signals(reactor: object) -> None:
+    """
+    Make SIGTERM and SIGINT stop Veil with exit status 0.
+
+    Twisted's own handlers re-raise the signal once the reactor has stopped,
+    so the process dies of SIGTERM; for systemd and for operators a clean,
+    complete shutdown is a success.  Runs once the reactor has installed its
+    handlers, and replaces those two.
+    """
+    def stop(number: int, frame: object) -> None:
+        _log.info("Received {signal}, shutting down", signal=signal.Signals(number).name)
+        reactor.callFromThread(reactor.stop)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
 
 
 def _exit_now(status: list[int]) -> None:

@@ -11,7 +11,6 @@ fails the call with L{StoreUnavailable}; nothing waits forever.
 
 from __future__ import annotations
 
-import hashlib
 import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
@@ -37,35 +36,6 @@ _RETRY_STATES = (pgerrors.SerializationFailure, pgerrors.DeadlockDetected)
 _MAX_RETRIES = 5
 
 
-def lock_key(name: str) -> int:
-    """The signed 64-bit advisory lock key Veil uses for C{name}."""
-    digest = hashlib.sha256(b"veil-lock:" + name.encode("utf-8")).digest()
-    return int.from_bytes(digest[:8], "big", signed=True)
-
-
-@attrs.define(eq=False)
-class AdvisoryLock:
-    """
-    A PostgreSQL session advisory lock, held on its own pooled connection
-    until L{release} is called.
-    """
-
-    name: str
-    key: int
-    _db: Database
-    _conn: psycopg.Connection | None
-
-    def release(self) -> Deferred[None]:
-        conn, self._conn = self._conn, None
-        if conn is None:
-            return Deferred.fromCoroutine(_none())
-        return self._db._in_thread("lock.release", self._db._release_lock, conn, self.key)
-
-
-async def _none() -> None:
-    return None
-
-
 @attrs.define(eq=False)
 class Database:
     """
@@ -89,6 +59,9 @@ class Database:
     _pool: ConnectionPool = attrs.field(init=False)
     _threads: ThreadPool = attrs.field(init=False)
     _log: Logger = attrs.field(factory=Logger, init=False)
+    _waits: Any = attrs.field(default=None, init=False)
+    _runs: Any = attrs.field(default=None, init=False)
+    _retries: Any = attrs.field(default=None, init=False)
 
     def __attrs_post_init__(self) -> None:
         assert IReactorThreads.providedBy(self.reactor)
@@ -280,46 +253,6 @@ class Database:
             return len(batch)
 
         return self.transact(desc, copy)
-
-    # -- advisory locks ------------------------------------------------------
-
-    def try_advisory_lock(self, name: str) -> Deferred[AdvisoryLock | None]:
-        """
-        Try to take the cluster-wide lock C{name} without waiting.
-
-        Fires with an L{AdvisoryLock} (which holds one pooled connection
-        until released) or L{None} when another process holds it.
-        """
-        key = lock_key(name)
-
-        def take() -> AdvisoryLock | None:
-            try:
-                conn = self._pool.getconn(timeout=self.connect_timeout)
-            except PoolTimeout as e:
-                raise StoreUnavailable(f"no database connection: {e}") from None
-            try:
-                conn.autocommit = True
-                (taken,) = conn.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()
-            except BaseException:
-                self._pool.putconn(conn)
-                raise
-            if not taken:
-                conn.autocommit = False
-                self._pool.putconn(conn)
-                return None
-            return AdvisoryLock(name, key, self, conn)
-
-        return self._in_thread("lock.take", take)
-
-    def _release_lock(self, conn: psycopg.Connection, key: int) -> None:
-        try:
-            if not conn.closed:
-                conn.execute("SELECT pg_advisory_unlock(%s)", (key,))
-                conn.autocommit = False
-        except psycopg.OperationalError:
-            pass  # the session is gone, and the lock with it
-        finally:
-            self._pool.putconn(conn)
 
 
 class _unavailable_on_timeout:

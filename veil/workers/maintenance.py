@@ -11,6 +11,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from veil.store.db import Database
+from veil.store.locks import LockSession
 from veil.workers.base import PeriodicWorker
 
 _log = Logger()
@@ -27,8 +28,8 @@ def _delete_expired_sessions(cur: psycopg.Cursor) -> int:
     return cur.rowcount
 
 
-def partition_worker(db: Database, clock: IReactorTime, retention_months: int,
-                     every: float = 86400.0) -> PeriodicWorker:
+def partition_worker(db: Database, locks: LockSession, clock: IReactorTime,
+                     retention_months: int, every: float = 86400.0) -> PeriodicWorker:
     """
     Create this month's and next month's C{request_log} partitions and drop
     those older than C{retention_months}, every C{every} seconds.
@@ -40,11 +41,11 @@ def partition_worker(db: Database, clock: IReactorTime, retention_months: int,
 
     return PeriodicWorker(
         "partitions", lambda: Deferred.fromCoroutine(job()), clock, every,
-        lock=lambda: db.try_advisory_lock("worker:partitions"),
+        lock=lambda: locks.try_lock("worker:partitions"),
     )
 
 
-def session_cleanup_worker(db: Database, clock: IReactorTime,
+def session_cleanup_worker(db: Database, locks: LockSession, clock: IReactorTime,
                            every: float = 3600.0) -> PeriodicWorker:
     """Delete expired dashboard sessions every C{every} seconds."""
     async def job() -> None:
@@ -54,5 +55,5 @@ def session_cleanup_worker(db: Database, clock: IReactorTime,
 
     return PeriodicWorker(
         "session-cleanup", lambda: Deferred.fromCoroutine(job()), clock, every,
-        lock=lambda: db.try_advisory_lock("worker:session-cleanup"),
+        lock=lambda: locks.try_lock("worker:session-cleanup"),
     )

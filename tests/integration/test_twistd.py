@@ -1,0 +1,210 @@
+"""
+End-to-end tests of C{twistd veil} as an operator runs it: a real process on
+its embedded defaults, with its own PostgreSQL cluster.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import psycopg
+import treq
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.error import ConnectionRefusedError
+from twisted.internet.protocol import ProcessProtocol
+from twisted.internet.task import deferLater
+from twisted.trial.unittest import TestCase
+
+from tests.integration.test_migrate import DATA_MODEL
+from veil.store import embedded
+
+REPO = Path(__file__).resolve().parent.parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Veil(ProcessProtocol):
+    """A C{twistd veil} process: its output, and its end."""
+
+    def __init__(self) -> None:
+        self.output = bytearray()
+        self.ended: Deferred[int] = Deferred()
+        self.status: int | None = None
+
+    def outReceived(self, data: bytes) -> None:
+        self.output += data
+
+    errReceived = outReceived
+
+    def processEnded(self, reason) -> None:
+        self.status = reason.value.exitCode
+        if reason.value.signal is not None:
+            self.status = -reason.value.signal
+        self.ended.callback(self.status)
+
+
+def postgres_pids(pgdata: Path) -> list[int]:
+    """Processes whose command line names this cluster's data directory."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if any(str(pgdata).encode() == arg for arg in cmdline):
+            pids.append(int(entry.name))
+    return pids
+
+
+class TwistdTests(TestCase):
+    """The Quick start: twistd veil on embedded defaults comes up, stops cleanly, reuses its data."""
+
+    timeout = 180
+
+    def setUp(self) -> None:
+        # Short paths: the cluster's socket lives under the data directory.
+        self.data_dir = Path(tempfile.mkdtemp(prefix="veil-e2e-"))
+        os.chmod(self.data_dir, 0o755)
+        self.addCleanup(subprocess.run, ["rm", "-rf", str(self.data_dir)])
+        self.dashboard = free_port()
+        self.processes: list[tuple[Veil, object]] = []
+        self.addCleanup(self._kill_leftovers)
+
+    def _kill_leftovers(self) -> None:
+        for veil, transport in self.processes:
+            if veil.status is None:
+                transport.signalProcess("KILL")
+        for pid in postgres_pids(self.data_dir / "postgres"):
+            os.kill(pid, signal.SIGKILL)
+
+    def spawn(self, **env: str) -> Veil:
+        environ = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "PYTHONPATH": str(REPO),
+            "VEIL_DATA_DIR": str(self.data_dir),
+            "VEIL_DASHBOARD_PORT": str(self.dashboard),
+            "VEIL_EDGE_PORT": str(free_port()),
+            "VEIL_HTTP_PORT": str(free_port()),
+        }
+        environ.update(env)
+        veil = Veil()
+        transport = reactor.spawnProcess(
+            veil, sys.executable,
+            [sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
+             "--nodaemon", "--pidfile=", "veil"],
+            env=environ, path=str(self.data_dir),
+        )
+        self.processes.append((veil, transport))
+        return veil
+
+    async def ready(self, veil: Veil, wanted: int = 200, within: float = 90.0) -> dict:
+        """Poll /ready until it answers C{wanted}; fail if Veil exits or time runs out."""
+        deadline = reactor.seconds() + within
+        while True:
+            if veil.status is not None:
+                raise AssertionError(f"Veil exited {veil.status}:\n{veil.output.decode()}")
+            try:
+                response = await treq.get(f"http://127.0.0.1:{self.dashboard}/ready",
+                                          persistent=False)
+                body = json.loads(await response.content())
+                if response.code == wanted:
+                    return body
+            except ConnectionRefusedError:
+                pass
+            if reactor.seconds() > deadline:
+                raise AssertionError(f"/ready not {wanted} after {within} s:\n{veil.output.decode()}")
+            await deferLater(reactor, 0.25, lambda: None)
+
+    async def stop(self, veil: Veil, transport: object) -> int:
+        transport.signalProcess("TERM")
+        status = await veil.ended.addTimeout(15, reactor)
+        return status
+
+    def conninfo(self) -> str:
+        return embedded.conninfo_for(self.data_dir)
+
+    async def test_lifecycle(self) -> None:
+        """
+        First start creates the cluster and the whole data model and reports
+        ready; SIGTERM stops Veil and its cluster with status 0 and no
+        PostgreSQL left; a second start reuses the same data.
+        """
+        veil = self.spawn()
+        body = await self.ready(veil)
+        self.assertTrue(body["database"]["ok"])
+        pgdata = self.data_dir / "postgres"
+        self.assertEqual(os.stat(pgdata).st_mode & 0o777, 0o700)
+        with psycopg.connect(self.conninfo(), autocommit=True) as conn:
+            names = {r[0] for r in conn.execute(
+                "SELECT relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+                " WHERE nspname = 'public' AND relkind IN ('r', 'p')").fetchall()}
+            conn.execute("CREATE TABLE kept_between_runs (n int)")
+            conn.execute("INSERT INTO kept_between_runs VALUES (7)")
+        self.assertLessEqual(DATA_MODEL, names)
+        self.assertTrue(postgres_pids(pgdata))
+
+        status = await self.stop(*self.processes[-1])
+        self.assertEqual(status, 0, veil.output.decode())
+        self.assertEqual(postgres_pids(pgdata), [])
+        self.assertIn(b"Veil stopped", veil.output)
+
+        again = self.spawn()
+        await self.ready(again)
+        with psycopg.connect(self.conninfo()) as conn:
+            self.assertEqual(conn.execute("SELECT n FROM kept_between_runs").fetchall(), [(7,)])
+        status = await self.stop(*self.processes[-1])
+        self.assertEqual(status, 0, again.output.decode())
+        self.assertEqual(postgres_pids(pgdata), [])
+
+    async def test_embedded_cluster_killed(self) -> None:
+        """
+        pg_ctl stop -m immediate under a running Veil: /ready turns 503,
+        nothing crashes, Veil restarts its cluster and /ready is 200 again.
+        """
+        veil = self.spawn()
+        await self.ready(veil)
+        pgdata = self.data_dir / "postgres"
+        embedded.pg_ctl_sync(pgdata, ["stop", "-m", "immediate"])
+        body = await self.ready(veil, 503, within=15)
+        self.assertFalse(body["database"]["ok"])
+        await self.ready(veil, 200, within=60)
+        self.assertIsNone(veil.status)
+        status = await self.stop(*self.processes[-1])
+        self.assertEqual(status, 0, veil.output.decode())
+        self.assertEqual(postgres_pids(pgdata), [])
+
+    async def test_bad_config_value(self) -> None:
+        """A port of 70000 stops twistd before it binds anything, naming the key."""
+        veil = self.spawn(VEIL_EDGE_PORT="70000")
+        status = await veil.ended.addTimeout(60, reactor)
+        self.assertNotEqual(status, 0)
+        self.assertIn(b"edge.port", veil.output)
+        self.assertIn(b"70000", veil.output)
+        # Nothing was bound and no cluster was made.
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", self.dashboard))
+        self.assertFalse((self.data_dir / "postgres").exists())
+
+    async def test_bad_config_file(self) -> None:
+        """A bad value in the TOML file names the file and the key."""
+        config = self.data_dir / "veil.toml"
+        config.write_text("[database]\npool_max = 70000\n")
+        veil = self.spawn(VEIL_CONFIG=str(config))
+        status = await veil.ended.addTimeout(60, reactor)
+        self.assertNotEqual(status, 0)
+        self.assertIn(b"database.pool_max", veil.output)
+        self.assertIn(str(config).encode(), veil.output)
