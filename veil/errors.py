@@ -68,3 +68,18 @@ class ApiError(VeilError):
         self.detail = detail
         self.status = status
         super().__init__(f"{code}: {message}")
+
+
+class CertificateError(VeilError):
+    """
+    Certificate or private key material is malformed, does not match, or is
+    incomplete (for example a CA directory holding a certificate but no key).
+    """
+
+
+class SecretError(VeilError):
+    """
+    A sealed secret could not be opened: it was tampered with, it was sealed
+    under a key this box does not hold, or under a different context; or a
+    secret-box key is malformed.
+    """
