@@ -14,6 +14,8 @@ top-level C{data_dir} is C{VEIL_DATA_DIR}.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import ipaddress
 import os
 import re
@@ -136,6 +138,51 @@ def _optional_hostname(value: object) -> str | None:
     return text
 
 
+def _fraction(low: float, high: float) -> Callable[[object], float]:
+    def parse(value: object) -> float:
+        if isinstance(value, str):
+            try:
+                value = float(value.strip())
+            except ValueError:
+                raise ValueError(f"{value!r} is not a number") from None
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError("must be a number")
+        if not low <= value <= high:
+            raise ValueError(f"{value} is out of range ({low}-{high})")
+        return float(value)
+
+    return parse
+
+
+def _optional_https_url(value: object) -> str | None:
+    text = _text(value).strip()
+    if not text:
+        return None
+    if not text.startswith("https://") or any(c.isspace() for c in text):
+        raise ValueError(f"{text!r} is not an https:// URL")
+    return text
+
+
+def _optional_email(value: object) -> str | None:
+    text = _text(value).strip()
+    if not text:
+        return None
+    if not re.fullmatch(r"[^@\s]+@[^@\s]+\.[^@\s]+", text):
+        raise ValueError(f"{text!r} is not an e-mail address")
+    return text
+
+
+def _challenges(value: object) -> tuple[str, ...]:
+    items = value if isinstance(value, list) else _text(value).split(",")
+    names = tuple(str(item).strip().lower() for item in items if str(item).strip())
+    if not names:
+        raise ValueError("must name at least one challenge type")
+    for name in names:
+        if name not in ("tls-alpn-01", "http-01"):
+            raise ValueError(f"{name!r} is not a supported challenge (tls-alpn-01, http-01)")
+    return names
+
+
 def _choice(*choices: str) -> Callable[[object], str]:
     def parse(value: object) -> str:
         text = _text(value).strip().lower()
@@ -176,8 +223,24 @@ KEYS: tuple[Key, ...] = (
     Key("database.statement_timeout", _seconds(0, 3600), 30.0, "per statement, 0 = none"),
     Key("embedded.bin_dir", _optional_path, "", "PostgreSQL binaries for the embedded cluster"),
     Key("embedded.run_as", _optional_text, "", "user the embedded cluster runs as when Veil is root"),
-    Key("logging.format", _choice("text", "json"), "text", "text for people, json for journald"),
-    Key("logging.level", _choice("debug", "info", "warn", "error"), "info", "lowest level logged"),
+    Key("tls.mode", _choice("internal", "acme"), "internal",
+        "internal: the local CA signs; acme: an ACME CA issues"),
+    Key("tls.key_type", _choice("ecdsa-p256", "rsa-2048"), "ecdsa-p256", "certificate keys"),
+    Key("tls.renew_fraction", _fraction(0.1, 0.95), 2 / 3, "renew at this part of the lifetime"),
+    Key("tls.renewal_interval", _seconds(1, 86400), 3600.0, "how often renewals are looked for"),
+    Key("tls.cache_size", _integer(10, 10_000_000), 10000, "certificates kept in memory"),
+    Key("tls.issuance_per_minute", _integer(1, 100_000), 60, "new certificates per minute at most"),
+    Key("tls.failure_backoff", _seconds(1, 86400), 60.0, "wait after a failed issuance (doubles)"),
+    Key("tls.internal_lifetime_days", _integer(1, 397), 30, "lifetime of internal certificates"),
+    Key("tls.secrets_key", _optional_text, "",
+        "base64 key sealing private keys at rest (default: data_dir/secrets.key)"),
+    Key("acme.directory_url", _optional_https_url, "", "the ACME CA's directory"),
+    Key("acme.email", _optional_email, "", "contact address for the ACME account"),
+    Key("acme.agree_tos", _boolean, False, "agree to the ACME CA's terms of service"),
+    Key("acme.ca_bundle", _optional_path, "", "PEM file trusted for the ACME CA (default: system)"),
+    Key("acme.eab_kid", _optional_text, "", "external account binding key id"),
+    Key("acme.eab_hmac_key", _optional_text, "", "external account binding key (base64url)"),
+    Key("acme.challenges", _challenges, "tls-alpn-01,http-01", "challenge types, preferred first"),
     Key("workers.partition_retention_months", _integer(1, 120), 6,
         "request_log months kept"),
     Key("workers.partition_interval", _seconds(60, 7 * 86400), 86400.0,
@@ -213,9 +276,27 @@ class EmbeddedConfig:
 
 
 @attrs.frozen
-class LoggingConfig:
-    format: str
-    level: str
+class TlsConfig:
+    mode: str
+    key_type: str
+    renew_fraction: float
+    renewal_interval: float
+    cache_size: int
+    issuance_per_minute: int
+    failure_backoff: float
+    internal_lifetime_days: int
+    secrets_key: str | None
+
+
+@attrs.frozen
+class AcmeConfig:
+    directory_url: str | None
+    email: str | None
+    agree_tos: bool
+    ca_bundle: Path | None
+    eab_kid: str | None
+    eab_hmac_key: str | None
+    challenges: tuple[str, ...]
 
 
 @attrs.frozen
@@ -237,7 +318,8 @@ class Config:
     dashboard_host: str | None
     database: DatabaseConfig
     embedded: EmbeddedConfig
-    logging: LoggingConfig
+    tls: TlsConfig
+    acme: AcmeConfig
     workers: WorkersConfig
 
     @property
@@ -315,6 +397,27 @@ def load(path: str | None = None, environ: Mapping[str, str] | None = None) -> C
             )
         ports[listen] = section
 
+    if values["tls.mode"] == "acme":
+        if values["acme.directory_url"] is None:
+            raise ConfigError(path, "acme.directory_url", "is required when tls.mode is acme")
+        if not values["acme.agree_tos"]:
+            raise ConfigError(path, "acme.agree_tos",
+                              "must be true to use an ACME CA (its terms of service)")
+    if bool(values["acme.eab_kid"]) != bool(values["acme.eab_hmac_key"]):
+        raise ConfigError(path, "acme.eab_hmac_key", "acme.eab_kid and acme.eab_hmac_key go together")
+    if values["acme.eab_hmac_key"]:
+        try:
+            base64.urlsafe_b64decode(values["acme.eab_hmac_key"] + "==")
+        except (ValueError, binascii.Error):
+            raise ConfigError(path, "acme.eab_hmac_key", "is not base64url") from None
+    if values["tls.secrets_key"]:
+        try:
+            raw = base64.b64decode(values["tls.secrets_key"], validate=True)
+        except (ValueError, binascii.Error):
+            raw = b""
+        if len(raw) != 32:
+            raise ConfigError(path, "tls.secrets_key", "must be 32 bytes in base64")
+
     return Config(
         source=path,
         data_dir=Path(values["data_dir"]).absolute(),
@@ -333,7 +436,26 @@ def load(path: str | None = None, environ: Mapping[str, str] | None = None) -> C
             bin_dir=Path(values["embedded.bin_dir"]) if values["embedded.bin_dir"] else None,
             run_as=values["embedded.run_as"],
         ),
-        logging=LoggingConfig(values["logging.format"], values["logging.level"]),
+        tls=TlsConfig(
+            mode=values["tls.mode"],
+            key_type=values["tls.key_type"],
+            renew_fraction=values["tls.renew_fraction"],
+            renewal_interval=values["tls.renewal_interval"],
+            cache_size=values["tls.cache_size"],
+            issuance_per_minute=values["tls.issuance_per_minute"],
+            failure_backoff=values["tls.failure_backoff"],
+            internal_lifetime_days=values["tls.internal_lifetime_days"],
+            secrets_key=values["tls.secrets_key"],
+        ),
+        acme=AcmeConfig(
+            directory_url=values["acme.directory_url"],
+            email=values["acme.email"],
+            agree_tos=values["acme.agree_tos"],
+            ca_bundle=Path(values["acme.ca_bundle"]) if values["acme.ca_bundle"] else None,
+            eab_kid=values["acme.eab_kid"],
+            eab_hmac_key=values["acme.eab_hmac_key"],
+            challenges=values["acme.challenges"],
+        ),
         workers=WorkersConfig(
             partition_retention_months=values["workers.partition_retention_months"],
             partition_interval=values["workers.partition_interval"],

@@ -63,6 +63,7 @@ class VeilService(Service):
         self.locks: LockSession | None = None
         self.workers: list[PeriodicWorker] = []
         self.dashboard_port: Any = None
+        self.edge: Any = None
         self._starting: Deferred[None] | None = None
 
     # -- status ----------------------------------------------------------------
@@ -86,13 +87,17 @@ class VeilService(Service):
 
     def privilegedStartService(self) -> None:
         super().privilegedStartService()
-        app = DashboardApp(self.readiness, self.worker_status, self.metrics)
-        site = Site(app.resource())
+        from veil.edge.service import Edge
+
+        dashboard = DashboardApp(self.readiness, self.worker_status, self.metrics).resource()
+        site = Site(dashboard)
         site.displayTracebacks = False
         listen = self.config.dashboard
         self.dashboard_port = self.reactor.listenTCP(listen.port, site, interface=listen.address)
         host = self.dashboard_port.getHost()
         _log.info("Dashboard on http://{address}:{port}/", address=host.host, port=host.port)
+        self.edge = Edge(self.config, self.reactor, self.metrics, dashboard)
+        self.edge.bind()
 
     def startService(self) -> None:
         super().startService()
@@ -142,9 +147,11 @@ class VeilService(Service):
         locks.start()
         self.listener = ListenerService(conninfo, self.reactor,
                                         connect_timeout=config.database.connect_timeout)
+        self.readiness.detail = "loading sites and certificates"
+        edge_workers = await self.edge.start(db, locks, self.listener)
         self.listener.startService()
         workers = config.workers
-        self.workers = [
+        self.workers = edge_workers + [
             partition_worker(db, locks, self.reactor, workers.partition_retention_months,
                              every=workers.partition_interval),
             session_cleanup_worker(db, locks, self.reactor,
@@ -194,6 +201,8 @@ class VeilService(Service):
         if self.dashboard_port is not None:
             await self.dashboard_port.stopListening()
             self.dashboard_port = None
+        if self.edge is not None:
+            await self.edge.stop()
         for worker in reversed(self.workers):
             await worker.stopService()
         if self.listener is not None:

@@ -11,9 +11,12 @@ from __future__ import annotations
 import os
 import signal
 import sys
+from typing import Any
 
 from twisted.application.service import IService
+from twisted.internet._resolver import GAIResolver
 from twisted.logger import Logger
+from twisted.python.threadpool import ThreadPool
 from twisted.python import usage
 
 from veil import config as veil_config
@@ -67,7 +70,19 @@ def makeService(options: Options) -> IService:
             reactor.stop()
 
     reactor.callWhenRunning(_stop_cleanly_on_signals, reactor)
+    _resolve_names_on_own_threads(reactor)
     return VeilService(options.config, reactor, request_exit)
+
+
+def _resolve_names_on_own_threads(reactor: Any) -> None:
+    """
+    Give getaddrinfo a thread pool of its own (as Synapse does), so that
+    name lookups never queue behind other work on the reactor's shared pool.
+    """
+    pool = ThreadPool(minthreads=0, maxthreads=4, name="veil-dns")
+    pool.start()
+    reactor.addSystemEventTrigger("during", "shutdown", pool.stop)
+    reactor.installNameResolver(GAIResolver(reactor, getThreadPool=lambda: pool))
 
 
 def _stop_cleanly_on_signals(reactor: object) -> None:

@@ -18,6 +18,7 @@ from veil.service import VeilService
 
 def make_service(testcase: TestCase, conninfo: str, **env: str) -> tuple[VeilService, list[int]]:
     environ = {"VEIL_DATABASE_URL": conninfo, "VEIL_DASHBOARD_PORT": "0",
+               "VEIL_EDGE_PORT": "0", "VEIL_HTTP_PORT": "0",
                "VEIL_DATABASE_CONNECT_TIMEOUT": "1", "VEIL_DATA_DIR": testcase.mktemp()}
     environ.update(env)
     exits: list[int] = []

@@ -237,6 +237,14 @@ class Pebble:
         """The root and intermediate together, PEM."""
         return self.root_pem + self.intermediate_pem
 
+    def full_log(self, name: str = "pebble") -> str:
+        """Everything the process C{name} has written so far."""
+        for child in self._children:
+            if child.name == name:
+                child._log.flush()
+                return child.log_path.read_text("utf-8", "replace")
+        raise KeyError(name)
+
     def logs(self) -> str:
         """The last lines each process wrote, for failure messages."""
         return "\n".join(f"--- {c.name} ({c.log_path}) ---\n{c.tail()}"

@@ -19,6 +19,9 @@ from psycopg import sql
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from veil.errors import VeilError
 
 _log = Logger()
 
@@ -97,11 +100,8 @@ class ListenerService(Service):
         self.last_error = None
         _log.info("Listening for changes (backend {pid})", pid=pid)
         for subscription in list(self._subscriptions):
-            try:
-                subscription.on_reload()
-            except Exception:
-                _log.failure("Reload after (re)connection failed for {channel}",
-                             channel=subscription.channel)
+            _call(subscription.on_reload, "Reload after (re)connection failed for {channel}",
+                  subscription.channel)
 
     def _disconnected(self, error: str, delay: float) -> None:
         self.backend_pid = None
@@ -112,10 +112,8 @@ class ListenerService(Service):
     def _dispatch(self, channel: str, payload: str) -> None:
         for subscription in list(self._subscriptions):
             if subscription.channel == channel:
-                try:
-                    subscription.on_notify(payload)
-                except Exception:
-                    _log.failure("Notification handler failed for {channel}", channel=channel)
+                _call(subscription.on_notify, "Notification handler failed for {channel}",
+                      channel, payload)
 
     def _end(self) -> None:
         self._ended = True
@@ -176,6 +174,27 @@ class ListenerService(Service):
         for channel in sorted(self._channels() - listening):
             conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
             listening.add(channel)
+
+
+def _call(handler: Callable[..., object], message: str, channel: str, *args: object) -> None:
+    """
+    Run a subscriber's handler; a failure, synchronous or in a returned
+    Deferred, is logged: the database may well be away again, so expected
+    errors are warnings and only the rest are failures.
+    """
+    def failed(failure: Failure) -> None:
+        if failure.check(VeilError, psycopg.Error):
+            _log.warn(message + ": {error}", channel=channel, error=failure.value)
+        else:
+            _log.failure(message, failure, channel=channel)
+
+    try:
+        result = handler(*args)
+    except Exception:
+        failed(Failure())
+        return
+    if isinstance(result, Deferred):
+        result.addErrback(failed)
 
 
 def _brief(e: Exception) -> str:

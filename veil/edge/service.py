@@ -1,0 +1,169 @@
+"""
+The edge as a whole: its two ports and what stands behind them.
+
+L{Edge.bind} opens the TLS port and the plain-HTTP port early (so that a
+port in use stops Veil at once); until L{Edge.start} has run, handshakes
+are refused and plain requests find no site.  L{Edge.start} runs once the
+database is ready: it loads the site table, sets up the certificate
+authority (the internal CA, or an ACME account), the resolver and the
+renewal worker, and subscribes the caches to their NOTIFY channels.
+"""
+
+from __future__ import annotations
+
+import base64
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from treq.client import HTTPClient
+from twisted.internet.defer import Deferred, fail
+from twisted.internet.ssl import Certificate, trustRootFromCertificates
+from twisted.logger import Logger
+from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
+from twisted.web.resource import IResource
+
+from veil.acme.internal_ca import InternalCA
+from veil.acme.issue import AcmeIssuer, InternalIssuer, Issuer, StoreResponder
+from veil.config import Config
+from veil.edge.apps import AppRouter
+from veil.edge.certs import CertificateResolver
+from veil.edge.hello import ClientHello
+from veil.edge.keys import split_chain
+from veil.edge.plain import PlainHTTP
+from veil.edge.policy import IssuancePolicy
+from veil.edge.protocol import EdgeFactory
+from veil.errors import IssuanceFailed, StoreUnavailable
+from veil.metrics import Registry
+from veil.secretbox import SecretBox
+from veil.store.certs import CertificateStore
+from veil.store.db import Database
+from veil.store.listener import ListenerService
+from veil.store.locks import LockSession
+from veil.store.sites import Site, SiteStore, SiteTable
+from veil.workers.base import PeriodicWorker
+from veil.workers.renewal import renewal_worker
+
+_log = Logger()
+
+
+class Edge:
+    """
+    @ivar ca: the internal CA, in C{tls.mode = "internal"}.
+    @ivar resolver: the certificate resolver, once started.
+    """
+
+    def __init__(self, config: Config, reactor: Any, metrics: Registry,
+                 dashboard: IResource) -> None:
+        self.config = config
+        self.reactor = reactor
+        self.metrics = metrics
+        self.dashboard = dashboard
+        self.sites: SiteTable | None = None
+        self.resolver: CertificateResolver | None = None
+        self.responder: StoreResponder | None = None
+        self.ca: InternalCA | None = None
+        self.ports: dict[str, Any] = {}
+        self._http_pool: HTTPConnectionPool | None = None
+        self._router = AppRouter(self._site, dashboard, config.dashboard_host, clock=reactor)
+
+    # -- lookups that work before start() -------------------------------------
+
+    def _site(self, host: str) -> Site | None:
+        return None if self.sites is None else self.sites.get(host)
+
+    def _resolve(self, hello: ClientHello) -> Any:
+        if self.resolver is None:
+            raise IssuanceFailed("Veil is still starting")
+        return self.resolver.resolve(hello)
+
+    def _http01(self, token: str) -> Deferred[str | None]:
+        if self.responder is None:
+            return fail(StoreUnavailable("Veil is still starting"))
+        return self.responder.http01(token)
+
+    # -- life cycle ----------------------------------------------------------
+
+    def bind(self) -> None:
+        """Listen on the TLS and plain-HTTP ports."""
+        config = self.config
+        edge = EdgeFactory(self._resolve, self._router.factory_for, self.reactor, self.metrics)
+        self.ports["edge"] = self.reactor.listenTCP(
+            config.edge.port, edge, interface=config.edge.address, backlog=1024)
+        plain = PlainHTTP(self._site, self._http01, config.edge.port, config.dashboard_host,
+                          clock=self.reactor)
+        self.ports["http"] = self.reactor.listenTCP(
+            config.http.port, plain.site(), interface=config.http.address, backlog=1024)
+        for name, port in self.ports.items():
+            host = port.getHost()
+            _log.info("Edge {kind} port on {address}:{port}", kind=name, address=host.host,
+                      port=host.port)
+
+    async def start(self, db: Database, locks: LockSession,
+                    listener: ListenerService) -> list[PeriodicWorker]:
+        """Set up the caches, the CA and the resolver; return the workers to run."""
+        config = self.config
+        config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        box = (SecretBox.from_key(config.tls.secrets_key) if config.tls.secrets_key
+               else SecretBox.load_or_create(config.data_dir / "secrets.key"))
+        store = CertificateStore(db, box)
+        site_store = SiteStore(db)
+        sites = SiteTable(site_store, self.reactor)
+        sites.subscribe(listener)
+        await sites.reload()
+        self.sites = sites
+
+        issuer = self._issuer(store)
+        policy = IssuancePolicy(sites.get, config.dashboard_host, self.reactor,
+                                per_minute=config.tls.issuance_per_minute,
+                                backoff_base=config.tls.failure_backoff)
+        resolver = CertificateResolver(
+            store=store, issuer=issuer, policy=policy, locks=locks, sites=site_store,
+            clock=self.reactor, metrics=self.metrics, responder=self.responder,
+            key_type=config.tls.key_type, cache_size=config.tls.cache_size)
+        listener.subscribe("veil_certificates", resolver.certificate_changed, resolver.reload)
+        self.resolver = resolver
+        return [
+            renewal_worker(store, resolver, sites, locks, self.reactor, config.dashboard_host,
+                           config.tls.renew_fraction, config.tls.renewal_interval),
+            PeriodicWorker("site-table", sites.reload, self.reactor, every=60.0),
+        ]
+
+    def _issuer(self, store: CertificateStore) -> Issuer:
+        config = self.config
+        if config.tls.mode == "internal":
+            self.ca = InternalCA.load_or_create(config.data_dir / "ca", self.reactor)
+            _log.info(
+                "Internal CA: certificates are signed by the root in {path}; clients trust it"
+                " with e.g. curl --cacert {path}\n{pem}",
+                path=str(self.ca.root_path), pem=self.ca.root_pem.decode("ascii"))
+            return InternalIssuer(self.ca, lifetime=timedelta(days=config.tls.internal_lifetime_days))
+        acme = config.acme
+        assert acme.directory_url is not None
+        self.responder = StoreResponder(store, supported_types=acme.challenges)
+        eab = None
+        if acme.eab_kid and acme.eab_hmac_key:
+            eab = (acme.eab_kid, base64.urlsafe_b64decode(acme.eab_hmac_key + "=="))
+        return AcmeIssuer(
+            http=self._acme_http(acme.ca_bundle), directory_url=acme.directory_url,
+            email=acme.email, agree_tos=acme.agree_tos, store=store,
+            responder=self.responder, clock=self.reactor, eab=eab, preferred=acme.challenges)
+
+    def _acme_http(self, ca_bundle: Path | None) -> HTTPClient:
+        policy = BrowserLikePolicyForHTTPS()
+        if ca_bundle is not None:
+            roots = [Certificate.loadPEM(pem) for pem in split_chain(ca_bundle.read_bytes())]
+            policy = BrowserLikePolicyForHTTPS(trustRoot=trustRootFromCertificates(roots))
+        pool = self._http_pool = HTTPConnectionPool(self.reactor, persistent=True)
+        pool.maxPersistentPerHost = 4
+        return HTTPClient(Agent(self.reactor, contextFactory=policy, pool=pool,
+                                connectTimeout=10))
+
+    async def stop(self) -> None:
+        for port in self.ports.values():
+            await port.stopListening()
+        self.ports.clear()
+        if self.resolver is not None:
+            self.resolver.close()
+        if self._http_pool is not None:
+            await self._http_pool.closeCachedConnections()
