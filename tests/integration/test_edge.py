@@ -169,6 +169,39 @@ class InternalCATests(TestCase):
         self.assertEqual(metric(other, "veil_certificates_issued_total", kind="new"), 0)
         self.assertEqual(metric(other, "veil_certificate_lookups_total", source="store"), 1)
 
+    async def test_renewal_reaches_other_process(self) -> None:
+        """
+        A certificate renewed by one Veil replaces the one another Veil on the
+        same store holds in memory (NOTIFY veil_certificates), and the old one
+        is superseded.
+        """
+        add_site(self.conninfo, "swap.test")
+        await self.veil.edge.sites.reload()
+        first, _, _ = await self.run(tls_get, self.port, "swap.test", self.cafile)
+        other = await start_veil(self, self.conninfo,
+                                 VEIL_DATA_DIR=str(self.veil.config.data_dir))
+        other_port = other.edge.ports["edge"].getHost().port
+        held, _, _ = await self.run(tls_get, other_port, "swap.test", self.cafile)
+        self.assertEqual(held["serialNumber"], first["serialNumber"])
+
+        # The CA's renewal information says: renew now.
+        with psycopg.connect(self.conninfo, autocommit=True) as conn:
+            conn.execute("UPDATE certificates SET renew_after = now() - interval '1 second'")
+        worker = next(w for w in self.veil.workers if w.name == "certificate-renewal")
+        worker.run_now()
+        deadline = reactor.seconds() + 15
+        while True:
+            now_served, _, _ = await self.run(tls_get, other_port, "swap.test", self.cafile)
+            if now_served["serialNumber"] != first["serialNumber"]:
+                break
+            self.assertLess(reactor.seconds(), deadline, "the renewed certificate never arrived")
+            await deferLater(reactor, 0.2, lambda: None)
+        self.assertEqual(metric(self.veil, "veil_certificates_issued_total", kind="renewal"), 1)
+        self.assertEqual(metric(other, "veil_certificates_issued_total", kind="renewal"), 0)
+        with psycopg.connect(self.conninfo) as conn:
+            statuses = sorted(r[0] for r in conn.execute("SELECT status FROM certificates"))
+        self.assertEqual(statuses, ["superseded", "valid"])
+
     async def test_concurrent_handshakes_one_issuance(self) -> None:
         """Twenty handshakes for one new name at once share a single issuance."""
         add_site(self.conninfo, "busy.test")
@@ -325,3 +358,28 @@ class AcmeTests(TestCase):
         second, _, _ = await self.run(tls_get, self.edge_port, "renew.test", str(self.roots))
         self.assertNotEqual(first["serialNumber"], second["serialNumber"])
         self.assertEqual(metric(self.veil, "veil_certificates_issued_total", kind="renewal"), 1)
+
+
+class RsaKeyTests(TestCase):
+    """tls.key_type = rsa-2048 gives RSA certificates, generated off the reactor thread."""
+
+    timeout = 60
+
+    async def test_rsa_certificate(self) -> None:
+        """The first handshake gets an RSA-2048 certificate for the name."""
+        self.run = ClientThreads(self)
+        conninfo = empty_database(self)
+        veil = await start_veil(self, conninfo, VEIL_TLS_KEY_TYPE="rsa-2048")
+        add_site(conninfo, "rsa.test")
+        await veil.edge.sites.reload()
+        port = veil.edge.ports["edge"].getHost().port
+        cert, _, _ = await self.run(tls_get, port, "rsa.test", str(veil.edge.ca.root_path))
+        self.assertEqual(san(cert), ["rsa.test"])
+        with psycopg.connect(conninfo) as conn:
+            (key_type,) = conn.execute("SELECT key_type FROM certificates").fetchone()
+        self.assertEqual(key_type, "rsa-2048")
+        from veil.edge.keys import certificate_info
+
+        with psycopg.connect(conninfo) as conn:
+            (chain,) = conn.execute("SELECT chain_pem FROM certificates").fetchone()
+        self.assertEqual(certificate_info(chain.encode()).key_type, "rsa-2048")
