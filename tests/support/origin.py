@@ -1,0 +1,154 @@
+"""
+A real HTTP/1.1 origin on 127.0.0.1 for proxy tests (a raw protocol, so
+that it can stream, delay, misbehave and upgrade on demand).
+
+Endpoints: C{/size/N} (N bytes, Content-Length, streamed), C{/chunked/N}
+(chunked), C{/slow} (head delayed by C{origin.slow_delay}), C{/close}
+(C{Connection: close}), C{/ws} (101, then echoes bytes), C{/upload}
+(counts body bytes without keeping them), anything else: echo of method,
+target, headers and body length as JSON.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import httptools
+from twisted.internet.interfaces import IPullProducer
+from twisted.internet.protocol import Factory, Protocol
+from zope.interface import implementer
+
+_PIECE = b"x" * 65536
+
+
+@implementer(IPullProducer)
+class _Body:
+    def __init__(self, proto: OriginProtocol, size: int, chunked: bool) -> None:
+        self.proto, self.left, self.chunked = proto, size, chunked
+
+    def resumeProducing(self) -> None:
+        t = self.proto.transport
+        n = min(self.left, len(_PIECE))
+        self.left -= n
+        if n:
+            t.write(b"%x\r\n%s\r\n" % (n, _PIECE[:n]) if self.chunked else _PIECE[:n])
+        if not self.left:
+            if self.chunked:
+                t.write(b"0\r\n\r\n")
+            t.unregisterProducer()
+            self.proto.done()
+
+    def stopProducing(self) -> None:
+        pass
+
+
+class OriginProtocol(Protocol):
+    def __init__(self, factory: OriginFactory) -> None:
+        self.f = factory
+        self.parser = httptools.HttpRequestParser(self)
+        self.served = 0
+        self.ws = False
+        self.id = 0
+
+    def connectionMade(self) -> None:
+        self.f.connections += 1
+        self.id = self.f.connections
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.ws:
+            self.transport.write(data)
+            return
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as e:
+            rest = data[e.args[0]:]
+            if rest:
+                self.transport.write(rest)
+        except httptools.HttpParserError:
+            self.transport.abortConnection()
+
+    def on_message_begin(self) -> None:
+        self.url, self.headers, self.body_len = b"", [], 0
+        if self.served and self.f.drop_reused:
+            self.transport.abortConnection()
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append([name.decode("latin-1"), value.decode("latin-1")])
+
+    def on_headers_complete(self) -> None:
+        self.method = self.parser.get_method()
+        expect = any(n.lower() == "expect" for n, _ in self.headers)
+        if expect:
+            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+
+    def on_body(self, data: bytes) -> None:
+        self.body_len += len(data)
+
+    def on_message_complete(self) -> None:
+        self.served += 1
+        self.f.requests.append((self.method, self.url, self.headers, self.id))
+        path = self.url.split(b"?")[0]
+        if path == b"/slow":
+            self.f.delayed.append(self.f.clock.callLater(self.f.slow_delay, self.respond, path))
+        else:
+            self.respond(path)
+
+    def respond(self, path: bytes) -> None:
+        if not self.transport.connected:
+            return
+        t = self.transport
+        if path.startswith((b"/size/", b"/chunked/")):
+            chunked = path.startswith(b"/chunked/")
+            size = int(path.rsplit(b"/", 1)[1])
+            framing = b"Transfer-Encoding: chunked" if chunked else b"Content-Length: %d" % size
+            t.write(b"HTTP/1.1 200 OK\r\n%s\r\nX-Origin: 1\r\nKeep-Alive: timeout=5\r\n\r\n"
+                    % framing)
+            if self.method == b"HEAD":
+                return self.done()
+            t.registerProducer(_Body(self, size, chunked), False)
+            return
+        if path == b"/ws":
+            t.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                    b"Connection: Upgrade\r\n\r\n")
+            self.ws = True
+            return
+        if path == b"/upload":
+            body = b"%d" % self.body_len
+        else:
+            body = json.dumps({"method": self.method.decode(), "target": self.url.decode(),
+                               "headers": self.headers, "body_len": self.body_len,
+                               "conn": self.id}).encode()
+        close = path == b"/close"
+        t.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
+                b"Connection: %s\r\nX-Hop: secret\r\n\r\n%s"
+                % (len(body), b"close, X-Hop" if close else b"keep-alive, X-Hop",
+                   b"" if self.method == b"HEAD" else body))
+        if close:
+            t.loseConnection()
+        self.done()
+
+    def done(self) -> None:
+        pass
+
+
+class OriginFactory(Factory):
+    def __init__(self, clock: Any) -> None:
+        self.clock = clock
+        self.connections = 0
+        self.requests: list[Any] = []
+        self.slow_delay = 0.0
+        self.drop_reused = False
+        self.delayed: list[Any] = []
+
+    def cancel(self) -> None:
+        """Cancel delayed answers still pending."""
+        for call in self.delayed:
+            if call.active():
+                call.cancel()
+
+    def buildProtocol(self, addr: Any) -> OriginProtocol:
+        return OriginProtocol(self)

@@ -1,0 +1,116 @@
+"""
+Header rewriting for the proxy: hop-by-hop removal, forwarding headers,
+request ids, and heads written as one C{bytes}.
+
+Every function here runs once per request on the hot path, so each makes
+one pass over the headers and joins one list.  Header names are compared
+lower-cased; values are passed through as the client or origin sent them
+(llhttp has already refused control characters and obsolete folding).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+
+#: Headers that describe one connection, never forwarded (RFC 9110 7.6.1).
+#: C{Upgrade} is put back explicitly for an upgrade request.
+HOP_BY_HOP = frozenset({
+    b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer",
+    b"transfer-encoding", b"upgrade", b"proxy-authorization", b"proxy-authenticate",
+})
+
+#: Request headers Veil sets itself: the client's values are dropped
+#: (C{X-Forwarded-For} is appended to instead, see L{request_head}).
+_SET_BY_PROXY = frozenset({b"x-forwarded-proto", b"x-forwarded-host", b"x-real-ip",
+                           b"x-forwarded-for", b"x-request-id", b"content-length"})
+
+#: Response headers Veil sets itself.
+_SET_ON_RESPONSE = frozenset({b"content-length", b"x-request-id"})
+
+Headers = list[tuple[bytes, bytes]]
+
+
+def connection_tokens(values: Iterable[bytes]) -> frozenset[bytes]:
+    """The lower-cased option names listed in C{Connection} header values."""
+    tokens = set()
+    for value in values:
+        for token in value.split(b","):
+            token = token.strip().lower()
+            if token:
+                tokens.add(token)
+    return frozenset(tokens)
+
+
+class RequestIds:
+    """
+    Unique request ids, cheaper than C{uuid4}: a random per-process
+    prefix (64 bits) and a counter, 32 hex digits in all.
+    """
+
+    def __init__(self) -> None:
+        self._prefix = os.urandom(8).hex()
+        self._next = 0
+
+    def __call__(self) -> str:
+        self._next += 1
+        return f"{self._prefix}{self._next:016x}"
+
+
+def request_head(method: bytes, target: bytes, headers: Headers, named: frozenset[bytes],
+                 *, client_ip: bytes, proto: bytes, host: bytes, request_id: bytes,
+                 body: bytes, upgrade: bytes | None) -> bytes:
+    """
+    The head of the request to the origin.
+
+    @param headers: the client's headers, as received.
+    @param named: options the client's C{Connection} header names (dropped).
+    @param host: the client's C{Host} value, kept as it was sent.
+    @param body: the framing header line for the body (C{b""} for none),
+        e.g. C{b"Content-Length: 12\\r\\n"}.
+    @param upgrade: the C{Upgrade} value to pass on, or L{None}.
+    """
+    out = [method, b" ", target, b" HTTP/1.1\r\nHost: ", host, b"\r\n"]
+    forwarded_for = None
+    for name, value in headers:
+        lower = name.lower()
+        if lower in HOP_BY_HOP or lower in _SET_BY_PROXY or lower in named or lower == b"host":
+            if lower == b"x-forwarded-for":
+                forwarded_for = value if forwarded_for is None else forwarded_for + b", " + value
+            continue
+        out += (name, b": ", value, b"\r\n")
+    out += (b"X-Forwarded-For: ",
+            client_ip if forwarded_for is None else forwarded_for + b", " + client_ip,
+            b"\r\nX-Forwarded-Proto: ", proto, b"\r\nX-Forwarded-Host: ", host,
+            b"\r\nX-Real-IP: ", client_ip, b"\r\nX-Request-Id: ", request_id, b"\r\n", body)
+    if upgrade is not None:
+        out += (b"Connection: upgrade\r\nUpgrade: ", upgrade, b"\r\n")
+    out.append(b"\r\n")
+    return b"".join(out)
+
+
+def response_head(status: int, reason: bytes, headers: Headers, *, request_id: bytes,
+                  framing: bytes, upgrade: bool = False) -> bytes:
+    """
+    The head of the response to the client.
+
+    @param framing: the framing and connection lines to add, e.g.
+        C{b"Content-Length: 5\\r\\n"} or C{b"Transfer-Encoding: chunked\\r\\n"},
+        plus C{b"Connection: close\\r\\n"} when the connection ends.
+    @param upgrade: keep the origin's C{Upgrade} (a 101 answer).
+    """
+    named = frozenset()
+    for name, value in headers:
+        if len(name) == 10 and name.lower() == b"connection":
+            named = connection_tokens((value,))
+            break
+    out = [b"HTTP/1.1 %d " % status, reason, b"\r\n"]
+    for name, value in headers:
+        lower = name.lower()
+        if lower in HOP_BY_HOP or lower in _SET_ON_RESPONSE or lower in named:
+            if upgrade and lower == b"upgrade":
+                out += (b"Connection: upgrade\r\nUpgrade: ", value, b"\r\n")
+            continue
+        out += (name, b": ", value, b"\r\n")
+    out += (b"X-Request-Id: ", request_id, b"\r\n", framing, b"\r\n")
+    return b"".join(out)

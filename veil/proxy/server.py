@@ -1,0 +1,836 @@
+"""
+The reverse proxy's client side: HTTP/1.1 parsed with httptools (llhttp).
+
+One L{ProxyProtocol} per client connection.  Each request becomes an
+L{Exchange}; exchanges queue in arrival order (pipelining) and only the one
+at the head talks to an origin, so responses go out in order.  A queued
+exchange buffers at most C{pipeline_buffer} body bytes before the client
+transport is paused.
+
+Bodies stream both ways with back-pressure: while a request body flows to
+the origin, the protocol is the origin transport's producer; while a
+response body flows back, the origin connection is the client transport's.
+
+C{Expect: 100-continue} is forwarded: the origin decides, and its
+C{100 Continue} is relayed to the client.  An C{Upgrade} request
+(WebSocket) is forwarded; on C{101} both sides become a raw byte tunnel.
+
+For TLS connections build the protocol from C{factory.for_sni(name)}: every
+request's C{Host} must then be C{name} (else 421).  The factory itself
+(C{sni} L{None}) routes by C{Host} alone, for the plain-HTTP port.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import attrs
+import httptools
+from twisted.internet.interfaces import IPushProducer
+from twisted.internet.protocol import Factory, Protocol, connectionDone
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from veil.edge.plain import normalize_host, split_target
+from veil.metrics import Registry
+from veil.proxy import pages
+from veil.proxy.headers import (
+    RequestIds,
+    connection_tokens,
+    request_head,
+    response_head,
+)
+from veil.proxy.upstream import TIMEOUT, OriginConnection, OriginPool
+from veil.store.requestlog import LogRow
+from veil.store.sites import Site
+
+_log = Logger()
+
+MAX_URL = 8 * 1024
+MAX_HEAD = 32 * 1024
+MAX_HEADERS = 100
+MAX_QUEUE = 32
+#: Statuses whose sites are proxied; any other shows the setup page.
+LIVE_STATUSES = frozenset({"live", "active", "ssl_provisioning"})
+IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE"})
+_NO_BODY_STATUS = (204, 304)
+_PAUSE_ORIGIN, _PAUSE_PIPELINE, _PAUSE_QUEUE = 1, 2, 4
+_CHUNKED_END = b"0\r\n\r\n"
+
+
+@attrs.frozen
+class Verdict:
+    """What the WAF decided: answer C{status} (403 or 429) instead of proxying."""
+
+    status: int
+    retry_after: int | None = None
+    reason: str = ""
+
+
+class _Reject(Exception):
+    """Raised from a parser callback to refuse a request with C{status}."""
+
+    def __init__(self, status: int) -> None:
+        self.status = status
+
+
+class ProxyFactory(Factory):
+    """
+    Builds L{ProxyProtocol}s that share one origin pool, site table and log.
+
+    @param sites: the site for a lower-case host name, or L{None}.
+    @param log: called once per request with its L{LogRow}.
+    @param inspect: the WAF hook, called with each L{Exchange} once its head
+        is parsed and routed to a live site; a L{Verdict} blocks it.
+    @param trust_request_id: keep a client's C{X-Request-Id} (behind a
+        trusted front) instead of generating one.
+    """
+
+    def __init__(self, reactor: Any, sites: Callable[[str], Site | None], origins: OriginPool,
+                 log: Callable[[LogRow], None], metrics: Registry, *, scheme: str = "https",
+                 sni: str | None = None, inspect: Callable[[Exchange], Verdict | None] | None = None,
+                 trust_request_id: bool = False, header_timeout: float = 15.0,
+                 idle_timeout: float = 60.0, pipeline_buffer: int = 64 * 1024,
+                 retry_after: int = 120) -> None:
+        self.clock = reactor
+        self.sites = sites
+        self.origins = origins
+        self.log = log
+        self.scheme = scheme
+        self.proto = scheme.encode("ascii")
+        self.sni = sni
+        self.inspect = inspect
+        self.trust_request_id = trust_request_id
+        self.header_timeout = header_timeout
+        self.idle_timeout = idle_timeout
+        self.pipeline_buffer = pipeline_buffer
+        self.retry_after = b"%d" % retry_after
+        self.request_id = RequestIds()
+        self.requests = metrics.counter("veil_proxy_requests_total", "Requests proxied or answered")
+        self.rejected = metrics.counter("veil_proxy_rejected_total",
+                                        "Malformed requests refused, by status")
+        self.origin_errors = metrics.counter("veil_proxy_origin_errors_total",
+                                             "Origin failures, by kind")
+
+    def buildProtocol(self, addr: Any) -> ProxyProtocol:
+        p = ProxyProtocol(self, self.sni)
+        p.factory = self
+        return p
+
+    def for_sni(self, name: str) -> Factory:
+        """A factory for TLS connections whose SNI name is C{name} (lower-case)."""
+        return _SNIFactory(self, name)
+
+
+class _SNIFactory(Factory):
+    def __init__(self, proxy: ProxyFactory, name: str) -> None:
+        self._proxy, self._name = proxy, name
+
+    def buildProtocol(self, addr: Any) -> ProxyProtocol:
+        p = ProxyProtocol(self._proxy, self._name)
+        p.factory = self._proxy
+        return p
+
+
+@implementer(IPushProducer)
+class ProxyProtocol(Protocol):
+    """One client connection: parses requests and runs their exchanges in order."""
+
+    def __init__(self, factory: ProxyFactory, sni: str | None) -> None:
+        self.f = factory
+        self.sni = sni
+        self.queue: deque[Exchange] = deque()
+        self.client_ip = ""
+        self.client_ip_b = b""
+        self.tunnel: OriginConnection | None = None
+        self.gone = False
+        self._parser = httptools.HttpRequestParser(self)
+        self._reading: Exchange | None = None
+        self._url: list[bytes] = []
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._head_size = 0
+        self._in_head = False
+        self._reject = 400
+        self._stopped = False
+        self._paused = 0
+        self._timer: Any = None
+        self._seen = 0
+
+    # -- connection --------------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        peer = self.transport.getPeer()
+        self.client_ip = getattr(peer, "host", "") or ""
+        self.client_ip_b = self.client_ip.encode("ascii", "replace")
+        self._arm(self.f.idle_timeout)
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.tunnel is not None:
+            self.tunnel.transport.write(data)
+            return
+        if self._stopped:
+            if self.queue and self.queue[-1].upgrade is not None:
+                self.queue[-1].early.append(data)
+            return
+        try:
+            if self._in_head:
+                self._seen += len(data)
+                if self._seen > 2 * MAX_HEAD + 65536:
+                    raise _Reject(431)
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade as e:
+            self._upgrade(data[e.args[0]:])
+        except _Reject as e:
+            self._refuse(e.status)
+        except httptools.HttpParserCallbackError as e:
+            ctx = e.__context__
+            if isinstance(ctx, _Reject):
+                self._refuse(ctx.status)
+            else:
+                _log.failure("Proxy request handling failed",
+                             Failure(ctx) if isinstance(ctx, BaseException) else None)
+                self._refuse(400)
+        except httptools.HttpParserError as e:
+            _log.debug("Malformed request from {ip}: {error}", ip=self.client_ip, error=str(e))
+            self._refuse(400)
+        except Exception:  # noqa: BLE001 - a bug: never raise into the reactor
+            _log.failure("Proxy request handling failed")
+            self.transport.abortConnection()
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.gone = True
+        self._stopped = True
+        self._disarm()
+        if self.tunnel is not None:
+            tunnel, self.tunnel = self.tunnel, None
+            tunnel.tunnel = None
+            tunnel.transport.loseConnection()
+        while self.queue:
+            self.queue.popleft().client_lost()
+
+    # -- IPushProducer (for the origin transport taking a request body) ---------
+
+    def pauseProducing(self) -> None:
+        self.pause(_PAUSE_ORIGIN)
+
+    def resumeProducing(self) -> None:
+        self.unpause(_PAUSE_ORIGIN)
+
+    def stopProducing(self) -> None:
+        self.transport.abortConnection()
+
+    def pause(self, bit: int) -> None:
+        if not self._paused:
+            self.transport.pauseProducing()
+        self._paused |= bit
+
+    def unpause(self, bit: int) -> None:
+        if self._paused & bit:
+            self._paused &= ~bit
+            if not self._paused and not self.gone:
+                self.transport.resumeProducing()
+
+    # -- httptools callbacks -------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self._in_head = True
+        self._seen = 0
+        self._head_size = 0
+        self._url = []
+        self._headers = []
+        if not self.queue:
+            self._arm(self.f.header_timeout)
+
+    def on_url(self, part: bytes) -> None:
+        self._url.append(part)
+        self._head_size += len(part)
+        if self._head_size > MAX_URL:
+            raise _Reject(414)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        headers = self._headers
+        headers.append((name, value))
+        self._head_size += len(name) + len(value) + 4
+        if self._head_size > MAX_HEAD or len(headers) > MAX_HEADERS:
+            raise _Reject(431)
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        parser = self._parser
+        ex = Exchange(self, parser.get_method(), b"".join(self._url), self._headers)
+        self._reading = ex
+        if parser.get_http_version() == "1.0":
+            ex.http10 = True
+        elif parser.get_http_version() != "1.1":
+            raise _Reject(400)
+        ex.keep_alive = parser.should_keep_alive()
+        ex.prepare(parser.should_upgrade())
+        queue = self.queue
+        queue.append(ex)
+        if len(queue) == 1:
+            self._disarm()
+            ex.start()
+        elif len(queue) > MAX_QUEUE:
+            self.pause(_PAUSE_QUEUE)
+
+    def on_body(self, data: bytes) -> None:
+        self._reading.request_body(data)
+
+    def on_message_complete(self) -> None:
+        ex, self._reading = self._reading, None
+        if ex is not None:
+            ex.request_end()
+
+    # -- what the exchanges call ------------------------------------------------
+
+    def finished(self, ex: Exchange) -> None:
+        """The head exchange has answered: log it and start the next."""
+        queue = self.queue
+        if queue and queue[0] is ex:
+            queue.popleft()
+        if self.gone:
+            return
+        if not ex.keep_alive:
+            self._stopped = True
+            self._disarm()
+            self.transport.loseConnection()
+            return
+        if len(queue) <= MAX_QUEUE:
+            self.unpause(_PAUSE_QUEUE)
+        if queue:
+            queue[0].start()
+        elif not self._in_head and self.tunnel is None:
+            self._arm(self.f.idle_timeout)
+
+    # -- internals -----------------------------------------------------------------
+
+    def _refuse(self, status: int) -> None:
+        """Malformed input: answer C{status} after what is queued, then close."""
+        self._stopped = True
+        self._in_head = False
+        self.f.rejected.inc(status=str(status))
+        ex = self._reading
+        if ex is not None and ex in self.queue:
+            ex.broken(status)
+            return
+        ex = Exchange(self, b"", b"".join(self._url)[:MAX_URL], self._headers)
+        ex.http10 = False
+        ex.refuse(status)
+        self.queue.append(ex)
+        if len(self.queue) == 1:
+            ex.start()
+
+    def _upgrade(self, rest: bytes) -> None:
+        self._stopped = True
+        ex = self.queue[-1] if self.queue else None
+        if ex is None or ex.upgrade is None:
+            self.transport.loseConnection()
+            return
+        if rest:
+            ex.early.append(rest)
+
+    def _arm(self, seconds: float) -> None:
+        timer = self._timer
+        if timer is not None and timer.active():
+            timer.reset(seconds)
+        else:
+            self._timer = self.f.clock.callLater(seconds, self._timed_out)
+
+    def _disarm(self) -> None:
+        timer, self._timer = self._timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
+
+    def _timed_out(self) -> None:
+        self._timer = None
+        if not self.queue or self._in_head:
+            self.f.rejected.inc(status="timeout")
+            self._stopped = True
+            self.transport.loseConnection()
+
+
+class Exchange:
+    """
+    One request and its response.
+
+    What the WAF hook may read: C{method}, C{target}, C{host}, C{site},
+    C{headers} (as received), C{client_ip}, C{request_id}, C{user_agent}.
+    """
+
+    __slots__ = (
+        "blocked",
+        "body_done",
+        "bytes_in",
+        "bytes_out",
+        "chunked_in",
+        "chunked_out",
+        "client_ip",
+        "conn",
+        "early",
+        "ended",
+        "headers",
+        "host",
+        "http10",
+        "keep_alive",
+        "key",
+        "length_in",
+        "method",
+        "named",
+        "origin_ms",
+        "origin_ts",
+        "p",
+        "page",
+        "pending",
+        "pending_size",
+        "producing",
+        "raw_host",
+        "request_id",
+        "retried",
+        "rid",
+        "sent",
+        "site",
+        "start_ts",
+        "started",
+        "status",
+        "streaming",
+        "target",
+        "upgrade",
+        "user_agent",
+    )
+
+    def __init__(self, p: ProxyProtocol, method: bytes, target: bytes,
+                 headers: list[tuple[bytes, bytes]]) -> None:
+        self.p = p
+        self.method = method
+        self.target = target
+        self.headers = headers
+        self.client_ip = p.client_ip
+        self.host: str | None = None
+        self.raw_host = b""
+        self.site: Site | None = None
+        self.keep_alive = True
+        self.http10 = False
+        self.start_ts = p.f.clock.seconds()
+        self.request_id = ""
+        self.rid = b""
+        self.bytes_in = self.bytes_out = self.pending_size = 0
+        self.status: int | None = None
+        self.conn: OriginConnection | None = None
+        self.pending: list[bytes] = []
+        self.body_done = self.chunked_in = self.chunked_out = self.started = False
+        self.ended = self.blocked = self.retried = self.streaming = self.producing = False
+        self.length_in = -1
+        self.page: tuple[int, bytes, bytes] | None = None
+        self.upgrade: bytes | None = None
+        self.origin_ts = 0.0
+        self.origin_ms: float | None = None
+        self.user_agent: str | None = None
+        self.early: list[bytes] = []
+        self.sent: list[bytes] | None = None
+        self.key: Any = None
+        self.named: frozenset[bytes] = frozenset()
+
+    # -- routing -------------------------------------------------------------------
+
+    def prepare(self, upgrade: bool) -> None:
+        """Validate the head and decide: a page, or the site's origin."""
+        f = self.p.f
+        hosts = []
+        te = None
+        conn_values = []
+        upgrade_value = None
+        request_id = None
+        for name, value in self.headers:
+            lower = name.lower()
+            if lower == b"host":
+                hosts.append(value)
+            elif lower == b"content-length":
+                self.length_in = int(value)
+            elif lower == b"transfer-encoding":
+                if te is not None:
+                    raise _Reject(400)
+                te = value
+            elif lower == b"connection":
+                conn_values.append(value)
+            elif lower == b"user-agent":
+                self.user_agent = value[:512].decode("utf-8", "replace")
+            elif lower == b"upgrade":
+                upgrade_value = value
+            elif lower == b"x-request-id" and f.trust_request_id and 0 < len(value) <= 128:
+                request_id = value.decode("ascii", "replace")
+        self.request_id = request_id or f.request_id()
+        self.rid = self.request_id.encode("ascii", "replace")
+        if te is not None:
+            if te.strip().lower() != b"chunked" or self.length_in >= 0:
+                raise _Reject(400)
+            self.chunked_in = True
+        if not self.chunked_in and self.length_in <= 0:
+            self.body_done = True
+        if conn_values:
+            self.named = connection_tokens(conn_values)
+        if self.method == b"CONNECT" or len(hosts) != 1:
+            raise _Reject(400)
+        split = split_target(self.target)
+        if split is None:
+            raise _Reject(400)
+        authority, self.target = split
+        host = normalize_host(authority if authority is not None else hosts[0])
+        if host is None or (authority is not None and normalize_host(hosts[0]) is None):
+            raise _Reject(400)
+        self.host = host
+        self.raw_host = hosts[0]
+        if upgrade and upgrade_value is not None:
+            self.upgrade = upgrade_value
+        sni = self.p.sni
+        if sni is not None and host != sni:
+            self.page = (421, pages.MISDIRECTED, b"")
+            return
+        site = self.site = f.sites(host)
+        if site is None:
+            self.page = (404, pages.NOT_FOUND, b"")
+        elif site.maintenance:
+            self.page = (503, pages.maintenance(site.domain), b"Retry-After: " + f.retry_after
+                         + b"\r\n")
+        elif site.status not in LIVE_STATUSES:
+            self.page = (503, pages.setup(site.domain, site.status), b"Retry-After: 60\r\n")
+        elif f.inspect is not None:
+            verdict = f.inspect(self)
+            if verdict is not None:
+                self.blocked = True
+                extra = b"" if verdict.retry_after is None else \
+                    b"Retry-After: %d\r\n" % verdict.retry_after
+                body = (pages.throttled if verdict.status == 429 else pages.blocked)(
+                    self.request_id)
+                self.page = (verdict.status, body, extra)
+
+    def refuse(self, status: int) -> None:
+        """Answer a malformed request with C{status} and close."""
+        self.keep_alive = False
+        self.request_id = self.p.f.request_id()
+        self.rid = self.request_id.encode("ascii")
+        body = {414: pages.URI_TOO_LONG, 431: pages.HEADERS_TOO_LARGE}.get(status,
+                                                                          pages.BAD_REQUEST)
+        self.page = (status, body, b"")
+
+    def broken(self, status: int) -> None:
+        """The request's body turned out malformed (bad chunking)."""
+        self.keep_alive = False
+        if self.started or self.ended:
+            self._abort_both()
+        elif self.conn is not None:
+            conn, self.conn = self.conn, None
+            conn.abort()
+            self.refuse(status)
+            self._page()
+        else:
+            self.refuse(status)
+            if self.p.queue and self.p.queue[0] is self:
+                self._page()
+
+    # -- running -------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self.page is not None:
+            self._page()
+            return
+        site = self.site
+        try:
+            self.key = self.p.f.origins.key_for(site.upstream, site.origin_tls_verify)
+        except ValueError:
+            _log.warn("Site {domain} has an invalid upstream", domain=site.domain)
+            self._fail_page(502)
+            return
+        self.origin_ts = self.p.f.clock.seconds()
+        self.p.f.origins.acquire(self.key).addCallbacks(self._connected, self._connect_failed)
+
+    def _connected(self, conn: OriginConnection) -> None:
+        if self.ended or self.p.gone:
+            self.p.f.origins.release(conn, True)
+            return
+        self.conn = conn
+        if self.sent is not None:
+            data = self.sent
+        else:
+            if self.chunked_in:
+                framing = b"Transfer-Encoding: chunked\r\n"
+            elif self.length_in >= 0:
+                framing = b"Content-Length: %d\r\n" % self.length_in
+            else:
+                framing = b""
+            head = request_head(self.method, self.target, self.headers, self.named,
+                                client_ip=self.p.client_ip_b, proto=self.p.f.proto,
+                                host=self.raw_host, request_id=self.rid, body=framing,
+                                upgrade=self.upgrade)
+            data = [head]
+            data += self.pending
+            self.pending = []
+            self.pending_size = 0
+            if self.body_done:
+                if self.chunked_in:
+                    data.append(_CHUNKED_END)
+                if self.method in IDEMPOTENT and len(data) < 64:
+                    self.sent = data
+        conn.send(self, data, self.method == b"HEAD", self.body_done)
+        if not self.body_done:
+            self.streaming = True
+            conn.transport.registerProducer(self.p, True)
+        self.p.unpause(_PAUSE_PIPELINE)
+
+    def _connect_failed(self, f: Failure) -> None:
+        if self.ended:
+            return
+        self.p.f.origin_errors.inc(kind="connect")
+        _log.warn("Connecting to the origin of {host} failed: {error}", host=self.host,
+                  error=str(f.value) or type(f.value).__name__)
+        self._fail_page(502)
+
+    def request_body(self, data: bytes) -> None:
+        self.bytes_in += len(data)
+        if self.page is not None or self.ended:
+            return
+        if self.chunked_in:
+            pieces = (b"%x\r\n" % len(data), data, b"\r\n")
+        else:
+            pieces = (data,)
+        if self.streaming:
+            self.conn.transport.writeSequence(pieces)
+            return
+        self.pending += pieces
+        self.pending_size += len(data)
+        if self.pending_size > self.p.f.pipeline_buffer:
+            self.p.pause(_PAUSE_PIPELINE)
+
+    def request_end(self) -> None:
+        self.body_done = True
+        if self.streaming:
+            self.streaming = False
+            conn = self.conn
+            if conn is not None and not conn.closed:
+                if self.chunked_in:
+                    conn.transport.write(_CHUNKED_END)
+                conn.transport.unregisterProducer()
+                conn.request_sent()
+            self.p.unpause(_PAUSE_ORIGIN)
+
+    # -- origin listener -------------------------------------------------------------
+
+    def origin_interim(self, status: int, reason: bytes, headers: list) -> None:
+        if status == 100 and not self.http10 and not self.p.gone:
+            self.p.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+
+    def origin_head(self, status: int, reason: bytes, headers: list, length: int,
+                    chunked: bool) -> None:
+        p = self.p
+        self.status = status
+        self.started = True
+        self.sent = None
+        self.origin_ms = (p.f.clock.seconds() - self.origin_ts) * 1000.0
+        if self.upgrade is not None:
+            self.keep_alive = False
+        if self.method == b"HEAD" or status in _NO_BODY_STATUS:
+            framing = b"".join(b"Content-Length: " + v + b"\r\n" for n, v in headers
+                               if n.lower() == b"content-length")
+            length = 0
+        elif length >= 0:
+            framing = b"Content-Length: %d\r\n" % length
+        elif not self.http10:
+            framing = b"Transfer-Encoding: chunked\r\n"
+            self.chunked_out = True
+        else:
+            framing = b""
+            self.keep_alive = False
+        if not self.keep_alive:
+            framing += b"Connection: close\r\n"
+        elif self.http10:
+            framing += b"Connection: keep-alive\r\n"
+        if p.gone:
+            return
+        head = response_head(status, reason, headers, request_id=self.rid, framing=framing)
+        self.bytes_out += len(head)
+        p.transport.write(head)
+        if length != 0:
+            self.producing = True
+            p.transport.registerProducer(self.conn, True)
+
+    def origin_body(self, data: bytes) -> None:
+        self.bytes_out += len(data)
+        if self.p.gone:
+            return
+        if self.chunked_out:
+            self.p.transport.writeSequence((b"%x\r\n" % len(data), data, b"\r\n"))
+        else:
+            self.p.transport.write(data)
+
+    def origin_done(self) -> None:
+        self.conn = None
+        if not self.body_done:
+            # The origin answered before the whole request body: the rest
+            # cannot be skipped safely; close after this response.
+            self.keep_alive = False
+            self.streaming = False
+            self.p.unpause(_PAUSE_ORIGIN)
+        if self.p.gone:
+            return
+        if self.chunked_out:
+            self.p.transport.write(_CHUNKED_END)
+        if self.producing:
+            self.producing = False
+            self.p.transport.unregisterProducer()
+        self._end()
+
+    def origin_upgraded(self, conn: OriginConnection, rest: bytes) -> None:
+        p = self.p
+        self.status = 101
+        self.started = True
+        self.conn = None
+        self.origin_ms = (p.f.clock.seconds() - self.origin_ts) * 1000.0
+        if p.gone:
+            conn.transport.loseConnection()
+            return
+        head = response_head(101, b"Switching Protocols", conn_headers(conn),
+                             request_id=self.rid, framing=b"", upgrade=True)
+        p.transport.write(head)
+        if rest:
+            p.transport.write(rest)
+        p.tunnel = conn
+        conn.tunnel = p
+        if self.early:
+            conn.transport.writeSequence(self.early)
+        self.early = []
+        p.transport.registerProducer(conn, True)
+        conn.transport.registerProducer(_Producer(p.transport), True)
+        self.keep_alive = True
+        self._log()
+        p.queue.clear()
+
+    def origin_failed(self, kind: str, conn: OriginConnection | None) -> None:
+        self.conn = None
+        if self.streaming:
+            self.streaming = False
+            self.p.unpause(_PAUSE_ORIGIN)
+        if self.producing and not self.p.gone:
+            self.producing = False
+            self.p.transport.unregisterProducer()
+        if self.ended or self.p.gone:
+            return
+        if (kind != TIMEOUT and conn is not None and conn.reused and not conn.responded
+                and not self.retried and self.sent is not None):
+            self.retried = True
+            self.p.f.origins.acquire(self.key, fresh=True).addCallbacks(
+                self._connected, self._connect_failed)
+            return
+        self.p.f.origin_errors.inc(kind=kind)
+        if self.started:
+            self._abort_both()
+            return
+        self._fail_page(504 if kind == TIMEOUT else 502)
+
+    # -- ending ----------------------------------------------------------------------
+
+    def client_lost(self) -> None:
+        if self.ended:
+            return
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            conn.abort()
+            self.p.f.origins._lost(conn)
+        if self.status is None:
+            self.status = 499
+        self.ended = True
+        self._log()
+
+    def _fail_page(self, status: int) -> None:
+        body = pages.gateway_timeout(self.request_id) if status == 504 else \
+            pages.bad_gateway(self.request_id)
+        if not self.body_done:
+            self.keep_alive = False
+        self.page = (status, body, b"")
+        self._page()
+
+    def _page(self) -> None:
+        status, body, extra = self.page
+        self.status = status
+        if status >= 500 and not self.body_done:
+            self.keep_alive = False
+        if self.upgrade is not None:
+            self.keep_alive = False
+        out = [b"HTTP/1.1 %d " % status, pages.REASONS.get(status, b"Error"),
+               b"\r\nContent-Type: text/html; charset=utf-8\r\nContent-Length: %d\r\n"
+               b"Cache-Control: no-store\r\nX-Request-Id: " % len(body), self.rid,
+               b"\r\n", extra]
+        if not self.keep_alive:
+            out.append(b"Connection: close\r\n")
+        elif self.http10:
+            out.append(b"Connection: keep-alive\r\n")
+        out.append(b"\r\n")
+        if self.method != b"HEAD":
+            out.append(body)
+        data = b"".join(out)
+        self.bytes_out += len(data)
+        if not self.p.gone:
+            self.p.transport.write(data)
+        self._end()
+
+    def _abort_both(self) -> None:
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            conn.abort()
+            self.p.f.origins._lost(conn)
+        self.keep_alive = False
+        if not self.ended:
+            self.ended = True
+            self._log()
+        if not self.p.gone:
+            self.p.transport.abortConnection()
+
+    def _end(self) -> None:
+        if self.ended:
+            return
+        self.ended = True
+        self._log()
+        self.p.finished(self)
+
+    def _log(self) -> None:
+        f = self.p.f
+        now = f.clock.seconds()
+        path, _, query = self.target.partition(b"?")
+        site = self.site
+        f.requests.inc()
+        try:
+            f.log(LogRow(
+                ts=datetime.fromtimestamp(self.start_ts, UTC),
+                site_id=None if site is None else site.id, host=self.host,
+                method=self.method.decode("latin-1") or None,
+                path=path[:2048].decode("utf-8", "replace") or None,
+                query=query[:2048].decode("utf-8", "replace") or None,
+                status=self.status, bytes_in=self.bytes_in, bytes_out=self.bytes_out,
+                duration_ms=(now - self.start_ts) * 1000.0, origin_ms=self.origin_ms,
+                client_ip=self.client_ip or None, request_id=self.request_id,
+                user_agent=self.user_agent, blocked=self.blocked))
+        except Exception:  # noqa: BLE001 - a bad sink must not break the connection
+            _log.failure("Writing a request log row failed")
+
+
+def conn_headers(conn: OriginConnection) -> list:
+    return conn.last_headers
+
+
+@implementer(IPushProducer)
+class _Producer:
+    """A client transport producing into an origin transport (tunnels)."""
+
+    def __init__(self, transport: Any) -> None:
+        self._t = transport
+
+    def pauseProducing(self) -> None:
+        self._t.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        self._t.resumeProducing()
+
+    def stopProducing(self) -> None:
+        self._t.loseConnection()

@@ -1,0 +1,501 @@
+"""
+Origin connections: an HTTP/1.1 client protocol (L{OriginConnection}) and
+per-origin pools of idle keep-alive connections (L{OriginPool}).
+
+A pool keeps, per origin (scheme, host, port, verification), a LIFO list
+of idle connections (the most recently used is the most likely to be
+alive), at most C{max_per_origin} connections open or opening, and a queue
+of waiters, each with its own Deferred.  Idle connections older than
+C{idle_timeout} are closed by a sweep that runs while any is idle (so a
+connection may live up to a quarter of C{idle_timeout} longer); one the
+origin closes leaves the idle list at once.
+
+The exchange using a connection (the proxy's, see L{veil.proxy.server})
+is its I{listener}: it receives C{origin_interim}, C{origin_head},
+C{origin_body}, C{origin_done}, C{origin_upgraded} and C{origin_failed}.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Any
+from typing import Protocol as TypingProtocol
+
+import attrs
+import httptools
+from OpenSSL import SSL
+from twisted.internet.abstract import isIPAddress, isIPv6Address
+from twisted.internet.defer import CancelledError, Deferred, TimeoutError, gatherResults
+from twisted.internet.endpoints import (
+    HostnameEndpoint,
+    TCP4ClientEndpoint,
+    TCP6ClientEndpoint,
+    wrapClientTLS,
+)
+from twisted.internet.interfaces import IOpenSSLClientConnectionCreator, IPushProducer
+from twisted.internet.protocol import Factory, Protocol, connectionDone
+from twisted.internet.ssl import optionsForClientTLS
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+_log = Logger()
+
+#: Failure kinds reported to a listener.
+CONNECT, TIMEOUT, LOST, INVALID = "connect", "timeout", "lost", "invalid"
+
+
+class Listener(TypingProtocol):
+    body_done: bool
+
+    def origin_interim(self, status: int, reason: bytes, headers: list) -> None: ...
+    def origin_head(self, status: int, reason: bytes, headers: list, length: int,
+                    chunked: bool) -> None: ...
+    def origin_body(self, data: bytes) -> None: ...
+    def origin_done(self) -> None: ...
+    def origin_upgraded(self, conn: OriginConnection, rest: bytes) -> None: ...
+    def origin_failed(self, kind: str, conn: OriginConnection | None) -> None: ...
+
+
+@attrs.frozen
+class OriginKey:
+    """Which connections are interchangeable."""
+
+    scheme: str
+    host: str
+    port: int
+    verify: bool
+
+
+def parse_upstream(upstream: str, verify: bool = True) -> OriginKey:
+    """An origin key from a site's C{http(s)://host[:port]} upstream."""
+    scheme, sep, rest = upstream.partition("://")
+    scheme = scheme.lower()
+    if not sep or scheme not in ("http", "https"):
+        raise ValueError(f"unsupported upstream {upstream!r}")
+    authority = rest.split("/", 1)[0]
+    if authority.startswith("["):
+        host, _, tail = authority[1:].partition("]")
+        port_text = tail[1:] if tail.startswith(":") else ""
+    else:
+        host, _, port_text = authority.partition(":")
+    port = int(port_text) if port_text else (443 if scheme == "https" else 80)
+    if not host or not 0 < port < 65536:
+        raise ValueError(f"unsupported upstream {upstream!r}")
+    return OriginKey(scheme, host.lower(), port, verify)
+
+
+@implementer(IOpenSSLClientConnectionCreator)
+class _NoVerify:
+    """TLS to an origin whose certificate is not checked (SNI still sent)."""
+
+    def __init__(self, hostname: str) -> None:
+        self._name = None if isIPAddress(hostname) or isIPv6Address(hostname) else \
+            hostname.encode("idna")
+        self._ctx = SSL.Context(SSL.TLS_CLIENT_METHOD)
+        self._ctx.set_min_proto_version(SSL.TLS1_2_VERSION)
+        self._ctx.set_verify(SSL.VERIFY_NONE, lambda *a: True)
+
+    def clientConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:
+        conn = SSL.Connection(self._ctx, None)
+        if self._name is not None:
+            conn.set_tlsext_host_name(self._name)
+        conn.set_app_data(tlsProtocol)
+        return conn
+
+
+@implementer(IPushProducer)
+class OriginConnection(Protocol):
+    """
+    One HTTP/1.1 connection to an origin, carrying one exchange at a time.
+
+    @ivar reused: whether it has served a request before this one.
+    """
+
+    def __init__(self, pool: OriginPool, key: OriginKey) -> None:
+        self.pool = pool
+        self.key = key
+        self.reused = False
+        self.listener: Listener | None = None
+        self.idle_since = 0.0
+        self.closed = False
+        self.paused = False
+        self.tunnel: Any = None
+        self._parser = httptools.HttpResponseParser(self)
+        self._timer: Any = None
+        self._head_only = False
+        self._responded = False
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._reason = b""
+        self._length = -1
+        self._chunked = False
+        self._status = 0
+        self._complete = False
+        self._reset = False
+        self.last_headers: list[tuple[bytes, bytes]] = []
+
+    # -- used by the exchange ------------------------------------------------
+
+    def send(self, listener: Listener, data: list[bytes], head_only: bool,
+             complete: bool = True) -> None:
+        """
+        Start an exchange: C{data} is the request head and buffered body.
+        Unless the request is C{complete}, the response timeout starts only
+        at L{request_sent} (a long upload is not a slow origin).
+        """
+        self.listener = listener
+        self._head_only = head_only
+        self._responded = False
+        self._complete = False
+        if complete:
+            self.request_sent()
+        self.transport.writeSequence(data)
+
+    def request_sent(self) -> None:
+        """The whole request is written: the response head is now due."""
+        if self._timer is None and self.listener is not None:
+            self._timer = self.pool.clock.callLater(self.pool.response_timeout, self._too_slow)
+
+    def abort(self) -> None:
+        """Drop the connection (the exchange failed on the client side)."""
+        self.listener = None
+        self._cancel_timer()
+        self.transport.abortConnection()
+
+    # -- IPushProducer, for the client transport ------------------------------
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+        self.transport.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+        self.transport.resumeProducing()
+
+    def stopProducing(self) -> None:
+        self.abort()
+
+    # -- protocol -------------------------------------------------------------
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.tunnel is not None:
+            self.tunnel.transport.write(data)
+            return
+        listener = self.listener
+        if listener is None:
+            # Bytes while idle: the origin is confused; never reuse it.
+            self.transport.abortConnection()
+            return
+        self._responded = True
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade as upgrade:
+            if self._status == 101 and self.listener is listener:
+                self._cancel_timer()
+                self.listener = None
+                listener.origin_upgraded(self, data[upgrade.args[0]:])
+            else:
+                self._fail(INVALID)
+            return
+        except httptools.HttpParserError as e:
+            _log.debug("Invalid response from {host}: {error}", host=self.key.host, error=str(e))
+            self._fail(INVALID)
+            return
+        if self._reset:
+            self._reset = False
+            self._parser = httptools.HttpResponseParser(self)
+            self._finish(True)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.closed = True
+        self._cancel_timer()
+        if self.tunnel is not None:
+            tunnel, self.tunnel = self.tunnel, None
+            tunnel.transport.loseConnection()
+            return
+        listener = self.listener
+        if listener is None:
+            self.pool._lost(self)
+            return
+        if self._status and not self._complete and not self._chunked and self._length < 0 \
+                and not self._head_only:
+            # A response delimited by the close: complete now.
+            self._finish(False)
+            return
+        self._fail(LOST)
+
+    # -- httptools callbacks -------------------------------------------------
+
+    def on_status(self, reason: bytes) -> None:
+        self._reason += reason
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers.append((name, value))
+        if len(name) == 14 and name.lower() == b"content-length":
+            self._length = int(value)
+        elif len(name) == 17 and name.lower() == b"transfer-encoding":
+            self._chunked = True
+
+    def on_headers_complete(self) -> None:
+        status = self._status = self._parser.get_status_code()
+        headers, reason = self._headers, self._reason or b"Unknown"
+        self._headers, self._reason = [], b""
+        if status == 101:
+            self.last_headers = headers
+            return
+        if status < 200:
+            self._length, self._chunked = -1, False
+            self.listener.origin_interim(status, reason, headers)
+            return
+        self._cancel_timer()
+        length = 0 if self._head_only or status in (204, 304) else self._length
+        self.listener.origin_head(status, reason, headers, length, self._chunked)
+        if self._head_only:
+            self._reset = True
+
+    def on_body(self, data: bytes) -> None:
+        if self.listener is not None and not self._reset:
+            self.listener.origin_body(data)
+
+    def on_message_complete(self) -> None:
+        if self._status < 200 or self._reset:
+            return
+        self._finish(self._parser.should_keep_alive())
+
+    # -- internals -------------------------------------------------------------
+
+    def _finish(self, reusable: bool) -> None:
+        listener = self.listener
+        self._complete = True
+        self._status, self._length, self._chunked = 0, -1, False
+        self.listener = None
+        self.reused = True
+        if listener is not None and not listener.body_done:
+            # Answered before the whole request body was sent: the origin
+            # may still expect the rest, so this connection is never reused.
+            self.transport.abortConnection()
+            listener.origin_done()
+            return
+        # Back to the pool first, so that the next exchange finds it idle.
+        self.pool.release(self, reusable)
+        if listener is not None:
+            listener.origin_done()
+
+    def _fail(self, kind: str) -> None:
+        listener = self.listener
+        self.listener = None
+        self._cancel_timer()
+        if not self.closed:
+            self.transport.abortConnection()
+        self.pool._lost(self)
+        if listener is not None:
+            listener.origin_failed(kind, self)
+
+    def _too_slow(self) -> None:
+        self._timer = None
+        self._fail(TIMEOUT)
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            if self._timer.active():
+                self._timer.cancel()
+            self._timer = None
+
+    @property
+    def responded(self) -> bool:
+        """Whether any byte of a response arrived for the current exchange."""
+        return self._responded
+
+
+class _Slot:
+    __slots__ = ("count", "endpoint", "idle", "waiters")
+
+    def __init__(self, endpoint: Any) -> None:
+        self.idle: list[OriginConnection] = []
+        self.count = 0
+        self.waiters: deque[Deferred[OriginConnection]] = deque()
+        self.endpoint = endpoint
+
+
+class _ConnFactory(Factory):
+    def __init__(self, pool: OriginPool, key: OriginKey) -> None:
+        self.pool, self.key = pool, key
+
+    def buildProtocol(self, addr: Any) -> OriginConnection:
+        return OriginConnection(self.pool, self.key)
+
+
+class OriginPool:
+    """
+    Keep-alive connections to origins, bounded per origin.
+
+    @param reactor: connects (TCP, name resolution) and keeps time.
+    """
+
+    def __init__(self, reactor: Any, *, max_per_origin: int = 256, idle_timeout: float = 60.0,
+                 connect_timeout: float = 5.0, response_timeout: float = 60.0) -> None:
+        self.reactor = self.clock = reactor
+        self.max_per_origin = max_per_origin
+        self.idle_timeout = idle_timeout
+        self.connect_timeout = connect_timeout
+        self.response_timeout = response_timeout
+        self._slots: dict[OriginKey, _Slot] = {}
+        self._keys: dict[tuple[str, bool], OriginKey] = {}
+        self._sweeper: Any = None
+        self._closing = False
+
+    def key_for(self, upstream: str, verify: bool) -> OriginKey:
+        """The (cached) key of a site's upstream."""
+        key = self._keys.get((upstream, verify))
+        if key is None:
+            key = self._keys[(upstream, verify)] = parse_upstream(upstream, verify)
+        return key
+
+    def acquire(self, key: OriginKey, fresh: bool = False) -> Deferred[OriginConnection]:
+        """
+        A connection to C{key}'s origin: an idle one (unless C{fresh}), a
+        new one, or, at the bound, the next one released.
+        """
+        slot = self._slots.get(key)
+        if slot is None:
+            slot = self._slots[key] = _Slot(self._endpoint(key))
+        if not fresh and slot.idle:
+            conn = slot.idle.pop()
+            conn.reused = True
+            return _succeed(conn)
+        if slot.count < self.max_per_origin:
+            return self._connect(key, slot)
+        waiter: Deferred[OriginConnection] = Deferred(lambda d: _forget(slot.waiters, d))
+        slot.waiters.append(waiter)
+        waiter.addTimeout(self.connect_timeout, self.clock)
+        return waiter
+
+    def release(self, conn: OriginConnection, reusable: bool) -> None:
+        """Take back a connection whose exchange has finished."""
+        slot = self._slots.get(conn.key)
+        if conn.paused:
+            conn.resumeProducing()
+        if slot is None or not reusable or conn.closed or self._closing:
+            if not conn.closed:
+                conn.transport.loseConnection()
+            return
+        while slot.waiters:
+            waiter = slot.waiters.popleft()
+            if not waiter.called:
+                conn.reused = True
+                waiter.callback(conn)
+                return
+        conn.idle_since = self.clock.seconds()
+        slot.idle.append(conn)
+        if self._sweeper is None:
+            self._sweeper = self.clock.callLater(self.idle_timeout / 4, self._sweep)
+
+    def close(self) -> Deferred[None]:
+        """Close every idle connection; later releases close too."""
+        self._closing = True
+        if self._sweeper is not None and self._sweeper.active():
+            self._sweeper.cancel()
+        self._sweeper = None
+        lost = []
+        for slot in self._slots.values():
+            for conn in slot.idle:
+                done: Deferred[None] = Deferred()
+                conn.connectionLost = _then(conn.connectionLost, done)
+                conn.transport.loseConnection()
+                lost.append(done)
+            slot.idle.clear()
+        return gatherResults(lost).addCallback(lambda _: None)
+
+    # -- internals -------------------------------------------------------------
+
+    def _endpoint(self, key: OriginKey) -> Any:
+        timeout = max(1, int(self.connect_timeout + 0.999))
+        if isIPAddress(key.host):
+            endpoint: Any = TCP4ClientEndpoint(self.reactor, key.host, key.port, timeout=timeout)
+        elif isIPv6Address(key.host):
+            endpoint = TCP6ClientEndpoint(self.reactor, key.host, key.port, timeout=timeout)
+        else:
+            endpoint = HostnameEndpoint(self.reactor, key.host, key.port, timeout=timeout)
+        if key.scheme == "https":
+            creator = optionsForClientTLS(key.host) if key.verify else _NoVerify(key.host)
+            endpoint = wrapClientTLS(creator, endpoint)
+        return endpoint
+
+    def _connect(self, key: OriginKey, slot: _Slot) -> Deferred[OriginConnection]:
+        slot.count += 1
+        d = slot.endpoint.connect(_ConnFactory(self, key))
+        d.addTimeout(self.connect_timeout, self.clock)
+
+        def failed(f: Failure) -> Failure:
+            slot.count -= 1
+            self._wake(key, slot)
+            return f
+        return d.addErrback(failed)
+
+    def _lost(self, conn: OriginConnection) -> None:
+        """A connection closed or failed: forget it and make room."""
+        slot = self._slots.get(conn.key)
+        if slot is None or getattr(conn, "_counted_out", False):
+            return
+        conn._counted_out = True  # type: ignore[attr-defined]
+        slot.count -= 1
+        try:
+            slot.idle.remove(conn)
+        except ValueError:
+            pass
+        self._wake(conn.key, slot)
+
+    def _wake(self, key: OriginKey, slot: _Slot) -> None:
+        while slot.waiters and slot.count < self.max_per_origin:
+            waiter = slot.waiters.popleft()
+            if not waiter.called:
+                self._connect(key, slot).chainDeferred(waiter)
+
+    def _sweep(self) -> None:
+        self._sweeper = None
+        deadline = self.clock.seconds() - self.idle_timeout
+        remaining = False
+        for slot in self._slots.values():
+            while slot.idle and slot.idle[0].idle_since <= deadline:
+                conn = slot.idle.pop(0)
+                conn.transport.loseConnection()
+            remaining = remaining or bool(slot.idle)
+        if remaining:
+            self._sweeper = self.clock.callLater(self.idle_timeout / 4, self._sweep)
+
+
+def _succeed(conn: OriginConnection) -> Deferred[OriginConnection]:
+    d: Deferred[OriginConnection] = Deferred()
+    d.callback(conn)
+    return d
+
+
+def _forget(waiters: deque, d: Deferred) -> None:
+    try:
+        waiters.remove(d)
+    except ValueError:
+        pass
+
+
+def _then(lost: Any, done: Deferred[None]) -> Any:
+    def connectionLost(reason: Failure = connectionDone) -> None:
+        try:
+            lost(reason)
+        finally:
+            if not done.called:
+                done.callback(None)
+    return connectionLost
+
+
+__all__ = [
+    "CONNECT",
+    "INVALID",
+    "LOST",
+    "TIMEOUT",
+    "CancelledError",
+    "OriginConnection",
+    "OriginKey",
+    "OriginPool",
+    "TimeoutError",
+    "parse_upstream",
+]
