@@ -34,6 +34,7 @@ from veil.store.db import Database
 from veil.store.listener import ListenerService
 from veil.store.locks import LockSession
 from veil.store.migrate import migrate
+from veil.store.requestlog import RequestLog
 from veil.workers.base import PeriodicWorker
 from veil.workers.maintenance import partition_worker, session_cleanup_worker
 
@@ -61,6 +62,7 @@ class VeilService(Service):
         self.embedded: Any = None
         self.listener: ListenerService | None = None
         self.locks: LockSession | None = None
+        self.request_log: RequestLog | None = None
         self.workers: list[PeriodicWorker] = []
         self.dashboard_port: Any = None
         self.edge: Any = None
@@ -147,8 +149,12 @@ class VeilService(Service):
         locks.start()
         self.listener = ListenerService(conninfo, self.reactor,
                                         connect_timeout=config.database.connect_timeout)
-        self.readiness.detail = "loading sites and certificates"
-        edge_workers = await self.edge.start(db, locks, self.listener)
+        self.request_log = RequestLog(
+            conninfo, self.reactor, config.data_dir / "spool" / "request_log",
+            metrics=self.metrics, connect_timeout=config.database.connect_timeout)
+        self.request_log.startService()
+        self.readiness.detail = "loading sites, certificates and decisions"
+        edge_workers = await self.edge.start(db, locks, self.listener, self.request_log.append)
         self.listener.startService()
         workers = config.workers
         self.workers = edge_workers + [
@@ -207,6 +213,8 @@ class VeilService(Service):
             await worker.stopService()
         if self.listener is not None:
             await self.listener.stopService()
+        if self.request_log is not None:
+            await self.request_log.stopService()
         if self.locks is not None:
             await self.locks.close()
         if self.db is not None:

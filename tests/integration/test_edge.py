@@ -20,6 +20,7 @@ from twisted.python.threadpool import ThreadPool
 from twisted.trial.unittest import TestCase
 
 from tests.integration.test_migrate import empty_database
+from tests.support.origin import OriginFactory
 from tests.support.pebble import free_port, pebble_for
 from veil.config import load
 from veil.service import VeilService
@@ -40,7 +41,8 @@ class ClientThreads:
         return deferToThreadPool(reactor, self._pool, fn, *args)
 
 
-def add_site(conninfo: str, domain: str, status: str = "active") -> uuid.UUID:
+def add_site(conninfo: str, domain: str, status: str = "active",
+             upstream: str = "http://127.0.0.1:9") -> uuid.UUID:
     """Insert a site (and an owner) straight into the store, as the dashboard will."""
     with psycopg.connect(conninfo, autocommit=True) as conn:
         owner = conn.execute(
@@ -48,7 +50,7 @@ def add_site(conninfo: str, domain: str, status: str = "active") -> uuid.UUID:
             (f"owner-{uuid.uuid4().hex[:8]}@example.com",)).fetchone()[0]
         return conn.execute(
             "INSERT INTO sites (owner_id, domain, upstream, status) VALUES (%s, %s, %s, %s)"
-            " RETURNING id", (owner, domain, "http://127.0.0.1:9", status)).fetchone()[0]
+            " RETURNING id", (owner, domain, upstream, status)).fetchone()[0]
 
 
 def site_status(conninfo: str, site_id: uuid.UUID) -> tuple[str, str | None]:
@@ -100,6 +102,19 @@ async def start_veil(testcase: TestCase, conninfo: str, **env: str) -> VeilServi
     return service
 
 
+async def until_rows(conninfo: str, wanted: int, within: float = 10.0) -> None:
+    """Wait (bounded) until request_log holds C{wanted} rows."""
+    deadline = reactor.seconds() + within
+    while True:
+        with psycopg.connect(conninfo) as conn:
+            (have,) = conn.execute("SELECT count(*) FROM request_log").fetchone()
+        if have >= wanted:
+            return
+        if reactor.seconds() > deadline:
+            raise AssertionError(f"request_log has {have} rows, not {wanted}")
+        await deferLater(reactor, 0.05, lambda: None)
+
+
 def metric(service: VeilService, name: str, **labels: str) -> float:
     return service.metrics.counter(name, "").value(**labels)
 
@@ -127,12 +142,25 @@ class InternalCATests(TestCase):
         exact name (verified against the internal root), the site goes live,
         the key is stored encrypted, and the next handshake is served from memory.
         """
-        site = add_site(self.conninfo, "shop.test")
+        origin = OriginFactory(reactor)
+        listening = reactor.listenTCP(0, origin, interface="127.0.0.1")
+        self.addCleanup(listening.stopListening)
+        site = add_site(self.conninfo, "shop.test",
+                        upstream=f"http://127.0.0.1:{listening.getHost().port}")
         await self.veil.edge.sites.reload()
         cert, alpn, reply = await self.run(tls_get, self.port, "shop.test", self.cafile)
         self.assertEqual(san(cert), ["shop.test"])
         self.assertEqual(alpn, "http/1.1")
-        self.assertIn(b"not proxied yet", reply)
+        # The origin's answer, through the proxy, with the request id echoed.
+        self.assertTrue(reply.startswith(b"HTTP/1.1 200"), reply[:200])
+        self.assertIn(b'"target": "/"', reply)
+        self.assertIn(b"x-forwarded-proto", reply.lower())
+        self.assertIn(b"x-request-id", reply.lower())
+        await until_rows(self.conninfo, 1)
+        with psycopg.connect(self.conninfo) as conn:
+            logged = conn.execute(
+                "SELECT site_id, host, method, path, status FROM request_log").fetchall()
+        self.assertEqual(logged, [(site, "shop.test", "GET", "/", 200)])
         self.assertEqual(site_status(self.conninfo, site)[0], "live")
         with psycopg.connect(self.conninfo) as conn:
             name, sealed, chain = conn.execute(
@@ -183,6 +211,8 @@ class InternalCATests(TestCase):
         other_port = other.edge.ports["edge"].getHost().port
         held, _, _ = await self.run(tls_get, other_port, "swap.test", self.cafile)
         self.assertEqual(held["serialNumber"], first["serialNumber"])
+        # Only the first process renews, so the second can only learn of it by NOTIFY.
+        await next(w for w in other.workers if w.name == "certificate-renewal").stopService()
 
         # The CA's renewal information says: renew now.
         with psycopg.connect(self.conninfo, autocommit=True) as conn:

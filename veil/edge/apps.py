@@ -149,6 +149,8 @@ class AppRouter:
                            WebSite(dashboard, host=dashboard_host, timeout=timeout, clock=clock))
         self._misdirected = WebSite(_Misdirected(), timeout=timeout, clock=clock)
         self._acme = ChallengeFactory(clock, timeout)
+        #: The reverse proxy, once Veil has started (see L{veil.edge.service}).
+        self.proxy: Any = None
 
     def factory_for(self, hello: ClientHello, creator: Any) -> Factory:
         """
@@ -163,6 +165,8 @@ class AppRouter:
         if name == self._dashboard_host and self._dashboard is not None:
             return self._dashboard
         if self._sites(name) is not None:
+            if self.proxy is not None:
+                return self.proxy.for_sni(name)
             return WebSite(_Placeholder(name, self._sites), host=name,
                            timeout=self._timeout, clock=self._clock)
         return self._misdirected

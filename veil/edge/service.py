@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 from datetime import timedelta
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,11 @@ from veil.store.db import Database
 from veil.store.listener import ListenerService
 from veil.store.locks import LockSession
 from veil.store.sites import Site, SiteStore, SiteTable
+from veil.proxy.server import ProxyFactory
+from veil.proxy.upstream import OriginPool
+from veil.store.requestlog import LogRow
+from veil.waf.decisions import DecisionStore, DecisionTable
+from veil.waf.pipeline import ip_decisions, pipeline
 from veil.workers.base import PeriodicWorker
 from veil.workers.renewal import renewal_worker
 
@@ -64,6 +70,8 @@ class Edge:
         self.responder: StoreResponder | None = None
         self.ca: InternalCA | None = None
         self.ports: dict[str, Any] = {}
+        self.decisions: DecisionTable | None = None
+        self.origins: OriginPool | None = None
         self._http_pool: HTTPConnectionPool | None = None
         self._router = AppRouter(self._site, dashboard, config.dashboard_host, clock=reactor)
 
@@ -99,9 +107,12 @@ class Edge:
             _log.info("Edge {kind} port on {address}:{port}", kind=name, address=host.host,
                       port=host.port)
 
-    async def start(self, db: Database, locks: LockSession,
-                    listener: ListenerService) -> list[PeriodicWorker]:
-        """Set up the caches, the CA and the resolver; return the workers to run."""
+    async def start(self, db: Database, locks: LockSession, listener: ListenerService,
+                    request_log: Callable[[LogRow], None]) -> list[PeriodicWorker]:
+        """
+        Set up the caches, the CA, the resolver and the proxy; return the
+        workers to run.
+        """
         config = self.config
         config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         box = (SecretBox.from_key(config.tls.secrets_key) if config.tls.secrets_key
@@ -123,7 +134,18 @@ class Edge:
             key_type=config.tls.key_type, cache_size=config.tls.cache_size)
         listener.subscribe("veil_certificates", resolver.certificate_changed, resolver.reload)
         self.resolver = resolver
+
+        decisions = DecisionTable(DecisionStore(db), self.reactor)
+        decisions.subscribe(listener)
+        await decisions.reload()
+        self.decisions = decisions
+        self.origins = OriginPool(self.reactor)
+        self._router.proxy = ProxyFactory(
+            self.reactor, sites.get, self.origins, request_log, self.metrics,
+            scheme="https", inspect=pipeline([ip_decisions(decisions)]))
         return [
+            PeriodicWorker("decision-table", decisions.reload, self.reactor, every=60.0),
+            PeriodicWorker("decision-expiry", decisions.prune, self.reactor, every=5.0),
             renewal_worker(store, resolver, sites, locks, self.reactor, config.dashboard_host,
                            config.tls.renew_fraction, config.tls.renewal_interval),
             PeriodicWorker("site-table", sites.reload, self.reactor, every=60.0),
@@ -163,6 +185,8 @@ class Edge:
         for port in self.ports.values():
             await port.stopListening()
         self.ports.clear()
+        if self.origins is not None:
+            await self.origins.close()
         if self.resolver is not None:
             self.resolver.close()
         if self._http_pool is not None:
