@@ -232,6 +232,48 @@ class InternalCATests(TestCase):
             statuses = sorted(r[0] for r in conn.execute("SELECT status FROM certificates"))
         self.assertEqual(statuses, ["superseded", "valid"])
 
+    async def test_ip_decisions_enforced(self) -> None:
+        """
+        A ban on the client's address answers 403 with the request id, a
+        throttle 429 with Retry-After, both logged as blocked; removing the
+        decision lets requests through again.
+        """
+        origin = OriginFactory(reactor)
+        listening = reactor.listenTCP(0, origin, interface="127.0.0.1")
+        self.addCleanup(listening.stopListening)
+        add_site(self.conninfo, "guarded.test",
+                 upstream=f"http://127.0.0.1:{listening.getHost().port}")
+        await self.veil.edge.sites.reload()
+        with psycopg.connect(self.conninfo, autocommit=True) as conn:
+            ban = conn.execute("INSERT INTO decisions (target, type, reason, source) VALUES"
+                               " ('127.0.0.0/8', 'ban', 'test', 'manual') RETURNING id"
+                               ).fetchone()[0]
+        await self.veil.edge.decisions.reload()
+        _, _, reply = await self.run(tls_get, self.port, "guarded.test", self.cafile)
+        self.assertTrue(reply.startswith(b"HTTP/1.1 403"), reply[:100])
+        request_id = [line.split(b":", 1)[1].strip() for line in reply.split(b"\r\n")
+                      if line.lower().startswith(b"x-request-id:")][0]
+        self.assertIn(request_id, reply.split(b"\r\n\r\n", 1)[1])
+        self.assertEqual(origin.connections, 0)
+
+        with psycopg.connect(self.conninfo, autocommit=True) as conn:
+            conn.execute("UPDATE decisions SET type = 'throttle' WHERE id = %s", (ban,))
+        await self.veil.edge.decisions.reload()
+        _, _, reply = await self.run(tls_get, self.port, "guarded.test", self.cafile)
+        self.assertTrue(reply.startswith(b"HTTP/1.1 429"), reply[:100])
+        self.assertIn(b"retry-after:", reply.lower())
+
+        with psycopg.connect(self.conninfo, autocommit=True) as conn:
+            conn.execute("DELETE FROM decisions WHERE id = %s", (ban,))
+        await self.veil.edge.decisions.reload()
+        _, _, reply = await self.run(tls_get, self.port, "guarded.test", self.cafile)
+        self.assertTrue(reply.startswith(b"HTTP/1.1 200"), reply[:100])
+
+        await until_rows(self.conninfo, 3)
+        with psycopg.connect(self.conninfo) as conn:
+            logged = conn.execute("SELECT status, blocked FROM request_log ORDER BY id").fetchall()
+        self.assertEqual(logged, [(403, True), (429, True), (200, False)])
+
     async def test_concurrent_handshakes_one_issuance(self) -> None:
         """Twenty handshakes for one new name at once share a single issuance."""
         add_site(self.conninfo, "busy.test")
