@@ -31,18 +31,19 @@ setup)
     # A data directory with the site in it (no certificate yet), copied for every start.
     rm -rf "$seed" && mkdir -p "$seed"
     dash=$(free_port)
-    (cd "$seed" && VEIL_DATA_DIR="$seed/veil-data" VEIL_DASHBOARD_PORT=$dash \
+    (cd "$seed" && exec env VEIL_DATA_DIR="$seed/veil-data" VEIL_DASHBOARD_PORT=$dash \
         VEIL_EDGE_PORT=$(free_port) VEIL_HTTP_PORT=$(free_port) \
-        "$venv/bin/twistd" --nodaemon --pidfile= veil >"$seed/setup.log" 2>&1 & echo $! > "$seed/pid")
+        "$venv/bin/twistd" --nodaemon --pidfile= veil) >"$seed/setup.log" 2>&1 &
+    pid=$!
     for _ in $(seq 1 120); do
         curl -fsS "http://127.0.0.1:$dash/ready" >/dev/null 2>&1 && break
         sleep 0.25
     done
     VEIL_DATA_DIR="$seed/veil-data" "$venv/bin/veil" sites add "$host" \
         --origin "http://127.0.0.1:$upstream" --verified >&2
-    kill -TERM "$(cat "$seed/pid")"
-    while kill -0 "$(cat "$seed/pid")" 2>/dev/null; do sleep 0.1; done
-    rm -f "$seed/pid" ;;
+    kill -TERM "$pid"
+    wait "$pid" || true  # Veil stops its PostgreSQL before it exits
+    grep -q "Veil stopped" "$seed/setup.log" ;;
 version)
     "$venv/bin/python" - <<'PY'
 import OpenSSL, twisted, veil

@@ -31,6 +31,7 @@ from veil.edge.hello import ClientHello, HelloError, HelloReader
 from veil.errors import IssuanceFailed, IssuanceRefused, VeilError
 from veil.logs import redact_ip
 from veil.metrics import Registry
+from veil.tcp import no_delay
 
 _log = Logger()
 
@@ -101,6 +102,7 @@ class EdgeProtocol(Protocol):
     # -- before TLS ----------------------------------------------------------
 
     def connectionMade(self) -> None:
+        no_delay(self.transport)
         self._timer = self.factory.clock.callLater(self.factory.hello_timeout, self._too_slow)
 
     def dataReceived(self, data: bytes) -> None:

@@ -39,6 +39,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from veil.tcp import no_delay
+
 _log = Logger()
 
 #: Failure kinds reported to a listener.
@@ -135,6 +137,10 @@ class OriginConnection(Protocol):
         self.last_headers: list[tuple[bytes, bytes]] = []
 
     # -- used by the exchange ------------------------------------------------
+
+
+    def connectionMade(self) -> None:
+        no_delay(self.transport)
 
     def send(self, listener: Listener, data: list[bytes], head_only: bool,
              complete: bool = True) -> None:
