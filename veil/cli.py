@@ -523,6 +523,8 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     async def exit_with_status(reactor: Any) -> None:
         try:
             status = await job(reactor)
+        except BrokenPipeError:
+            status = _reader_gone()
         except Exception:  # noqa: BLE001 - a bug: show it, nobody reads Twisted's log here
             traceback.print_exc(file=env.err)
             status = 1
@@ -532,8 +534,23 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     try:
         react(exit_with_status)
     except SystemExit as e:
-        return e.code if isinstance(e.code, int) else 1
-    return 0
+        status = e.code if isinstance(e.code, int) else 1
+    else:
+        status = 0
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        return _reader_gone()
+    return status
+
+
+def _reader_gone() -> int:
+    """
+    The reader of our output went away (C{veil sites list | head}): stop
+    quietly, as Unix tools do, with the status of a death by SIGPIPE.
+    """
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 128 + 13
 
 
 if __name__ == "__main__":

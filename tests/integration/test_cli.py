@@ -524,3 +524,18 @@ class ConnectionTests(CliCase):
                                   "http://10.0.0.5")
         self.assertEqual(again.status, 1)
         self.assertEqual(again.err, "veil: site shop.example.com already exists\n")
+
+    async def test_reader_gone(self) -> None:
+        """Output into a pipe nobody reads (veil ... | head) ends quietly, no traceback."""
+        root = str(Path(veil.__file__).resolve().parent.parent)
+        env = {"VEIL_DATABASE_URL": self.conninfo, "PYTHONPATH": root,
+               "PATH": os.environ.get("PATH", "/usr/bin:/bin")}
+        code = "import sys; from veil.cli import main; sys.exit(main())"
+        command = (f"{sys.executable} -c {code!r} sites add pipe.example.com"
+                   " --origin http://10.0.0.5 --verified | true")
+        out, err, status = await getProcessOutputAndValue(
+            "/bin/sh", ("-c", f"{command}; echo done"),
+            env=env, path=root)
+        self.assertNotIn(b"Traceback", err)
+        self.assertNotIn(b"BrokenPipeError", err)
+        self.assertEqual(out, b"done\n")
