@@ -160,11 +160,14 @@ class Database:
     def _mark_unreachable(self, reason: str) -> None:
         self.healthy, self.last_error = False, reason
 
-    def _connection(self) -> Any:
-        try:
-            return self._pool.connection(timeout=self.connect_timeout)
-        except PoolClosed as e:
-            raise StoreUnavailable(f"the connection pool is closed: {e}") from None
+    def _connection(self, timeout: float | None = None) -> _unavailable_on_timeout:
+        """
+        A pooled connection as a context manager; entering it raises
+        L{StoreUnavailable} when none comes within C{timeout} (default:
+        C{connect_timeout}) or the pool is closed.
+        """
+        wait = self.connect_timeout if timeout is None else timeout
+        return _unavailable_on_timeout(self._pool.connection(timeout=wait))
 
     def transact(self, desc: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> Deferred[T]:
         """
@@ -181,7 +184,7 @@ class Database:
         while True:
             attempt += 1
             try:
-                with _unavailable_on_timeout(self._connection()) as conn:
+                with self._connection() as conn:
                     with conn.transaction():
                         with conn.cursor() as cur:
                             return fn(cur, *args, **kwargs)
@@ -203,7 +206,7 @@ class Database:
         raises).  Not retried.
         """
         def run() -> T:
-            with _unavailable_on_timeout(self._connection()) as conn:
+            with self._connection() as conn:
                 return fn(conn, *args, **kwargs)
 
         return self._in_thread(desc, run)
@@ -221,15 +224,11 @@ class Database:
         Check that the database answers; fire with the round trip in
         seconds, or fail with L{StoreUnavailable}.
         """
-        wait = self.connect_timeout if timeout is None else timeout
-
         def ping() -> float:
             started = time.monotonic()
             try:
-                with _unavailable_on_timeout(self._pool.connection(timeout=wait)) as conn:
+                with self._connection(timeout) as conn:
                     conn.execute("SELECT 1")
-            except PoolClosed as e:
-                raise StoreUnavailable(str(e)) from None
             except psycopg.OperationalError as e:
                 raise StoreUnavailable(f"database connection failed: {e}") from None
             return time.monotonic() - started
