@@ -21,7 +21,9 @@ from twisted.trial.unittest import TestCase
 
 from tests.integration.test_migrate import empty_database
 from tests.support.origin import OriginFactory
+from tests.integration.test_requestlog import count
 from tests.support.pebble import free_port, pebble_for
+from tests.support.waiting import until
 from veil.config import load
 from veil.service import VeilService
 
@@ -104,15 +106,7 @@ async def start_veil(testcase: TestCase, conninfo: str, **env: str) -> VeilServi
 
 async def until_rows(conninfo: str, wanted: int, within: float = 10.0) -> None:
     """Wait (bounded) until request_log holds C{wanted} rows."""
-    deadline = reactor.seconds() + within
-    while True:
-        with psycopg.connect(conninfo) as conn:
-            (have,) = conn.execute("SELECT count(*) FROM request_log").fetchone()
-        if have >= wanted:
-            return
-        if reactor.seconds() > deadline:
-            raise AssertionError(f"request_log has {have} rows, not {wanted}")
-        await deferLater(reactor, 0.05, lambda: None)
+    await until(lambda: count(conninfo) >= wanted, within, f"{wanted} request_log rows")
 
 
 def metric(service: VeilService, name: str, **labels: str) -> float:

@@ -12,6 +12,7 @@ from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
 from tests.support.postgres import cluster, fresh_database
+from tests.support.waiting import until
 from veil.store.requestlog import LogRow, RequestLog, Spool
 
 
@@ -27,14 +28,6 @@ def row(n: int, site: uuid.UUID | None = None, ts: datetime | None = None) -> Lo
 def count(conninfo: str) -> int:
     with psycopg.connect(conninfo) as conn:
         return conn.execute("SELECT count(*) FROM request_log").fetchone()[0]
-
-
-async def until(condition, within: float = 20.0, what: str = "condition") -> None:
-    deadline = reactor.seconds() + within
-    while not condition():
-        if reactor.seconds() > deadline:
-            raise AssertionError(f"{what} not reached within {within} s")
-        await deferLater(reactor, 0.05, lambda: None)
 
 
 class RequestLogTests(TestCase):
