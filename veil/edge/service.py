@@ -95,17 +95,24 @@ class Edge:
     def bind(self) -> None:
         """Listen on the TLS and plain-HTTP ports."""
         config = self.config
-        edge = EdgeFactory(self._resolve, self._router.factory_for, self.reactor, self.metrics)
         self.ports["edge"] = self.reactor.listenTCP(
-            config.edge.port, edge, interface=config.edge.address, backlog=1024)
-        plain = PlainHTTP(self._site, self._http01, config.edge.port, config.dashboard_host,
-                          clock=self.reactor)
+            config.edge.port, self.edge_factory(), interface=config.edge.address, backlog=1024)
         self.ports["http"] = self.reactor.listenTCP(
-            config.http.port, plain.site(), interface=config.http.address, backlog=1024)
+            config.http.port, self.plain_factory(), interface=config.http.address, backlog=1024)
         for name, port in self.ports.items():
             host = port.getHost()
             _log.info("Edge {kind} port on {address}:{port}", kind=name, address=host.host,
                       port=host.port)
+
+    def edge_factory(self) -> Any:
+        """The factory behind the TLS port."""
+        return EdgeFactory(self._resolve, self._router.factory_for, self.reactor, self.metrics)
+
+    def plain_factory(self) -> Any:
+        """The factory behind the plain-HTTP port."""
+        plain = PlainHTTP(self._site, self._http01, self.config.edge.port,
+                          self.config.dashboard_host, clock=self.reactor)
+        return plain.site()
 
     async def start(self, db: Database, locks: LockSession, listener: ListenerService,
                     request_log: Callable[[LogRow], None]) -> list[PeriodicWorker]:
