@@ -13,7 +13,7 @@ from twisted.trial.unittest import TestCase
 
 from tests.support.postgres import cluster, fresh_database
 from tests.support.waiting import until
-from veil.store.requestlog import LogRow, RequestLog, Spool
+from veil.store.requestlog import Announcement, LogRow, RequestLog, Spool
 
 
 def row(n: int, site: uuid.UUID | None = None, ts: datetime | None = None) -> LogRow:
@@ -64,7 +64,10 @@ class RequestLogTests(TestCase):
                                False, True))
 
     async def test_one_notify_per_batch(self) -> None:
-        """A batch is announced once on veil_requests with its count and sites."""
+        """
+        A batch is announced once on veil_requests with the writer's origin,
+        its count, its sites and its ids (one range, the ids the rows got).
+        """
         site = uuid.uuid4()
         with psycopg.connect(self.conninfo, autocommit=True) as listen:
             listen.execute("LISTEN veil_requests")
@@ -74,8 +77,12 @@ class RequestLogTests(TestCase):
             await until(lambda: count(self.conninfo) == 50, what="the batch written")
             notes = list(listen.notifies(timeout=2.0, stop_after=1))
         self.assertEqual(len(notes), 1)
-        self.assertIn('"count": 50', notes[0].payload)
-        self.assertIn(str(site), notes[0].payload)
+        note = Announcement.parse(notes[0].payload)
+        self.assertEqual((note.origin, note.count, note.sites), (log.origin, 50, (site,)))
+        with psycopg.connect(self.conninfo) as conn:
+            ids = conn.execute("SELECT min(id), max(id) FROM request_log").fetchone()
+        self.assertEqual(note.ranges, (ids,))
+        self.assertEqual(ids[1] - ids[0], 49)
 
     async def test_batch_max_cuts_early(self) -> None:
         """Reaching batch_max starts a write without waiting for the interval."""

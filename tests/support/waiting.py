@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 
 from twisted.internet import reactor
@@ -15,7 +16,12 @@ async def until(condition: Callable[[], object], within: float = 20.0,
     test with C{what} if C{within} seconds pass first.
     """
     deadline = reactor.seconds() + within
-    while not condition():
+    while True:
+        result = condition()
+        if inspect.isawaitable(result):
+            result = await result
+        if result:
+            return
         if reactor.seconds() > deadline:
             raise AssertionError(f"{what} not reached within {within} s")
         await deferLater(reactor, every, lambda: None)

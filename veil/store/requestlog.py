@@ -5,8 +5,11 @@ The proxy calls L{RequestLog.append} with a L{LogRow}: the row goes into an
 in-memory buffer and to the live hub at once, and the request moves on.
 Every C{interval} seconds, or as soon as C{batch_max} rows are waiting, the
 buffer becomes a batch.  One batch at a time is written, on a thread and a
-connection of the log's own (so flushes never starve other queries), with
-C{COPY} and one C{NOTIFY veil_requests} naming the sites touched.
+connection of the log's own (so flushes never starve other queries): its
+ids are drawn from C{request_log_id_seq} in one block, the rows go in with
+C{COPY}, and one C{NOTIFY veil_requests} (an L{Announcement}: the writer's
+origin, the id ranges and the sites touched) lets the other processes' live
+hubs fetch exactly those rows.
 
 When the database is away, the batch that failed and every later one are
 appended to spool files in the data directory, in order; once a write
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import threading
 import uuid
 from collections import deque
@@ -41,6 +45,7 @@ from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
 from veil.metrics import Registry
+from veil.store.locks import lock_key
 
 _log = Logger()
 
@@ -71,6 +76,78 @@ class LogRow:
 
 
 COLUMNS: tuple[str, ...] = tuple(f.name for f in attrs.fields(LogRow))
+
+#: The channel of the flusher's announcements.
+CHANNEL = "veil_requests"
+#: Held while a batch's ids are drawn, so that they are one contiguous block.
+ID_LOCK_KEY = lock_key("request_log.ids")
+#: Announcements stay well under PostgreSQL's 8000-byte NOTIFY limit.
+ANNOUNCEMENT_MAX = 6000
+_MAX_SITES = 100
+_MAX_RANGES = 32
+
+
+@attrs.frozen
+class Announcement:
+    """
+    What one written batch tells the other processes (C{NOTIFY veil_requests}).
+
+    @ivar origin: the writing log's C{origin} (its process's hub id).
+    @ivar count: rows in the batch.
+    @ivar ranges: the batch's ids as inclusive C{(first, last)} ranges, in
+        order; empty when they could not be listed (then readers can only
+        note a gap).
+    @ivar sites: the sites touched, or C{None} when there were too many to
+        list (any site may have rows).
+    """
+
+    origin: str
+    count: int
+    ranges: tuple[tuple[int, int], ...]
+    sites: tuple[uuid.UUID, ...] | None
+
+    @classmethod
+    def for_batch(cls, origin: str, batch: Sequence[LogRow], ids: Sequence[int]) -> Announcement:
+        return cls(origin, len(batch), id_ranges(ids),
+                   tuple(sorted({r.site_id for r in batch if r.site_id is not None})))
+
+    def payload(self) -> str:
+        """The NOTIFY payload: JSON, at most L{ANNOUNCEMENT_MAX} bytes."""
+        body: dict[str, Any] = {"v": 1, "origin": self.origin, "count": self.count}
+        if self.ranges and len(self.ranges) <= _MAX_RANGES:
+            body["ids"] = [list(r) for r in self.ranges]
+        if self.sites is not None and len(self.sites) <= _MAX_SITES:
+            body["sites"] = [str(site) for site in self.sites]
+        text = json.dumps(body, separators=(",", ":"))
+        if len(text) > ANNOUNCEMENT_MAX:
+            body.pop("sites", None)
+            text = json.dumps(body, separators=(",", ":"))
+        return text
+
+    @classmethod
+    def parse(cls, payload: str) -> Announcement:
+        """Read a payload made by L{payload}; C{ValueError} if it is not one."""
+        try:
+            body = json.loads(payload)
+            if not isinstance(body, dict) or body.get("v") != 1:
+                raise ValueError("not a version 1 announcement")
+            ranges = tuple((int(lo), int(hi)) for lo, hi in body.get("ids", ()))
+            sites = body.get("sites")
+            return cls(str(body["origin"]), int(body["count"]), ranges,
+                       None if sites is None else tuple(uuid.UUID(s) for s in sites))
+        except (KeyError, TypeError, AttributeError, json.JSONDecodeError) as e:
+            raise ValueError(f"malformed announcement: {e}") from None
+
+
+def id_ranges(ids: Iterable[int]) -> tuple[tuple[int, int], ...]:
+    """C{ids} as sorted inclusive C{(first, last)} ranges."""
+    ranges: list[list[int]] = []
+    for value in sorted(ids):
+        if ranges and value <= ranges[-1][1] + 1:
+            ranges[-1][1] = max(ranges[-1][1], value)
+        else:
+            ranges.append([value, value])
+    return tuple((lo, hi) for lo, hi in ranges)
 
 
 def _encode(row: LogRow) -> str:
@@ -147,6 +224,8 @@ class Spool:
 class RequestLog(Service):
     """
     @ivar publish: called with every row at once (the live hub).
+    @ivar origin: this log's id in its announcements; the process's hub
+        uses the same id to recognise (and skip) the process's own batches.
     @ivar memory_cap: rows held in memory while the database is away before
         they go to the spool; they always go there when stopping.
     """
@@ -155,6 +234,7 @@ class RequestLog(Service):
     reactor: Any  # IReactorTime and IReactorThreads
     spool_dir: Path
     publish: Callable[[LogRow], object] = lambda row: None
+    origin: str = attrs.field(factory=lambda: secrets.token_hex(6))
     metrics: Registry = attrs.field(factory=Registry)
     interval: float = 0.25
     batch_max: int = 5000
@@ -383,13 +463,14 @@ class RequestLog(Service):
     def _write(self, batch: Sequence[LogRow]) -> None:
         """COPY one batch and NOTIFY, in one transaction (retried once for partitions)."""
         try:
-            self._copy(batch)
+            ids = self._draw_ids(len(batch))
+            self._copy(batch, ids)
         except pgerrors.CheckViolation:
             # No partition for some row's month (clock skew, or the worker
             # has not run yet): make the partitions, then try once more.
             self._make_partitions(batch)
             try:
-                self._copy(batch)
+                self._copy(batch, ids)
             except (pgerrors.CheckViolation, pgerrors.DataError) as e:
                 self._reject(batch, e)
         except pgerrors.DataError as e:
@@ -399,19 +480,38 @@ class RequestLog(Service):
             raise
         self._written.inc(len(batch))
 
-    def _copy(self, batch: Sequence[LogRow]) -> None:
+    def _draw_ids(self, count: int) -> list[int]:
+        """
+        C{count} fresh ids, ascending.  Drawn under a short transaction lock
+        that every flusher takes, so they are one block and the
+        announcement stays one range.
+        """
+        conn = self._connection()
+        ids: list[int] = []
+        try:
+            with conn.transaction():
+                conn.execute("SELECT pg_advisory_xact_lock(%s)", (ID_LOCK_KEY,))
+                while len(ids) < count:
+                    n = min(count - len(ids), 1000000)
+                    ids.extend(r[0] for r in conn.execute(
+                        "SELECT veil_request_log_next_ids(%s)", (n,)))
+        except psycopg.OperationalError:
+            self._close()
+            raise
+        return ids
+
+    def _copy(self, batch: Sequence[LogRow], ids: Sequence[int]) -> None:
         conn = self._connection()
         statement = psycopg.sql.SQL("COPY request_log ({}) FROM STDIN").format(
-            psycopg.sql.SQL(", ").join(map(psycopg.sql.Identifier, COLUMNS)))
+            psycopg.sql.SQL(", ").join(map(psycopg.sql.Identifier, ("id",) + COLUMNS)))
+        payload = Announcement.for_batch(self.origin, batch, ids).payload()
         try:
             with conn.transaction():
                 with conn.cursor() as cur:
                     with cur.copy(statement) as copy:
-                        for row in batch:
-                            copy.write_row(attrs.astuple(row, recurse=False))
-                    sites = sorted({str(r.site_id) for r in batch if r.site_id is not None})
-                    payload = json.dumps({"count": len(batch), "sites": sites[:100]})
-                    cur.execute("SELECT pg_notify('veil_requests', %s)", (payload,))
+                        for row_id, row in zip(ids, batch):
+                            copy.write_row((row_id,) + attrs.astuple(row, recurse=False))
+                    cur.execute("SELECT pg_notify(%s, %s)", (CHANNEL, payload))
         except psycopg.OperationalError:
             self._close()
             raise

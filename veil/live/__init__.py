@@ -1,0 +1,1 @@
+"""The live stream: request-log rows as they happen, for the dashboard."""
