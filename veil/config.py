@@ -115,6 +115,24 @@ def _optional_path(value: object) -> str | None:
     return _path(text) if text else None
 
 
+def cpu_count() -> int:
+    """The CPUs this process may run on (its affinity, not the machine's total)."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def process_count(value: object) -> int:
+    """C{auto} (one process per usable CPU) or a whole number of processes."""
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return cpu_count()
+    try:
+        return _integer(1, 512)(value)
+    except ValueError as e:
+        raise ValueError(f"{e}; give a number of processes or auto") from None
+
+
 def _database_url(value: object) -> str | None:
     text = _text(value).strip()
     if not text:
@@ -211,6 +229,8 @@ KEYS: tuple[Key, ...] = (
     Key("data_dir", _path, "./veil-data", "where Veil keeps its state"),
     Key("edge.address", _address, "127.0.0.1", "TLS edge listening address"),
     Key("edge.port", _integer(0, 65535), 8443, "TLS edge port (production: 443)"),
+    Key("edge.origin_ca_bundle", _optional_path, "",
+        "PEM roots trusted for https origins, besides the system's"),
     Key("http.address", _address, "127.0.0.1", "plain-HTTP listening address"),
     Key("http.port", _integer(0, 65535), 8080, "plain-HTTP port (production: 80)"),
     Key("dashboard.address", _address, "127.0.0.1", "dashboard listening address"),
@@ -241,6 +261,10 @@ KEYS: tuple[Key, ...] = (
     Key("acme.eab_kid", _optional_text, "", "external account binding key id"),
     Key("acme.eab_hmac_key", _optional_text, "", "external account binding key (base64url)"),
     Key("acme.challenges", _challenges, "tls-alpn-01,http-01", "challenge types, preferred first"),
+    Key("processes.workers", process_count, 1,
+        "Veil processes sharing the ports: a number, or auto for one per CPU"),
+    Key("processes.stop_timeout", _seconds(1, 3600), 30.0,
+        "how long a stopping process may drain before it is killed"),
     Key("workers.partition_retention_months", _integer(1, 120), 6,
         "request_log months kept"),
     Key("workers.partition_interval", _seconds(60, 7 * 86400), 86400.0,
@@ -307,6 +331,12 @@ class WorkersConfig:
 
 
 @attrs.frozen
+class ProcessesConfig:
+    workers: int
+    stop_timeout: float
+
+
+@attrs.frozen
 class Config:
     """The whole, validated configuration."""
 
@@ -321,6 +351,8 @@ class Config:
     tls: TlsConfig
     acme: AcmeConfig
     workers: WorkersConfig
+    processes: ProcessesConfig = ProcessesConfig(workers=1, stop_timeout=30.0)
+    origin_ca_bundle: Path | None = None
 
     @property
     def uses_embedded_database(self) -> bool:
@@ -461,4 +493,10 @@ def load(path: str | None = None, environ: Mapping[str, str] | None = None) -> C
             partition_interval=values["workers.partition_interval"],
             session_cleanup_interval=values["workers.session_cleanup_interval"],
         ),
+        processes=ProcessesConfig(
+            workers=values["processes.workers"],
+            stop_timeout=values["processes.stop_timeout"],
+        ),
+        origin_ca_bundle=(Path(values["edge.origin_ca_bundle"])
+                          if values["edge.origin_ca_bundle"] else None),
     )

@@ -14,8 +14,11 @@ when every part has really stopped, the PostgreSQL cluster included.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import Any
+
+import attrs
 
 from twisted.application.service import Service
 from twisted.internet.defer import CancelledError, Deferred
@@ -28,8 +31,12 @@ from veil import __version__
 from veil.config import Config
 from veil.dashboard.app import DashboardApp, Readiness
 from veil.errors import StoreUnavailable, VeilError
+from veil.live.hub import Hub
+from veil.live.peers import PeerFeed
 from veil.metrics import Registry
+from veil.processes import ProcessGroup, adopt_orphan_spools, child_argv, spool_dir
 from veil.sdnotify import notify
+from veil.sockets import Listeners, adopt
 from veil.store.db import Database
 from veil.store.listener import ListenerService
 from veil.store.locks import LockSession
@@ -39,6 +46,40 @@ from veil.workers.base import PeriodicWorker
 from veil.workers.maintenance import partition_worker, session_cleanup_worker
 
 _log = Logger()
+
+
+def connections_needed(config: Config) -> int:
+    """
+    PostgreSQL connections all of this machine's processes may open: each
+    has its pool, the listener, the lock session and the request-log writer.
+    """
+    return max(100, config.processes.workers * (config.database.pool_max + 4) + 20)
+
+
+@attrs.frozen
+class ProcessRole:
+    """
+    Which of this machine's Veil processes this one is.
+
+    @ivar index: 0 for the main process (the one C{twistd} runs), else the
+        number of a process the main one started (L{veil.child}).
+    @ivar sockets: the listening sockets this process is given, by port
+        name: from systemd (L{veil.sockets.systemd_sockets}) for the main
+        process, from the main process for a child.
+    @ivar control_fd: a child's pipe to the main process.
+    @ivar config_path: the configuration file, for the children.
+    @ivar logger: C{twistd --logger}, for the children.
+    """
+
+    index: int = 0
+    sockets: dict[str, int] = attrs.field(factory=dict)
+    control_fd: int | None = None
+    config_path: str | None = None
+    logger: str | None = None
+
+    @property
+    def is_main(self) -> bool:
+        return self.index == 0
 
 
 class VeilService(Service):
@@ -52,8 +93,12 @@ class VeilService(Service):
     name = "veil"
 
     def __init__(self, config: Config, reactor: Any,
-                 request_exit: Callable[[int], None]) -> None:
+                 request_exit: Callable[[int], None], role: ProcessRole | None = None) -> None:
         self.config = config
+        self.role = role if role is not None else ProcessRole()
+        self.listeners: Listeners | None = None
+        self.group: ProcessGroup | None = None
+        self._bound = False
         self.reactor = reactor
         self._request_exit = request_exit
         self.metrics = Registry()
@@ -63,6 +108,8 @@ class VeilService(Service):
         self.listener: ListenerService | None = None
         self.locks: LockSession | None = None
         self.request_log: RequestLog | None = None
+        self.hub = Hub(reactor, metrics=self.metrics)
+        self.peers: PeerFeed | None = None
         self.workers: list[PeriodicWorker] = []
         self.dashboard_port: Any = None
         self.edge: Any = None
@@ -83,34 +130,44 @@ class VeilService(Service):
             status["embedded-postgres"] = self.embedded.status()
         if self.db is not None:
             status["database"] = {"healthy": self.db.healthy, "last_error": self.db.last_error}
+        if self.group is not None:
+            status["processes"] = self.group.status()
         return status
 
     # -- start -----------------------------------------------------------------
 
     def privilegedStartService(self) -> None:
         super().privilegedStartService()
+        if self._bound:
+            return
+        self._bound = True
         from veil.edge.service import Edge
 
         dashboard = DashboardApp(self.readiness, self.worker_status, self.metrics).resource()
+        self.edge = Edge(self.config, self.reactor, self.metrics, dashboard)
+        if not self.role.is_main:
+            # A child listens once it can serve (in _start): until then new
+            # connections wait in the queue the main process keeps open.
+            return
+        self.listeners = Listeners(self.reactor, self.config, self.config.processes.workers,
+                                   self.role.sockets)
         site = Site(dashboard)
         site.displayTracebacks = False
-        listen = self.config.dashboard
-        self.dashboard_port = self.reactor.listenTCP(listen.port, site, interface=listen.address)
+        self.dashboard_port = self.listeners.listen("dashboard", site)
         host = self.dashboard_port.getHost()
         _log.info("Dashboard on http://{address}:{port}/", address=host.host, port=host.port)
-        self.edge = Edge(self.config, self.reactor, self.metrics, dashboard)
-        self.edge.bind()
+        self.edge.bind(self.listeners.listen)
 
     def startService(self) -> None:
         super().startService()
-        if self.dashboard_port is None:
-            self.privilegedStartService()
+        self.privilegedStartService()
         _log.info("Veil {version} starting", version=__version__)
         self._starting = Deferred.fromCoroutine(self._start())
         self._starting.addErrback(self._start_failed)
 
     async def _start(self) -> None:
         config = self.config
+        role = self.role
         if config.uses_embedded_database:
             from veil.store.embedded import EmbeddedPostgres
 
@@ -120,6 +177,7 @@ class VeilService(Service):
                 bindir=config.embedded.bin_dir,
                 reactor=self.reactor,
                 run_as=config.embedded.run_as,
+                max_connections=connections_needed(config),
             )
             self.embedded.startService()
             conninfo = await self.embedded.when_ready()
@@ -140,9 +198,11 @@ class VeilService(Service):
         self.readiness.ping = lambda: db.ping(timeout=min(2.0, config.database.connect_timeout))
         await self._wait_for_database(db)
 
-        self.readiness.detail = "applying schema migrations"
-        applied = await migrate(db)
-        _log.info("Schema up to date ({count} migrations applied now)", count=len(applied))
+        if role.is_main:
+            self.readiness.detail = "applying schema migrations"
+            applied = await migrate(db)
+            _log.info("Schema up to date ({count} migrations applied now)", count=len(applied))
+            adopt_orphan_spools(config.data_dir / "spool", config.processes.workers)
 
         locks = self.locks = LockSession(conninfo, self.reactor,
                                          connect_timeout=config.database.connect_timeout)
@@ -150,11 +210,17 @@ class VeilService(Service):
         self.listener = ListenerService(conninfo, self.reactor,
                                         connect_timeout=config.database.connect_timeout)
         self.request_log = RequestLog(
-            conninfo, self.reactor, config.data_dir / "spool" / "request_log",
+            conninfo, self.reactor, spool_dir(config.data_dir / "spool", role.index),
+            publish=self.hub.publish, origin=self.hub.origin,
             metrics=self.metrics, connect_timeout=config.database.connect_timeout)
         self.request_log.startService()
+        self.peers = PeerFeed(self.hub, db, self.listener, self.reactor, metrics=self.metrics)
+        self.peers.startService()
         self.readiness.detail = "loading sites, certificates and decisions"
         edge_workers = await self.edge.start(db, locks, self.listener, self.request_log.append)
+        if not role.is_main:
+            sockets = role.sockets
+            self.edge.bind(lambda name, factory: adopt(self.reactor, sockets[name], factory))
         self.listener.startService()
         workers = config.workers
         self.workers = edge_workers + [
@@ -165,9 +231,28 @@ class VeilService(Service):
         ]
         for worker in self.workers:
             worker.startService()
+        if role.is_main and config.processes.workers > 1:
+            self.readiness.detail = "starting the other Veil processes"
+            await self._start_group(conninfo)
         self.readiness.set_phase("running")
+        if role.control_fd is not None:
+            os.write(role.control_fd, b"READY\n")
         notify("READY=1")
         _log.info("Veil {version} ready", version=__version__)
+
+    async def _start_group(self, conninfo: str) -> None:
+        config, role = self.config, self.role
+        env = dict(os.environ)
+        env["VEIL_DATABASE_URL"] = conninfo
+        env["VEIL_DATA_DIR"] = str(config.data_dir)
+        listeners = self.listeners
+        assert listeners is not None
+        self.group = ProcessGroup(
+            self.reactor, config.processes.workers,
+            lambda index: child_argv(index, role.config_path, role.logger),
+            listeners.for_process, env, stop_timeout=config.processes.stop_timeout)
+        await self.group.start()
+        _log.info("All {count} Veil processes are ready", count=config.processes.workers)
 
     async def _wait_for_database(self, db: Database) -> None:
         failures = 0
@@ -204,13 +289,22 @@ class VeilService(Service):
         notify("STOPPING=1")
         if self._starting is not None and not self._starting.called:
             self._starting.cancel()
+        # The other processes drain while this one does; the store, and the
+        # embedded cluster they use, stop only once they have all gone.
+        if self.listeners is not None:
+            self.listeners.close()
+        others = self.group.stop() if self.group is not None else None
         if self.dashboard_port is not None:
             await self.dashboard_port.stopListening()
             self.dashboard_port = None
         if self.edge is not None:
             await self.edge.stop()
+        if others is not None:
+            await others
         for worker in reversed(self.workers):
             await worker.stopService()
+        if self.peers is not None:
+            await self.peers.stopService()
         if self.listener is not None:
             await self.listener.stopService()
         if self.request_log is not None:

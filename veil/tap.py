@@ -13,6 +13,7 @@ import signal
 import sys
 from typing import Any
 
+import attrs
 from twisted.application.service import IService
 from twisted.internet._resolver import GAIResolver
 from twisted.logger import Logger
@@ -38,6 +39,9 @@ class Options(usage.Options):
     )
     optParameters = [
         ["config", "c", None, "TOML configuration file (also VEIL_CONFIG)."],
+        ["workers", "w", None,
+         "Veil processes sharing the ports: a number, or auto for one per CPU"
+         " (processes.workers; default 1)."],
     ]
 
     def postOptions(self) -> None:
@@ -46,6 +50,21 @@ class Options(usage.Options):
             self.config = veil_config.load(path)
         except ConfigError as e:
             raise usage.UsageError(f"configuration error: {e}") from None
+        if self["workers"] is not None:
+            try:
+                workers = veil_config.process_count(self["workers"])
+            except ValueError as e:
+                raise usage.UsageError(f"--workers: {e}") from None
+            self.config = attrs.evolve(
+                self.config, processes=attrs.evolve(self.config.processes, workers=workers))
+        self.config_path = path
+        from veil.sockets import systemd_sockets
+
+        try:
+            # Read once: reading takes LISTEN_FDS out of the environment.
+            self.sockets = systemd_sockets()
+        except ConfigError as e:
+            raise usage.UsageError(f"socket activation: {e}") from None
         if self.config.uses_embedded_database:
             from veil.store.embedded import find_bindir
 
@@ -59,22 +78,31 @@ def makeService(options: Options) -> IService:
     """Build the L{VeilService} for the global reactor."""
     from twisted.internet import reactor
 
-    from veil.service import VeilService
+    from veil.service import ProcessRole, VeilService
 
-    exit_status = []
+    reactor.callWhenRunning(stop_cleanly_on_signals, reactor)
+    resolve_names_on_own_threads(reactor)
+    parent = getattr(options, "parent", None)
+    logger = parent.get("logger") if parent is not None else None
+    role = ProcessRole(config_path=options.config_path, logger=logger, sockets=options.sockets)
+    return VeilService(options.config, reactor, exit_on_request(reactor, []), role=role)
 
-    def request_exit(status: int) -> None:
-        if not exit_status:
-            exit_status.append(status)
-            reactor.addSystemEventTrigger("after", "shutdown", _exit_now, exit_status)
+
+def exit_on_request(reactor: Any, status: list[int]) -> Any:
+    """
+    A function that stops the reactor and, once every service has stopped,
+    ends the process with the status it is given (the first one wins).
+    """
+    def request_exit(code: int) -> None:
+        if not status:
+            status.append(code)
+            reactor.addSystemEventTrigger("after", "shutdown", _exit_now, status)
             reactor.stop()
 
-    reactor.callWhenRunning(_stop_cleanly_on_signals, reactor)
-    _resolve_names_on_own_threads(reactor)
-    return VeilService(options.config, reactor, request_exit)
+    return request_exit
 
 
-def _resolve_names_on_own_threads(reactor: Any) -> None:
+def resolve_names_on_own_threads(reactor: Any) -> None:
     """
     Give getaddrinfo a thread pool of its own (as Synapse does), so that
     name lookups never queue behind other work on the reactor's shared pool.
@@ -85,7 +113,7 @@ def _resolve_names_on_own_threads(reactor: Any) -> None:
     reactor.installNameResolver(GAIResolver(reactor, getThreadPool=lambda: pool))
 
 
-def _stop_cleanly_on_signals(reactor: object) -> None:
+def stop_cleanly_on_signals(reactor: object) -> None:
     """
     Make SIGTERM and SIGINT stop Veil with exit status 0.
 

@@ -55,6 +55,9 @@ class OriginProtocol(Protocol):
         self.f.connections += 1
         self.id = self.f.connections
 
+    def connectionLost(self, reason: Any = None) -> None:
+        self.f.lost += 1
+
     def dataReceived(self, data: bytes) -> None:
         if self.ws:
             self.transport.write(data)
@@ -139,6 +142,7 @@ class OriginFactory(Factory):
     def __init__(self, clock: Any) -> None:
         self.clock = clock
         self.connections = 0
+        self.lost = 0
         self.requests: list[Any] = []
         self.slow_delay = 0.0
         self.drop_reused = False

@@ -1,12 +1,21 @@
 """
-The plain-HTTP port (C{:80} in production): ACME C{http-01} answers, and
-redirects to HTTPS.
+The plain-HTTP port (C{:80} in production): ACME C{http-01} answers,
+redirects to HTTPS, and the sites that allow plain HTTP.
 
 Every node answers every C{http-01} challenge from the store, for any host
 name: the CA validates the name being issued, which this node's site table
-may not hold yet.  Any other request for a known site (or the dashboard)
-is redirected with C{308 Permanent Redirect}, which keeps the method and
-body, so every method is redirected.  An unknown host gets a small 404 page.
+may not hold yet.  A site with C{allow_plain_http} is proxied like on the
+TLS port (same parsing, WAF stage, request log and pages; scheme and
+C{X-Forwarded-Proto} C{http}).  Any other request for a known site (or the
+dashboard) is redirected with C{308 Permanent Redirect}, which keeps the
+method and body, so every method is redirected.  An unknown host gets a
+small 404 page.
+
+Once the proxy runs, the port speaks through it (L{PlainPort}): one
+L{veil.proxy.server.ProxyProtocol} per connection whose route step,
+L{PlainHTTP.route}, decides I{per request} (a kept-alive connection may
+carry requests for several hosts).  Before that, L{PlainHTTP.site} (a
+twisted.web site) answers challenges and redirects.
 
 This module also holds what the edge's twisted.web sites share with
 L{veil.edge.apps}: L{WebSite} (Veil's headers on every response, no access
@@ -23,8 +32,15 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
-from twisted.internet.defer import CancelledError, Deferred, TimeoutError, maybeDeferred
+from twisted.internet.defer import (
+    CancelledError,
+    Deferred,
+    TimeoutError,
+    maybeDeferred,
+    succeed,
+)
 from twisted.internet.interfaces import IReactorTime
+from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import http, server
@@ -33,6 +49,7 @@ from twisted.web.resource import IResource, Resource
 
 from veil.acme.challenges import HTTP01_PATH_PREFIX
 from veil.errors import VeilError
+from veil.proxy import pages
 from veil.store.sites import Site
 
 _log = Logger()
@@ -306,8 +323,10 @@ class PlainHTTP:
     @param clock: when given, bounds every challenge lookup by
         C{lookup_timeout} seconds and drives the sites' idle timeouts.
 
-    A site's C{allow_plain_http} is not consulted yet: with no proxy on
-    this port, every site is redirected.
+    L{route} is the proxy's per-request step, which lets the sites with
+    C{allow_plain_http} through to their origins.  L{render} (the
+    twisted.web answer, used until the proxy runs) cannot proxy, so it
+    redirects every site.
     """
 
     def __init__(self, sites: Callable[[str], Site | None],
@@ -329,6 +348,69 @@ class PlainHTTP:
     def site(self) -> server.Site:
         """A twisted.web site over L{resource}, to listen with."""
         return WebSite(self.resource(), timeout=self._timeout, clock=self._clock)
+
+    # -- through the proxy ------------------------------------------------------
+
+    def route(self, ex: Any, site: Site | None) -> bool:
+        """
+        The plain port's decision for one request (an
+        L{veil.proxy.server.Exchange} whose host is parsed and C{site}
+        looked up): C{False} to proxy it (a site with C{allow_plain_http}),
+        else C{True} with the answer set on it: a challenge lookup, a 308
+        redirect to https, or a 404 for an unknown host.
+        """
+        target = ex.target
+        if target.startswith(CHALLENGE_PREFIX) and ex.method in (b"GET", b"HEAD"):
+            token = target[len(CHALLENGE_PREFIX):].split(b"?", 1)[0]
+            ex.local = lambda: self.challenge_page(token)
+            return True
+        if site is not None and site.allow_plain_http:
+            return False
+        host = ex.host
+        if site is None and host != self._dashboard_host:
+            ex.page = (404, pages.NOT_FOUND, b"")
+            return True
+        location = "https://" + host + self._port_suffix + _UNSAFE_IN_LOCATION.sub(
+            lambda m: b"%%%02X" % m[0][0], target).decode("ascii")
+        ex.page = (308, pages.moved(location), b"Location: " + location.encode("ascii")
+                   + b"\r\n")
+        return True
+
+    def challenge_page(self, token: bytes) -> Deferred[tuple]:
+        """
+        The proxy's page for an C{http-01} request: the key authorization
+        (200, C{text/plain}), 404 for an unknown token, 503 with
+        C{Retry-After} when the lookup fails.
+        """
+        if not _TOKEN.fullmatch(token):
+            return succeed(_NO_CHALLENGE_PAGE)
+
+        def found(key_authorization: str | None) -> tuple:
+            if key_authorization is None:
+                return _NO_CHALLENGE_PAGE
+            return (200, key_authorization.encode("utf-8"), b"", b"text/plain")
+
+        def failed(reason: Failure) -> tuple:
+            self._lookup_failed(token, reason)
+            return (503, b"Veil: the challenge store is unavailable; try again.\n",
+                    b"Retry-After: " + CHALLENGE_RETRY_AFTER + b"\r\n", TEXT)
+
+        lookup = maybeDeferred(self._http01, token.decode("ascii"))
+        if self._clock is not None:
+            lookup.addTimeout(self._lookup_timeout, self._clock)
+        return lookup.addCallbacks(found, failed)
+
+    @staticmethod
+    def _lookup_failed(token: bytes, reason: Failure) -> None:
+        if reason.check(VeilError, TimeoutError, CancelledError):
+            error = str(reason.value) or type(reason.value).__name__
+            _log.warn("http-01 lookup for token {token} failed: {error}",
+                      token=token.decode("ascii"), error=error)
+        else:
+            _log.failure("http-01 lookup for token {token} failed", reason,
+                         token=token.decode("ascii"))
+
+    # -- through twisted.web -------------------------------------------------------
 
     def render(self, request: IRequest) -> int:
         split = split_target(request.uri)
@@ -372,13 +454,7 @@ class PlainHTTP:
         def failed(reason: Failure) -> None:
             if gone:
                 return
-            if reason.check(VeilError, TimeoutError, CancelledError):
-                error = str(reason.value) or type(reason.value).__name__
-                _log.warn("http-01 lookup for token {token} failed: {error}",
-                          token=token.decode("ascii"), error=error)
-            else:
-                _log.failure("http-01 lookup for token {token} failed", reason,
-                             token=token.decode("ascii"))
+            self._lookup_failed(token, reason)
             respond(request, http.SERVICE_UNAVAILABLE,
                     b"Veil: the challenge store is unavailable; try again.\n",
                     headers={b"retry-after": CHALLENGE_RETRY_AFTER,
@@ -397,3 +473,32 @@ class PlainHTTP:
     def _no_challenge(request: IRequest) -> int:
         return respond(request, http.NOT_FOUND, b"Veil: no such challenge.\n",
                        headers={b"cache-control": b"no-store"})
+
+
+_NO_CHALLENGE_PAGE = (404, b"Veil: no such challenge.\n", b"", TEXT)
+
+
+class PlainPort(Factory):
+    """
+    The plain-HTTP port's factory: each connection speaks through the
+    proxy once it runs (C{proxy()} returns its
+    L{veil.proxy.server.ProxyFactory}), with L{PlainHTTP.route} deciding per
+    request; until then through L{PlainHTTP.site}.
+    """
+
+    def __init__(self, plain: PlainHTTP, proxy: Callable[[], Any]) -> None:
+        self._proxy = proxy
+        self._route = plain.route
+        self._web = plain.site()
+
+    def startFactory(self) -> None:
+        self._web.doStart()
+
+    def stopFactory(self) -> None:
+        self._web.doStop()
+
+    def buildProtocol(self, addr: Any) -> Protocol | None:
+        proxy = self._proxy()
+        if proxy is None:
+            return self._web.buildProtocol(addr)
+        return proxy.build_plain(addr, self._route)

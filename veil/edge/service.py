@@ -31,7 +31,7 @@ from veil.edge.apps import AppRouter
 from veil.edge.certs import CertificateResolver
 from veil.edge.hello import ClientHello
 from veil.edge.keys import split_chain
-from veil.edge.plain import PlainHTTP
+from veil.edge.plain import PlainHTTP, PlainPort
 from veil.edge.policy import IssuancePolicy
 from veil.edge.protocol import EdgeFactory
 from veil.errors import IssuanceFailed, StoreUnavailable
@@ -42,9 +42,10 @@ from veil.store.db import Database
 from veil.store.listener import ListenerService
 from veil.store.locks import LockSession
 from veil.store.sites import Site, SiteStore, SiteTable
-from veil.proxy.server import ProxyFactory
-from veil.proxy.upstream import OriginPool
+from veil.proxy.server import DRAIN_TIMEOUT, ProxyFactory
+from veil.proxy.upstream import OriginPool, SystemAndExtraRoots
 from veil.store.requestlog import LogRow
+from veil.store.settings import SettingsStore, SettingsTable
 from veil.waf.decisions import DecisionStore, DecisionTable
 from veil.waf.pipeline import ip_decisions, pipeline
 from veil.workers.base import PeriodicWorker
@@ -92,17 +93,24 @@ class Edge:
 
     # -- life cycle ----------------------------------------------------------
 
-    def bind(self) -> None:
-        """Listen on the TLS and plain-HTTP ports."""
-        config = self.config
-        self.ports["edge"] = self.reactor.listenTCP(
-            config.edge.port, self.edge_factory(), interface=config.edge.address, backlog=1024)
-        self.ports["http"] = self.reactor.listenTCP(
-            config.http.port, self.plain_factory(), interface=config.http.address, backlog=1024)
+    def bind(self, listen: Callable[[str, Any], Any] | None = None) -> None:
+        """
+        Listen on the TLS and plain-HTTP ports: with C{listen(name, factory)}
+        (see L{veil.sockets.Listeners}), or else on the configured addresses.
+        """
+        if listen is None:
+            listen = self._listen_tcp
+        self.ports["edge"] = listen("edge", self.edge_factory())
+        self.ports["http"] = listen("http", self.plain_factory())
         for name, port in self.ports.items():
             host = port.getHost()
             _log.info("Edge {kind} port on {address}:{port}", kind=name, address=host.host,
                       port=host.port)
+
+    def _listen_tcp(self, name: str, factory: Any) -> Any:
+        address = getattr(self.config, name)
+        return self.reactor.listenTCP(address.port, factory, interface=address.address,
+                                      backlog=1024)
 
     def edge_factory(self) -> Any:
         """The factory behind the TLS port."""
@@ -112,7 +120,7 @@ class Edge:
         """The factory behind the plain-HTTP port."""
         plain = PlainHTTP(self._site, self._http01, self.config.edge.port,
                           self.config.dashboard_host, clock=self.reactor)
-        return plain.site()
+        return PlainPort(plain, lambda: self._router.proxy)
 
     async def start(self, db: Database, locks: LockSession, listener: ListenerService,
                     request_log: Callable[[LogRow], None]) -> list[PeriodicWorker]:
@@ -146,11 +154,21 @@ class Edge:
         decisions.subscribe(listener)
         await decisions.reload()
         self.decisions = decisions
-        self.origins = OriginPool(self.reactor)
-        self._router.proxy = ProxyFactory(
+        settings = self.settings = SettingsTable(SettingsStore(db), self.reactor)
+        settings.subscribe(listener)
+        await settings.reload()
+        roots = None
+        if config.origin_ca_bundle is not None:
+            roots = SystemAndExtraRoots(split_chain(config.origin_ca_bundle.read_bytes()))
+        self.origins = OriginPool(self.reactor, trust_root=roots)
+        proxy = ProxyFactory(
             self.reactor, sites.get, self.origins, request_log, self.metrics,
             scheme="https", inspect=pipeline([ip_decisions(decisions)]))
+        proxy.maintenance = settings.maintenance
+        settings.on_change(lambda table: setattr(proxy, "maintenance", table.maintenance))
+        self._router.proxy = proxy
         return [
+            PeriodicWorker("settings-table", settings.reload, self.reactor, every=60.0),
             PeriodicWorker("decision-table", decisions.reload, self.reactor, every=60.0),
             PeriodicWorker("decision-expiry", decisions.prune, self.reactor, every=5.0),
             renewal_worker(store, resolver, sites, locks, self.reactor, config.dashboard_host,
@@ -192,6 +210,8 @@ class Edge:
         for port in self.ports.values():
             await port.stopListening()
         self.ports.clear()
+        if self._router.proxy is not None:
+            await self._router.proxy.drain(DRAIN_TIMEOUT)
         if self.origins is not None:
             await self.origins.close()
         if self.resolver is not None:

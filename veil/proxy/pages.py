@@ -9,8 +9,9 @@ from __future__ import annotations
 import html
 
 REASONS = {
-    101: b"Switching Protocols", 200: b"OK", 400: b"Bad Request", 403: b"Forbidden",
-    404: b"Not Found", 405: b"Method Not Allowed", 414: b"URI Too Long",
+    101: b"Switching Protocols", 200: b"OK", 308: b"Permanent Redirect", 400: b"Bad Request",
+    403: b"Forbidden", 404: b"Not Found", 405: b"Method Not Allowed", 408: b"Request Timeout",
+    414: b"URI Too Long",
     421: b"Misdirected Request", 429: b"Too Many Requests",
     431: b"Request Header Fields Too Large", 500: b"Internal Server Error",
     502: b"Bad Gateway", 503: b"Service Unavailable", 504: b"Gateway Timeout",
@@ -45,6 +46,12 @@ BAD_REQUEST = _page("Bad request", "The request was malformed and has been refus
 URI_TOO_LONG = _page("Request target too long", "The request's URL is too long.")
 HEADERS_TOO_LARGE = _page("Request headers too large",
                           "The request's headers are too many or too large.")
+REQUEST_TIMEOUT = _page("Request timeout", "The request's body did not arrive in time.")
+
+
+def moved(location: str) -> bytes:
+    return _page("Moved", f'This site is served at <a href="{_esc(location)}">'
+                 f"{_esc(location)}</a>.")
 
 
 def maintenance(domain: str) -> bytes:

@@ -17,7 +17,17 @@ C{100 Continue} is relayed to the client.  An C{Upgrade} request
 
 For TLS connections build the protocol from C{factory.for_sni(name)}: every
 request's C{Host} must then be C{name} (else 421).  The factory itself
-(C{sni} L{None}) routes by C{Host} alone, for the plain-HTTP port.
+(C{sni} L{None}) routes by C{Host} alone.  The plain-HTTP port builds its
+protocols with L{ProxyFactory.build_plain}: scheme C{http}, and a I{route}
+step per request that may answer it locally instead (see
+L{veil.edge.plain.PlainHTTP.route}).  All of them share the factory's origin
+pool, log, maintenance switch and connection set.
+
+Timeouts, all on one timer per connection: C{header_timeout} for a request
+head, C{body_timeout} without a byte of a request body (then 408, or an
+abort once the response has started; the origin connection is dropped),
+C{idle_timeout} between requests.  L{ProxyFactory.drain} winds every
+connection down for shut-down.
 """
 
 from __future__ import annotations
@@ -29,6 +39,7 @@ from typing import Any
 
 import attrs
 import httptools
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
@@ -60,6 +71,13 @@ IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE"})
 _NO_BODY_STATUS = (204, 304)
 _PAUSE_ORIGIN, _PAUSE_PIPELINE, _PAUSE_QUEUE = 1, 2, 4
 _CHUNKED_END = b"0\r\n\r\n"
+_HTML = b"text/html; charset=utf-8"
+#: Seconds L{veil.edge.service.Edge.stop} lets connections finish their exchanges.
+DRAIN_TIMEOUT = 10.0
+
+#: A page the proxy answers itself: status, body, extra header lines and,
+#: optionally, a content type (HTML by default).
+Page = tuple
 
 
 @attrs.frozen
@@ -88,14 +106,19 @@ class ProxyFactory(Factory):
         is parsed and routed to a live site; a L{Verdict} blocks it.
     @param trust_request_id: keep a client's C{X-Request-Id} (behind a
         trusted front) instead of generating one.
+    @param body_timeout: seconds a request body may go without a byte.
+
+    @ivar maintenance: the cluster-wide maintenance switch: while true,
+        every site answers the 503 maintenance page.
+    @ivar connections: the live client connections (L{drain} needs them).
     """
 
     def __init__(self, reactor: Any, sites: Callable[[str], Site | None], origins: OriginPool,
                  log: Callable[[LogRow], None], metrics: Registry, *, scheme: str = "https",
                  sni: str | None = None, inspect: Callable[[Exchange], Verdict | None] | None = None,
                  trust_request_id: bool = False, header_timeout: float = 15.0,
-                 idle_timeout: float = 60.0, pipeline_buffer: int = 64 * 1024,
-                 retry_after: int = 120) -> None:
+                 body_timeout: float = 30.0, idle_timeout: float = 60.0,
+                 pipeline_buffer: int = 64 * 1024, retry_after: int = 120) -> None:
         self.clock = reactor
         self.sites = sites
         self.origins = origins
@@ -106,6 +129,7 @@ class ProxyFactory(Factory):
         self.inspect = inspect
         self.trust_request_id = trust_request_id
         self.header_timeout = header_timeout
+        self.body_timeout = body_timeout
         self.idle_timeout = idle_timeout
         self.pipeline_buffer = pipeline_buffer
         self.retry_after = b"%d" % retry_after
@@ -115,6 +139,11 @@ class ProxyFactory(Factory):
                                         "Malformed requests refused, by status")
         self.origin_errors = metrics.counter("veil_proxy_origin_errors_total",
                                              "Origin failures, by kind")
+        self.maintenance = False
+        self.connections: set[ProxyProtocol] = set()
+        self.draining = False
+        self._drained: list[Deferred[None]] = []
+        self._drain_timer: Any = None
 
     def buildProtocol(self, addr: Any) -> ProxyProtocol:
         p = ProxyProtocol(self, self.sni)
@@ -124,6 +153,62 @@ class ProxyFactory(Factory):
     def for_sni(self, name: str) -> Factory:
         """A factory for TLS connections whose SNI name is C{name} (lower-case)."""
         return _SNIFactory(self, name)
+
+    def build_plain(self, addr: Any, route: Callable[[Exchange, Site | None], bool]
+                    ) -> ProxyProtocol:
+        """
+        A protocol for a plain-HTTP connection: scheme C{http}, and
+        C{route(exchange, site)} called for every request once its host is
+        known; when it returns true it has set the exchange's C{page} or
+        C{local} answer, and the request is not proxied.
+        """
+        p = ProxyProtocol(self, None, b"http", route)
+        p.factory = self
+        return p
+
+    # -- shutting down -------------------------------------------------------------
+
+    def drain(self, timeout: float) -> Deferred[None]:
+        """
+        Wind every client connection down: idle ones close at once; the
+        others finish the exchanges they have (the last response says
+        C{Connection: close}) and then close.  A request whose head arrives
+        meanwhile is still answered, with C{Connection: close}.  Fires when
+        every connection is gone; at C{timeout} seconds the remaining ones
+        are aborted.
+        """
+        self.draining = True
+        d: Deferred[None] = Deferred()
+        self._drained.append(d)
+        for p in list(self.connections):
+            p.drain()
+        if self.connections and self._drain_timer is None:
+            self._drain_timer = self.clock.callLater(timeout, self._drain_expired)
+        self._check_drained()
+        return d
+
+    def _drain_expired(self) -> None:
+        self._drain_timer = None
+        if self.connections:
+            _log.info("Drain timed out: aborting {count} connections",
+                      count=len(self.connections))
+        for p in list(self.connections):
+            p.transport.abortConnection()
+
+    def _gone(self, p: ProxyProtocol) -> None:
+        self.connections.discard(p)
+        if self.draining:
+            self._check_drained()
+
+    def _check_drained(self) -> None:
+        if self.connections or not self._drained:
+            return
+        timer, self._drain_timer = self._drain_timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
+        waiters, self._drained = self._drained, []
+        for d in waiters:
+            d.callback(None)
 
 
 class _SNIFactory(Factory):
@@ -140,9 +225,12 @@ class _SNIFactory(Factory):
 class ProxyProtocol(Protocol):
     """One client connection: parses requests and runs their exchanges in order."""
 
-    def __init__(self, factory: ProxyFactory, sni: str | None) -> None:
+    def __init__(self, factory: ProxyFactory, sni: str | None, proto: bytes | None = None,
+                 route: Callable[[Exchange, Site | None], bool] | None = None) -> None:
         self.f = factory
         self.sni = sni
+        self.proto = factory.proto if proto is None else proto
+        self.route = route
         self.queue: deque[Exchange] = deque()
         self.client_ip = ""
         self.client_ip_b = b""
@@ -159,6 +247,8 @@ class ProxyProtocol(Protocol):
         self._paused = 0
         self._timer: Any = None
         self._seen = 0
+        self._body_at = 0.0
+        self._body_timer = False
 
     # -- connection --------------------------------------------------------------
 
@@ -166,6 +256,7 @@ class ProxyProtocol(Protocol):
         peer = self.transport.getPeer()
         self.client_ip = getattr(peer, "host", "") or ""
         self.client_ip_b = self.client_ip.encode("ascii", "replace")
+        self.f.connections.add(self)
         self._arm(self.f.idle_timeout)
 
     def dataReceived(self, data: bytes) -> None:
@@ -211,6 +302,16 @@ class ProxyProtocol(Protocol):
             tunnel.transport.loseConnection()
         while self.queue:
             self.queue.popleft().client_lost()
+        self.f._gone(self)
+
+    def drain(self) -> None:
+        """Shutting down: close now if idle, else once the exchanges in hand are done."""
+        if self.gone:
+            return
+        if not self.queue and not self._in_head and self.tunnel is None:
+            self._stopped = True
+            self._disarm()
+            self.transport.loseConnection()
 
     # -- IPushProducer (for the origin transport taking a request body) ---------
 
@@ -276,14 +377,27 @@ class ProxyProtocol(Protocol):
             ex.start()
         elif len(queue) > MAX_QUEUE:
             self.pause(_PAUSE_QUEUE)
+        if not ex.body_done and not self._stopped:
+            # A body follows: until it ends the timer watches it.
+            self._body_at = self.f.clock.seconds()
+            self._body_timer = True
+            self._arm(self.f.body_timeout)
 
     def on_body(self, data: bytes) -> None:
+        self._body_at = self.f.clock.seconds()
         self._reading.request_body(data)
 
     def on_message_complete(self) -> None:
         ex, self._reading = self._reading, None
         if ex is not None:
             ex.request_end()
+        if self._body_timer:
+            # The body is in: back to no timer (an exchange is running) or idle.
+            self._body_timer = False
+            if self.queue or self._stopped:
+                self._disarm()
+            else:
+                self._arm(self.f.idle_timeout)
 
     # -- what the exchanges call ------------------------------------------------
 
@@ -294,7 +408,7 @@ class ProxyProtocol(Protocol):
             queue.popleft()
         if self.gone:
             return
-        if not ex.keep_alive:
+        if not ex.keep_alive or (self.f.draining and not queue and not self._in_head):
             self._stopped = True
             self._disarm()
             self.transport.loseConnection()
@@ -304,7 +418,8 @@ class ProxyProtocol(Protocol):
         if queue:
             queue[0].start()
         elif not self._in_head and self.tunnel is None:
-            self._arm(self.f.idle_timeout)
+            self._arm(self.f.idle_timeout if self._reading is None else self.f.body_timeout)
+            self._body_timer = self._reading is not None
 
     # -- internals -----------------------------------------------------------------
 
@@ -313,7 +428,7 @@ class ProxyProtocol(Protocol):
         self._stopped = True
         self._in_head = False
         self.f.rejected.inc(status=str(status))
-        ex = self._reading
+        ex, self._reading = self._reading, None
         if ex is not None and ex in self.queue:
             ex.broken(status)
             return
@@ -347,6 +462,29 @@ class ProxyProtocol(Protocol):
 
     def _timed_out(self) -> None:
         self._timer = None
+        if self._stopped:
+            return
+        ex = self._reading
+        if ex is not None:
+            f = self.f
+            now = f.clock.seconds()
+            if self._paused:
+                # Not reading on purpose (back-pressure): not the client's fault.
+                self._body_at = now
+            left = self._body_at + f.body_timeout - now
+            if left > 0.001:
+                self._timer = f.clock.callLater(left, self._timed_out)
+                return
+            _log.debug("Request body from {ip} stalled", ip=self.client_ip)
+            if ex in self.queue:
+                self._refuse(408)
+            else:
+                # Already answered (a page): just stop reading.
+                f.rejected.inc(status="timeout")
+                self._stopped = True
+                self._reading = None
+                self.transport.loseConnection()
+            return
         if not self.queue or self._in_head:
             self.f.rejected.inc(status="timeout")
             self._stopped = True
@@ -378,6 +516,7 @@ class Exchange:
         "keep_alive",
         "key",
         "length_in",
+        "local",
         "method",
         "named",
         "origin_ms",
@@ -424,7 +563,8 @@ class Exchange:
         self.body_done = self.chunked_in = self.chunked_out = self.started = False
         self.ended = self.blocked = self.retried = self.streaming = self.producing = False
         self.length_in = -1
-        self.page: tuple[int, bytes, bytes] | None = None
+        self.page: Page | None = None
+        self.local: Callable[[], Deferred[Page]] | None = None
         self.upgrade: bytes | None = None
         self.origin_ts = 0.0
         self.origin_ms: float | None = None
@@ -490,9 +630,12 @@ class Exchange:
             self.page = (421, pages.MISDIRECTED, b"")
             return
         site = self.site = f.sites(host)
+        route = self.p.route
+        if route is not None and route(self, site):
+            return
         if site is None:
             self.page = (404, pages.NOT_FOUND, b"")
-        elif site.maintenance:
+        elif site.maintenance or f.maintenance:
             self.page = (503, pages.maintenance(site.domain), b"Retry-After: " + f.retry_after
                          + b"\r\n")
         elif site.status not in LIVE_STATUSES:
@@ -510,10 +653,11 @@ class Exchange:
     def refuse(self, status: int) -> None:
         """Answer a malformed request with C{status} and close."""
         self.keep_alive = False
-        self.request_id = self.p.f.request_id()
-        self.rid = self.request_id.encode("ascii")
-        body = {414: pages.URI_TOO_LONG, 431: pages.HEADERS_TOO_LARGE}.get(status,
-                                                                          pages.BAD_REQUEST)
+        if not self.request_id:
+            self.request_id = self.p.f.request_id()
+            self.rid = self.request_id.encode("ascii")
+        body = {408: pages.REQUEST_TIMEOUT, 414: pages.URI_TOO_LONG,
+                431: pages.HEADERS_TOO_LARGE}.get(status, pages.BAD_REQUEST)
         self.page = (status, body, b"")
 
     def broken(self, status: int) -> None:
@@ -537,15 +681,33 @@ class Exchange:
         if self.page is not None:
             self._page()
             return
+        if self.local is not None:
+            self.local().addCallbacks(self._answered, self._answer_failed)
+            return
         site = self.site
         try:
-            self.key = self.p.f.origins.key_for(site.upstream, site.origin_tls_verify)
+            self.key = self.p.f.origins.key_for(site.upstream, site.origin_tls_verify,
+                                                site.domain)
         except ValueError:
             _log.warn("Site {domain} has an invalid upstream", domain=site.domain)
             self._fail_page(502)
             return
         self.origin_ts = self.p.f.clock.seconds()
         self.p.f.origins.acquire(self.key).addCallbacks(self._connected, self._connect_failed)
+
+    def _answered(self, page: Page) -> None:
+        """A local answer (see C{local}) is ready."""
+        if self.ended:
+            return
+        self.page = page
+        self._page()
+
+    def _answer_failed(self, f: Failure) -> None:
+        if self.ended:
+            return
+        _log.failure("Answering a request locally failed", f)
+        self.page = (500, pages.internal_error(self.request_id), b"")
+        self._page()
 
     def _connected(self, conn: OriginConnection) -> None:
         if self.ended or self.p.gone:
@@ -562,7 +724,7 @@ class Exchange:
             else:
                 framing = b""
             head = request_head(self.method, self.target, self.headers, self.named,
-                                client_ip=self.p.client_ip_b, proto=self.p.f.proto,
+                                client_ip=self.p.client_ip_b, proto=self.p.proto,
                                 host=self.raw_host, request_id=self.rid, body=framing,
                                 upgrade=self.upgrade)
             data = [head]
@@ -629,7 +791,8 @@ class Exchange:
         self.started = True
         self.sent = None
         self.origin_ms = (p.f.clock.seconds() - self.origin_ts) * 1000.0
-        if self.upgrade is not None:
+        if self.upgrade is not None or (p.f.draining and p.queue and p.queue[-1] is self
+                                        and not p._in_head):
             self.keep_alive = False
         if self.method == b"HEAD" or status in _NO_BODY_STATUS:
             framing = b"".join(b"Content-Length: " + v + b"\r\n" for n, v in headers
@@ -752,16 +915,18 @@ class Exchange:
         self._page()
 
     def _page(self) -> None:
-        status, body, extra = self.page
+        page = self.page
+        status, body, extra = page[0], page[1], page[2]
         self.status = status
+        p = self.p
         if status >= 500 and not self.body_done:
             self.keep_alive = False
-        if self.upgrade is not None:
+        if self.upgrade is not None or p.f.draining and p.queue and p.queue[-1] is self and not p._in_head:
             self.keep_alive = False
         out = [b"HTTP/1.1 %d " % status, pages.REASONS.get(status, b"Error"),
-               b"\r\nContent-Type: text/html; charset=utf-8\r\nContent-Length: %d\r\n"
-               b"Cache-Control: no-store\r\nX-Request-Id: " % len(body), self.rid,
-               b"\r\n", extra]
+               b"\r\nContent-Type: ", page[3] if len(page) > 3 else _HTML,
+               b"\r\nContent-Length: %d\r\nCache-Control: no-store\r\nX-Request-Id: "
+               % len(body), self.rid, b"\r\n", extra]
         if not self.keep_alive:
             out.append(b"Connection: close\r\n")
         elif self.http10:

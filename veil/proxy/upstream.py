@@ -13,6 +13,17 @@ origin closes leaves the idle list at once.
 The exchange using a connection (the proxy's, see L{veil.proxy.server})
 is its I{listener}: it receives C{origin_interim}, C{origin_head},
 C{origin_body}, C{origin_done}, C{origin_upgraded} and C{origin_failed}.
+
+A response head larger than C{MAX_HEAD} bytes or with more than
+C{MAX_HEADERS} header fields is an invalid response: the connection is
+dropped and the exchange fails (the client gets a 502).
+
+HTTPS origins: the connection sends the I{site's} name in SNI and, when the
+site's C{origin_tls_verify} is true, requires a certificate valid for that
+name (as a CDN's "full (strict)" mode does: the origin serves the site's own
+certificate, whatever address the upstream names), from a root the pool
+trusts: the system's, plus C{extra_roots} (C{edge.origin_ca_bundle}).  With
+verification off the certificate is not checked at all.
 """
 
 from __future__ import annotations
@@ -23,7 +34,8 @@ from typing import Protocol as TypingProtocol
 
 import attrs
 import httptools
-from OpenSSL import SSL
+from OpenSSL import SSL, crypto
+from twisted.internet._sslverify import IOpenSSLTrustRoot
 from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.internet.defer import CancelledError, Deferred, TimeoutError, gatherResults
 from twisted.internet.endpoints import (
@@ -46,6 +58,17 @@ _log = Logger()
 #: Failure kinds reported to a listener.
 CONNECT, TIMEOUT, LOST, INVALID = "connect", "timeout", "lost", "invalid"
 
+#: Bounds of an origin's response head (status line and header fields).
+MAX_HEAD = 32 * 1024
+MAX_HEADERS = 100
+#: Bytes received while a head is incomplete before giving up on it, even
+#: when llhttp is still buffering one endless header line.
+_MAX_HEAD_BYTES = 2 * MAX_HEAD + 65536
+
+
+class _HeadTooLarge(Exception):
+    """Raised from a parser callback: the origin's response head is over the limits."""
+
 
 class Listener(TypingProtocol):
     body_done: bool
@@ -61,16 +84,26 @@ class Listener(TypingProtocol):
 
 @attrs.frozen
 class OriginKey:
-    """Which connections are interchangeable."""
+    """
+    Which connections are interchangeable.
+
+    @ivar tls_name: for C{https}, the name sent in SNI and verified (the
+        site's domain); C{""} for C{http}.
+    """
 
     scheme: str
     host: str
     port: int
     verify: bool
+    tls_name: str = ""
 
 
-def parse_upstream(upstream: str, verify: bool = True) -> OriginKey:
-    """An origin key from a site's C{http(s)://host[:port]} upstream."""
+def parse_upstream(upstream: str, verify: bool = True, tls_name: str = "") -> OriginKey:
+    """
+    An origin key from a site's C{http(s)://host[:port]} upstream; an
+    C{https} origin's certificate is checked for C{tls_name} (the upstream's
+    host when empty).
+    """
     scheme, sep, rest = upstream.partition("://")
     scheme = scheme.lower()
     if not sep or scheme not in ("http", "https"):
@@ -84,7 +117,26 @@ def parse_upstream(upstream: str, verify: bool = True) -> OriginKey:
     port = int(port_text) if port_text else (443 if scheme == "https" else 80)
     if not host or not 0 < port < 65536:
         raise ValueError(f"unsupported upstream {upstream!r}")
-    return OriginKey(scheme, host.lower(), port, verify)
+    host = host.lower()
+    if scheme == "http":
+        tls_name = ""
+    elif not tls_name:
+        tls_name = host
+    return OriginKey(scheme, host, port, verify, tls_name)
+
+
+@implementer(IOpenSSLTrustRoot)
+class SystemAndExtraRoots:
+    """The platform's trusted roots plus some of Veil's own (private origin CAs)."""
+
+    def __init__(self, pems: list[bytes]) -> None:
+        self._certs = [crypto.load_certificate(crypto.FILETYPE_PEM, pem) for pem in pems]
+
+    def _addCACertsToContext(self, context: SSL.Context) -> None:
+        context.set_default_verify_paths()
+        store = context.get_cert_store()
+        for cert in self._certs:
+            store.add_cert(cert)
 
 
 @implementer(IOpenSSLClientConnectionCreator)
@@ -134,6 +186,9 @@ class OriginConnection(Protocol):
         self._status = 0
         self._complete = False
         self._reset = False
+        self._in_head = True
+        self._head_size = 0
+        self._seen = 0
         self.last_headers: list[tuple[bytes, bytes]] = []
 
     # -- used by the exchange ------------------------------------------------
@@ -194,6 +249,10 @@ class OriginConnection(Protocol):
             return
         self._responded = True
         try:
+            if self._in_head:
+                self._seen += len(data)
+                if self._seen > _MAX_HEAD_BYTES:
+                    raise _HeadTooLarge()
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as upgrade:
             if self._status == 101 and self.listener is listener:
@@ -203,8 +262,13 @@ class OriginConnection(Protocol):
             else:
                 self._fail(INVALID)
             return
-        except httptools.HttpParserError as e:
-            _log.debug("Invalid response from {host}: {error}", host=self.key.host, error=str(e))
+        except (httptools.HttpParserError, _HeadTooLarge) as e:
+            if isinstance(e, _HeadTooLarge) or isinstance(e.__context__, _HeadTooLarge):
+                _log.warn("Response head from {host}:{port} over the limits", host=self.key.host,
+                          port=self.key.port)
+            else:
+                _log.debug("Invalid response from {host}: {error}", host=self.key.host,
+                           error=str(e))
             self._fail(INVALID)
             return
         if self._reset:
@@ -234,9 +298,14 @@ class OriginConnection(Protocol):
 
     def on_status(self, reason: bytes) -> None:
         self._reason += reason
+        self._head_size += len(reason)
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._headers.append((name, value))
+        headers = self._headers
+        headers.append((name, value))
+        self._head_size += len(name) + len(value) + 4
+        if self._head_size > MAX_HEAD or len(headers) > MAX_HEADERS:
+            raise _HeadTooLarge()
         if len(name) == 14 and name.lower() == b"content-length":
             self._length = int(value)
         elif len(name) == 17 and name.lower() == b"transfer-encoding":
@@ -246,6 +315,7 @@ class OriginConnection(Protocol):
         status = self._status = self._parser.get_status_code()
         headers, reason = self._headers, self._reason or b"Unknown"
         self._headers, self._reason = [], b""
+        self._in_head = False
         if status == 101:
             self.last_headers = headers
             return
@@ -264,6 +334,8 @@ class OriginConnection(Protocol):
             self.listener.origin_body(data)
 
     def on_message_complete(self) -> None:
+        self._in_head = True
+        self._head_size = self._seen = 0
         if self._status < 200 or self._reset:
             return
         self._finish(self._parser.should_keep_alive())
@@ -272,6 +344,8 @@ class OriginConnection(Protocol):
 
     def _finish(self, reusable: bool) -> None:
         listener = self.listener
+        self._in_head = True
+        self._head_size = self._seen = 0
         self._complete = True
         self._status, self._length, self._chunked = 0, -1, False
         self.listener = None
@@ -339,22 +413,27 @@ class OriginPool:
     """
 
     def __init__(self, reactor: Any, *, max_per_origin: int = 256, idle_timeout: float = 60.0,
-                 connect_timeout: float = 5.0, response_timeout: float = 60.0) -> None:
+                 connect_timeout: float = 5.0, response_timeout: float = 60.0,
+                 trust_root: IOpenSSLTrustRoot | None = None) -> None:
         self.reactor = self.clock = reactor
         self.max_per_origin = max_per_origin
         self.idle_timeout = idle_timeout
         self.connect_timeout = connect_timeout
         self.response_timeout = response_timeout
+        self.trust_root = trust_root
         self._slots: dict[OriginKey, _Slot] = {}
-        self._keys: dict[tuple[str, bool], OriginKey] = {}
+        self._keys: dict[tuple[str, bool, str], OriginKey] = {}
         self._sweeper: Any = None
         self._closing = False
 
-    def key_for(self, upstream: str, verify: bool) -> OriginKey:
-        """The (cached) key of a site's upstream."""
-        key = self._keys.get((upstream, verify))
+    def key_for(self, upstream: str, verify: bool, tls_name: str = "") -> OriginKey:
+        """The (cached) key of a site's upstream; C{tls_name} is the site's domain."""
+        cache_key = (upstream, verify, tls_name)
+        key = self._keys.get(cache_key)
         if key is None:
-            key = self._keys[(upstream, verify)] = parse_upstream(upstream, verify)
+            if len(self._keys) > 100_000:
+                self._keys.clear()
+            key = self._keys[cache_key] = parse_upstream(upstream, verify, tls_name)
         return key
 
     def acquire(self, key: OriginKey, fresh: bool = False) -> Deferred[OriginConnection]:
@@ -423,7 +502,8 @@ class OriginPool:
         else:
             endpoint = HostnameEndpoint(self.reactor, key.host, key.port, timeout=timeout)
         if key.scheme == "https":
-            creator = optionsForClientTLS(key.host) if key.verify else _NoVerify(key.host)
+            creator = (optionsForClientTLS(key.tls_name, trustRoot=self.trust_root)
+                       if key.verify else _NoVerify(key.tls_name))
             endpoint = wrapClientTLS(creator, endpoint)
         return endpoint
 
