@@ -106,6 +106,9 @@ def main(argv: list[str] | None = None) -> int:
                       error=e)
         return 1
 
+    from veil.reactor import install_if_free
+
+    install_if_free()
     from twisted.internet import reactor
 
     from veil.service import ProcessRole, VeilService

@@ -27,6 +27,7 @@ from twisted.python.systemd import ListenFDs
 
 from veil.config import Config
 from veil.errors import ConfigError
+from veil.tcp import adopt_port, listen_tcp
 
 #: The ports a Veil process listens on, by name (as in the configuration).
 PORT_NAMES = ("edge", "http", "dashboard")
@@ -94,7 +95,7 @@ def adopt(reactor: Any, fd: int, factory: Any) -> Any:
     # systemd passes blocking sockets unless told NonBlocking=; Twisted
     # accepts in a loop until EAGAIN, so a blocking one would hang the reactor.
     os.set_blocking(fd, False)
-    return reactor.adoptStreamPort(fd, family, factory)
+    return adopt_port(reactor, fd, family, factory)
 
 
 class Listeners:
@@ -119,8 +120,8 @@ class Listeners:
         if name in self.inherited:
             return adopt(self.reactor, self.inherited[name], factory)
         if self.count == 1 or name == "dashboard":
-            return self.reactor.listenTCP(listen.port, factory, interface=listen.address,
-                                          backlog=BACKLOG)
+            return listen_tcp(self.reactor, listen.port, factory, interface=listen.address,
+                              backlog=BACKLOG)
         sockets = bind_reuseport(listen.address, listen.port, self.count)
         first = sockets.pop(0)
         try:

@@ -76,6 +76,9 @@ class Options(usage.Options):
 
 def makeService(options: Options) -> IService:
     """Build the L{VeilService} for the global reactor."""
+    from veil.reactor import install_if_free
+
+    install_if_free()
     from twisted.internet import reactor
 
     from veil.service import ProcessRole, VeilService

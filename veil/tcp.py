@@ -1,8 +1,33 @@
-"""Small TCP settings shared by the edge and the origin pool."""
+"""
+TCP for the edge and the origin pool: no Nagle, and writes that go out at once.
+
+Twisted's TCP transport queues every C{write} and sends it on the reactor's
+next turn, once epoll says the socket is writable: two C{epoll_ctl} calls
+(register, unregister) and a reactor iteration per write.  A proxy writes
+twice per request (to the origin, to the client), almost always into an
+empty send buffer, so L{_WriteAtOnce} tries C{send} first and falls back to
+the queue only for what the kernel did not take (or when something is
+queued already, or on an error, which the queue then reports as usual).
+Ordering, back-pressure (producers are paused by the queue's size) and
+C{loseConnection} are Twisted's, unchanged.
+
+L{listen_tcp} and L{adopt_port} make listening ports whose connections are
+such transports; L{TCPConnector} is a stand-in reactor for the client
+endpoints (C{TCP4ClientEndpoint}, C{HostnameEndpoint}, ...) whose
+C{connectTCP} makes them too.
+"""
 
 from __future__ import annotations
 
 from typing import Any
+
+from twisted.internet import abstract, tcp
+from twisted.internet.interfaces import (
+    IReactorPluggableNameResolver,
+    IReactorTCP,
+    IReactorTime,
+)
+from zope.interface import implementer
 
 
 def no_delay(transport: Any) -> None:
@@ -15,3 +40,77 @@ def no_delay(transport: Any) -> None:
         transport.setTcpNoDelay(True)
     except (AttributeError, OSError):
         pass  # not TCP (a test transport), or already closed
+
+
+class _WriteAtOnce:
+    """For L{tcp.Connection} subclasses: send at once when nothing is queued."""
+
+    def write(self, data: bytes) -> None:
+        if (not self._tempDataLen and self.offset == len(self.dataBuffer) and self.connected
+                and not self.disconnecting and not self._writeDisconnecting
+                and type(data) is bytes):
+            try:
+                sent = self.socket.send(data)
+            except OSError:
+                sent = 0  # queued below; the queue reports a real error
+            if sent == len(data):
+                return
+            data = data[sent:]
+        abstract.FileDescriptor.write(self, data)
+
+    def writeSequence(self, iovec: Any) -> None:
+        self.write(b"".join(iovec))
+
+
+class Server(_WriteAtOnce, tcp.Server):
+    """An accepted connection that writes at once."""
+
+
+class Client(_WriteAtOnce, tcp.Client):
+    """An outgoing connection that writes at once."""
+
+
+class Port(tcp.Port):
+    """A listening port whose connections are L{Server}s."""
+
+    transport = Server
+
+
+def listen_tcp(reactor: Any, port: int, factory: Any, interface: str = "",
+               backlog: int = 50) -> Port:
+    """C{reactor.listenTCP}, with L{Server} connections."""
+    p = Port(port, factory, backlog, interface, reactor)
+    p.startListening()
+    return p
+
+
+def adopt_port(reactor: Any, fd: int, family: int, factory: Any) -> Port:
+    """C{reactor.adoptStreamPort}, with L{Server} connections."""
+    p = Port._fromListeningDescriptor(reactor, fd, family, factory)
+    p.startListening()
+    return p
+
+
+class _Connector(tcp.Connector):
+    def _makeTransport(self) -> Client:
+        return Client(self.host, self.port, self.bindAddress, self, self.reactor)
+
+
+@implementer(IReactorTCP, IReactorTime, IReactorPluggableNameResolver)
+class TCPConnector:
+    """
+    The reactor, for client endpoints, except that C{connectTCP} makes
+    L{Client} connections.
+    """
+
+    def __init__(self, reactor: Any) -> None:
+        self._reactor = reactor
+
+    def connectTCP(self, host: str, port: int, factory: Any, timeout: float = 30,
+                   bindAddress: Any = None) -> _Connector:
+        connector = _Connector(host, port, factory, timeout, bindAddress, self._reactor)
+        connector.connect()
+        return connector
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._reactor, name)

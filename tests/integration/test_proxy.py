@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import socket
 import uuid
+from collections.abc import Callable
 
 import httptools
 from twisted.internet import reactor
@@ -73,14 +74,18 @@ class _Reader:
 
 
 def talk(port: int, *sends: bytes, responses: int = 1, keep_body: bool = True,
-         body_stream: tuple[int, int] | None = None, timeout: float = 10.0
+         body_stream: tuple[int, int] | None = None, timeout: float = 10.0,
+         wrap: Callable[[socket.socket], socket.socket] | None = None,
          ) -> tuple[list[Response], bool]:
     """
     Send C{sends} (then C{body_stream}: C{(total, piece)} bytes of b'u'),
-    read until C{responses} complete responses or the close.
+    read until C{responses} complete responses or the close.  C{wrap}
+    turns the connected socket into another (a TLS client's).
     @return: the responses and whether the server closed the connection.
     """
     s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    if wrap is not None:
+        s = wrap(s)
     reader = _Reader(keep_body)
     closed = False
     try:

@@ -27,7 +27,9 @@ from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 
+from veil.edge import tlslayer
 from veil.edge.hello import ClientHello, HelloError, HelloReader
+from veil.edge.tlslayer import TLSLayer
 from veil.errors import IssuanceFailed, IssuanceRefused, VeilError
 from veil.logs import redact_ip
 from veil.metrics import Registry
@@ -65,13 +67,18 @@ class EdgeFactory(Factory):
 
     def __init__(self, resolve: Resolver, app_factory_for: AppFactoryFor,
                  clock: IReactorTime, metrics: Registry, hello_timeout: float = 10.0,
-                 max_hello: int = 16384, resolve_timeout: float = 90.0) -> None:
+                 max_hello: int = 16384, resolve_timeout: float = 90.0,
+                 thin_tls: bool | None = None, linger: float = tlslayer.LINGER) -> None:
         self.resolve = resolve
         self.app_factory_for = app_factory_for
         self.clock = clock
         self.hello_timeout = hello_timeout
         self.max_hello = max_hello
         self.resolve_timeout = resolve_timeout
+        #: Run the applications that allow it on L{TLSLayer}.
+        self.thin_tls = tlslayer.AVAILABLE if thin_tls is None else thin_tls
+        #: Seconds a thin-layer peer has to answer our close_notify.
+        self.linger = linger
         self.rejected = metrics.counter(
             "veil_edge_rejected_total", "Edge connections closed before TLS, by reason")
         self.handshakes = metrics.counter(
@@ -91,7 +98,7 @@ class EdgeProtocol(Protocol):
     def __init__(self, factory: EdgeFactory, addr: IAddress) -> None:
         self.factory = factory
         self.addr = addr
-        self.tls: TLSMemoryBIOProtocol | None = None
+        self.tls: TLSMemoryBIOProtocol | TLSLayer | None = None
         self._reader = HelloReader(max_size=factory.max_hello)
         self._timer: IDelayedCall | None = None
         self._resolving: Deferred[Any] | None = None
@@ -181,8 +188,19 @@ class EdgeProtocol(Protocol):
             self._reject("resolver_error", f"{name}", alert=ALERT_INTERNAL_ERROR)
 
     def _start_tls(self, hello: ClientHello, creator: Any) -> None:
+        replay = self._reader.buffered + bytes(self._late)
+        self._late.clear()
         try:
             app_factory = self.factory.app_factory_for(hello, creator)
+            if self.factory.thin_tls and getattr(app_factory, "thin_tls", False):
+                # The proxy: the thin layer, which starts with the replay.
+                thin = TLSLayer(self.transport, creator.serverConnectionForTLS(None),
+                                app_factory.buildProtocol(self.addr), self.factory.clock,
+                                linger=self.factory.linger)
+                self.tls = thin
+                self.factory.handshakes.inc()
+                thin.start(replay)
+                return
             tls_factory = TLSMemoryBIOFactory(creator, False, app_factory,
                                               clock=self.factory.clock)
             tls = tls_factory.buildProtocol(self.addr)
@@ -195,8 +213,6 @@ class EdgeProtocol(Protocol):
             self._reject("tls_setup_error", f"{hello.server_name}", alert=ALERT_INTERNAL_ERROR)
             return
         self.tls = tls
-        replay = self._reader.buffered + bytes(self._late)
-        self._late.clear()
         self.factory.handshakes.inc()
         self.tls.dataReceived(replay)
 

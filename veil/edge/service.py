@@ -46,6 +46,7 @@ from veil.proxy.server import DRAIN_TIMEOUT, ProxyFactory
 from veil.proxy.upstream import OriginPool, SystemAndExtraRoots
 from veil.store.requestlog import LogRow
 from veil.store.settings import SettingsStore, SettingsTable
+from veil.tcp import listen_tcp
 from veil.waf.decisions import DecisionStore, DecisionTable
 from veil.waf.pipeline import ip_decisions, pipeline
 from veil.workers.base import PeriodicWorker
@@ -109,8 +110,8 @@ class Edge:
 
     def _listen_tcp(self, name: str, factory: Any) -> Any:
         address = getattr(self.config, name)
-        return self.reactor.listenTCP(address.port, factory, interface=address.address,
-                                      backlog=1024)
+        return listen_tcp(self.reactor, address.port, factory, interface=address.address,
+                          backlog=1024)
 
     def edge_factory(self) -> Any:
         """The factory behind the TLS port."""

@@ -212,6 +212,10 @@ class ProxyFactory(Factory):
 
 
 class _SNIFactory(Factory):
+    #: The edge may run these connections on its thin TLS layer
+    #: (L{veil.edge.tlslayer}): the proxy uses only what that layer offers.
+    thin_tls = True
+
     def __init__(self, proxy: ProxyFactory, name: str) -> None:
         self._proxy, self._name = proxy, name
 

@@ -51,7 +51,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from veil.tcp import no_delay
+from veil.tcp import TCPConnector, no_delay
 
 _log = Logger()
 
@@ -416,6 +416,7 @@ class OriginPool:
                  connect_timeout: float = 5.0, response_timeout: float = 60.0,
                  trust_root: IOpenSSLTrustRoot | None = None) -> None:
         self.reactor = self.clock = reactor
+        self._tcp = TCPConnector(reactor)
         self.max_per_origin = max_per_origin
         self.idle_timeout = idle_timeout
         self.connect_timeout = connect_timeout
@@ -495,12 +496,13 @@ class OriginPool:
 
     def _endpoint(self, key: OriginKey) -> Any:
         timeout = max(1, int(self.connect_timeout + 0.999))
+        tcp = self._tcp
         if isIPAddress(key.host):
-            endpoint: Any = TCP4ClientEndpoint(self.reactor, key.host, key.port, timeout=timeout)
+            endpoint: Any = TCP4ClientEndpoint(tcp, key.host, key.port, timeout=timeout)
         elif isIPv6Address(key.host):
-            endpoint = TCP6ClientEndpoint(self.reactor, key.host, key.port, timeout=timeout)
+            endpoint = TCP6ClientEndpoint(tcp, key.host, key.port, timeout=timeout)
         else:
-            endpoint = HostnameEndpoint(self.reactor, key.host, key.port, timeout=timeout)
+            endpoint = HostnameEndpoint(tcp, key.host, key.port, timeout=timeout)
         if key.scheme == "https":
             creator = (optionsForClientTLS(key.tls_name, trustRoot=self.trust_root)
                        if key.verify else _NoVerify(key.tls_name))
