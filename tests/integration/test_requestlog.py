@@ -63,6 +63,42 @@ class RequestLogTests(TestCase):
                                1.5, 1.1, "192.0.2.10", "req-1", "clean",
                                False, True))
 
+    async def test_awkward_text_round_trips(self) -> None:
+        """
+        Text with COPY's special characters (backslash, tab, newline, CR)
+        comes back as it was sent; a NUL, which PostgreSQL text cannot hold,
+        becomes U+FFFD; NULLs, a timestamp and an IPv6 address survive.
+        """
+        ts = datetime(2026, 12, 1, 18, 0, 1, 250000, tzinfo=timezone.utc)
+        log = self.start()
+        log.append(LogRow(ts=ts, site_id=None, host="h\\\tst", method="GET",
+                          path="/a\\b\tc\nd\re", query=None, status=None, bytes_in=0,
+                          bytes_out=None, duration_ms=0.25, origin_ms=None,
+                          client_ip="2001:db8::1", request_id="r\\N",
+                          user_agent="agent\x00x", blocked=True))
+        await until(lambda: count(self.conninfo) == 1, what="the row written")
+        with psycopg.connect(self.conninfo) as conn:
+            got = conn.execute(
+                "SELECT ts, site_id, host, path, query, status, bytes_out, duration_ms,"
+                " host(client_ip), request_id, user_agent, blocked FROM request_log").fetchone()
+        self.assertEqual(got, (ts, None, "h\\\tst", "/a\\b\tc\nd\re", None, None, None, 0.25,
+                               "2001:db8::1", "r\\N", "agent\ufffdx", True))
+
+    async def test_spool_of_earlier_versions_replayed(self) -> None:
+        """A spool file in the JSON form earlier versions wrote is replayed too."""
+        site = uuid.uuid4()
+        self.spool.mkdir(parents=True)
+        (self.spool / "000000000000.rows").write_text(
+            '[{"t":"2026-11-22T02:00:00+00:00"},{"u":"%s"},"shop.test","GET","/old",null,'
+            '200,0,10,1.0,0.5,"192.0.2.1","old-1",null,null,null,null,null,false]\n' % site)
+        log = self.start()
+        log.append(row(1, site))
+        await until(lambda: count(self.conninfo) == 2, what="spool and row written")
+        with psycopg.connect(self.conninfo) as conn:
+            got = conn.execute("SELECT request_id, path, site_id FROM request_log"
+                               " ORDER BY id").fetchall()
+        self.assertEqual(got, [("old-1", "/old", site), ("req-1", "/item/1", site)])
+
     async def test_one_notify_per_batch(self) -> None:
         """
         A batch is announced once on veil_requests with the writer's origin,

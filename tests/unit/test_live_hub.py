@@ -11,6 +11,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from veil.live.hub import Event, Gap, Hub, Subscription, parse_event_id
 from veil.metrics import Registry
+from veil.store.logrows import Batch
 from veil.store.requestlog import ANNOUNCEMENT_MAX, Announcement, LogRow, id_ranges
 
 SITE_A = uuid.UUID("00000000-0000-4000-8000-00000000000a")
@@ -253,7 +254,7 @@ class AnnouncementTests(SynchronousTestCase):
     def test_round_trip(self) -> None:
         """A payload parses back to the announcement."""
         batch = [row(1, SITE_B), row(2, SITE_A), row(3, None), row(4, SITE_A)]
-        note = Announcement.for_batch("abc123", batch, [10, 11, 12, 14])
+        note = Announcement.for_batch("abc123", Batch.of(batch), [10, 11, 12, 14])
         self.assertEqual(note.ranges, ((10, 12), (14, 14)))
         self.assertEqual(note.sites, (SITE_A, SITE_B))
         self.assertEqual(Announcement.parse(note.payload()), note)
@@ -261,7 +262,7 @@ class AnnouncementTests(SynchronousTestCase):
     def test_size_bounded(self) -> None:
         """Too many sites or ranges are left out, and the payload stays under the limit."""
         many = [row(n, uuid.uuid4()) for n in range(5000)]
-        note = Announcement.for_batch("abc123", many, range(1000, 11000, 2))
+        note = Announcement.for_batch("abc123", Batch.of(many), range(1000, 11000, 2))
         payload = note.payload()
         self.assertLessEqual(len(payload.encode()), ANNOUNCEMENT_MAX)
         parsed = Announcement.parse(payload)

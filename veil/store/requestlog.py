@@ -1,8 +1,9 @@
 """
 The request log pipeline: one row per request, written in batches, never lost.
 
-The proxy calls L{RequestLog.append} with a L{LogRow}: the row goes into an
-in-memory buffer and to the live hub at once, and the request moves on.
+The proxy calls L{RequestLog.append} with a L{LogRow}: the row goes to the
+live hub, and into an in-memory L{Batch} as a line of C{COPY} text
+(L{veil.store.logrows}), at once, and the request moves on.
 Every C{interval} seconds, or as soon as C{batch_max} rows are waiting, the
 buffer becomes a batch.  One batch at a time is written, on a thread and a
 connection of the log's own (so flushes never starve other queries): its
@@ -29,7 +30,7 @@ import threading
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -46,36 +47,11 @@ from twisted.python.threadpool import ThreadPool
 
 from veil.metrics import Registry
 from veil.store.locks import lock_key
+from veil.store.logrows import COLUMNS, Batch, LogRow, copy_line
 
 _log = Logger()
 
 
-@attrs.frozen
-class LogRow:
-    """One request, as the request log stores it."""
-
-    ts: datetime
-    site_id: uuid.UUID | None
-    host: str | None
-    method: str | None
-    path: str | None
-    query: str | None
-    status: int | None
-    bytes_in: int | None
-    bytes_out: int | None
-    duration_ms: float | None
-    origin_ms: float | None
-    client_ip: str | None
-    request_id: str | None
-    user_agent: str | None
-    classification: str | None = None
-    classifier: str | None = None
-    confidence: float | None = None
-    attack_type: str | None = None
-    blocked: bool = False
-
-
-COLUMNS: tuple[str, ...] = tuple(f.name for f in attrs.fields(LogRow))
 
 #: The channel of the flusher's announcements.
 CHANNEL = "veil_requests"
@@ -107,9 +83,8 @@ class Announcement:
     sites: tuple[uuid.UUID, ...] | None
 
     @classmethod
-    def for_batch(cls, origin: str, batch: Sequence[LogRow], ids: Sequence[int]) -> Announcement:
-        return cls(origin, len(batch), id_ranges(ids),
-                   tuple(sorted({r.site_id for r in batch if r.site_id is not None})))
+    def for_batch(cls, origin: str, batch: Batch, ids: Sequence[int]) -> Announcement:
+        return cls(origin, len(batch), id_ranges(ids), tuple(sorted(batch.sites)))
 
     def payload(self) -> str:
         """The NOTIFY payload: JSON, at most L{ANNOUNCEMENT_MAX} bytes."""
@@ -150,20 +125,8 @@ def id_ranges(ids: Iterable[int]) -> tuple[tuple[int, int], ...]:
     return tuple((lo, hi) for lo, hi in ranges)
 
 
-def _encode(row: LogRow) -> str:
-    values = attrs.astuple(row, recurse=False)
-    out = []
-    for value in values:
-        if isinstance(value, datetime):
-            out.append({"t": value.isoformat()})
-        elif isinstance(value, uuid.UUID):
-            out.append({"u": str(value)})
-        else:
-            out.append(value)
-    return json.dumps(out, separators=(",", ":"))
-
-
-def _decode(line: str) -> LogRow:
+def _legacy_line(line: str) -> str:
+    """A spooled row in the JSON form of earlier versions, as a COPY line."""
     values = []
     for value in json.loads(line):
         if isinstance(value, dict) and "t" in value:
@@ -172,13 +135,14 @@ def _decode(line: str) -> LogRow:
             values.append(uuid.UUID(value["u"]))
         else:
             values.append(value)
-    return LogRow(*values)
+    return copy_line(LogRow(*values))
 
 
 @attrs.define(eq=False)
 class Spool:
     """
-    Batches waiting for the database, one file each, named in order.
+    Batches waiting for the database, one file each, named in order; each
+    line of a file is a row's C{COPY} line.
 
     Used only from the log's writer thread.
     """
@@ -200,24 +164,25 @@ class Spool:
     def rows(self) -> int:
         return sum(1 for p in self._files() for _ in p.open("r", encoding="utf-8"))
 
-    def append(self, batch: Sequence[LogRow]) -> None:
+    def append(self, batch: Batch) -> None:
         """Write C{batch} as the newest file (atomically, synced)."""
         path = self.directory / f"{self._next:012d}.rows"
         temporary = path.with_suffix(".tmp")
         with temporary.open("w", encoding="utf-8") as f:
-            for row in batch:
-                f.write(_encode(row) + "\n")
+            f.writelines(batch.lines)
             f.flush()
             os.fsync(f.fileno())
         temporary.rename(path)
         self._next += 1
 
-    def oldest(self) -> tuple[Path, list[LogRow]] | None:
+    def oldest(self) -> tuple[Path, Batch] | None:
         files = self._files()
         if not files:
             return None
-        with files[0].open("r", encoding="utf-8") as f:
-            return files[0], [_decode(line) for line in f if line.strip()]
+        with files[0].open("r", encoding="utf-8", newline="\n") as f:
+            lines = [_legacy_line(line) if line.startswith("[") else line
+                     for line in f if line.strip()]
+        return files[0], Batch.from_lines(lines)
 
 
 @attrs.define(eq=False)
@@ -241,8 +206,8 @@ class RequestLog(Service):
     memory_cap: int = 50000
     connect_timeout: float = 5.0
     max_backoff: float = 10.0
-    _buffer: list[LogRow] = attrs.field(factory=list, init=False)
-    _queue: deque[list[LogRow]] = attrs.field(factory=deque, init=False)
+    _buffer: Batch = attrs.field(factory=Batch, init=False)
+    _queue: deque[Batch] = attrs.field(factory=deque, init=False)
     _writing: Deferred[None] | None = attrs.field(default=None, init=False)
     _timer: IDelayedCall | None = attrs.field(default=None, init=False)
     _failures: int = attrs.field(default=0, init=False)
@@ -272,7 +237,7 @@ class RequestLog(Service):
 
     def append(self, row: LogRow) -> None:
         """Record one request; never waits."""
-        self._buffer.append(row)
+        self._buffer.add(row)
         try:
             self.publish(row)
         except Exception:
@@ -344,7 +309,7 @@ class RequestLog(Service):
     def _cut(self) -> None:
         if self._buffer:
             self._queue.append(self._buffer)
-            self._buffer = []
+            self._buffer = Batch()
 
     def _kick(self) -> None:
         if self._writing is not None or self._stopping:
@@ -357,7 +322,7 @@ class RequestLog(Service):
         self._writing = d
         d.addCallbacks(self._stepped, self._step_failed, callbackArgs=(batch,))
 
-    def _stepped(self, outcome: tuple[bool, str | None], batch: list[LogRow] | None) -> None:
+    def _stepped(self, outcome: tuple[bool, str | None], batch: Batch | None) -> None:
         self._writing = None
         consumed, error = outcome
         if consumed and batch is not None and self._queue and self._queue[0] is batch:
@@ -389,7 +354,7 @@ class RequestLog(Service):
 
     # -- the writer thread -----------------------------------------------------
 
-    def _step(self, batch: list[LogRow] | None, spill: bool) -> tuple[bool, str | None]:
+    def _step(self, batch: Batch | None, spill: bool) -> tuple[bool, str | None]:
         """
         One unit of work: replay the oldest spool file if the spool is in
         use, else write C{batch}.
@@ -429,12 +394,12 @@ class RequestLog(Service):
             return False, _brief(e)
         return True, None
 
-    def _spool_all(self, batches: list[list[LogRow]]) -> None:
+    def _spool_all(self, batches: list[Batch]) -> None:
         for batch in batches:
             self._to_spool(batch)
         self._spooling = True
 
-    def _to_spool(self, batch: list[LogRow]) -> None:
+    def _to_spool(self, batch: Batch) -> None:
         assert self._spool is not None
         try:
             self._spool.append(batch)
@@ -460,7 +425,7 @@ class RequestLog(Service):
             finally:
                 self._conn = None
 
-    def _write(self, batch: Sequence[LogRow]) -> None:
+    def _write(self, batch: Batch) -> None:
         """COPY one batch and NOTIFY, in one transaction (retried once for partitions)."""
         try:
             ids = self._draw_ids(len(batch))
@@ -500,31 +465,30 @@ class RequestLog(Service):
             raise
         return ids
 
-    def _copy(self, batch: Sequence[LogRow], ids: Sequence[int]) -> None:
+    def _copy(self, batch: Batch, ids: Sequence[int]) -> None:
         conn = self._connection()
         statement = psycopg.sql.SQL("COPY request_log ({}) FROM STDIN").format(
             psycopg.sql.SQL(", ").join(map(psycopg.sql.Identifier, ("id",) + COLUMNS)))
         payload = Announcement.for_batch(self.origin, batch, ids).payload()
+        data = "".join([f"{row_id}\t{line}" for row_id, line in zip(ids, batch.lines)])
         try:
             with conn.transaction():
                 with conn.cursor() as cur:
                     with cur.copy(statement) as copy:
-                        for row_id, row in zip(ids, batch):
-                            copy.write_row((row_id,) + attrs.astuple(row, recurse=False))
+                        copy.write(data.encode("utf-8"))
                     cur.execute("SELECT pg_notify(%s, %s)", (CHANNEL, payload))
         except psycopg.OperationalError:
             self._close()
             raise
 
-    def _make_partitions(self, batch: Iterable[LogRow]) -> None:
-        months = sorted({row.ts.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
-                         for row in batch})
+    def _make_partitions(self, batch: Batch) -> None:
         conn = self._connection()
         with conn.transaction():
-            for month in months:
-                conn.execute("SELECT veil_request_log_maintain(1200, %s)", (month,))
+            for year, month in sorted(batch.months):
+                conn.execute("SELECT veil_request_log_maintain(1200, %s)",
+                             (datetime(year, month, 1, tzinfo=timezone.utc),))
 
-    def _reject(self, batch: Sequence[LogRow], error: Exception) -> None:
+    def _reject(self, batch: Batch, error: Exception) -> None:
         self._rejected.inc(len(batch))
         _log.error("Request log: PostgreSQL refused a batch of {count} rows as data: {error}",
                    count=len(batch), error=_brief(error))

@@ -1,0 +1,59 @@
+"""L{veil.store.logrows}: request-log rows as COPY text, and batches of them."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timezone
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from veil.store.logrows import COLUMNS, Batch, LogRow, copy_line
+
+SITE = uuid.UUID("6f1c0e1e-8d0a-4c36-9d0e-2f5a4f3b9a11")
+TS = datetime(2026, 12, 1, 18, 30, 0, 123456, tzinfo=timezone.utc)
+
+
+def row(**changes: object) -> LogRow:
+    base = LogRow(ts=TS, site_id=SITE, host="shop.test", method="GET", path="/p",
+                  query="q=1", status=200, bytes_in=0, bytes_out=1300, duration_ms=1.5,
+                  origin_ms=0.75, client_ip="192.0.2.1", request_id="abc", user_agent="ua")
+    return base._replace(**changes)
+
+
+class CopyLineTests(SynchronousTestCase):
+    """A row becomes one COPY text line with every column in order."""
+
+    def test_fields_in_order(self) -> None:
+        """Every column, in COLUMNS order, tab-separated, ending in a newline."""
+        line = copy_line(row())
+        self.assertTrue(line.endswith("\n"))
+        fields = line[:-1].split("\t")
+        self.assertEqual(len(fields), len(COLUMNS))
+        self.assertEqual(fields, [
+            "2026-12-01T18:30:00.123456+00:00", str(SITE), "shop.test", "GET", "/p", "q=1",
+            "200", "0", "1300", "1.5", "0.75", "192.0.2.1", "abc", "ua",
+            "\\N", "\\N", "\\N", "\\N", "f"])
+
+    def test_escapes(self) -> None:
+        """Backslash, tab, newline and CR are escaped; NUL becomes U+FFFD; None is \\N."""
+        line = copy_line(row(path="a\\b\tc\nd\re\x00", site_id=None, status=None,
+                             blocked=True))
+        fields = line[:-1].split("\t")
+        self.assertEqual(fields[4], "a\\\\b\\tc\\nd\\re\ufffd")
+        self.assertEqual((fields[1], fields[6], fields[-1]), ("\\N", "\\N", "t"))
+
+
+class BatchTests(SynchronousTestCase):
+    """A batch knows its sites and months, also when read back from its lines."""
+
+    def test_sites_and_months(self) -> None:
+        """Sites (without None) and (year, month) pairs are collected."""
+        other = uuid.uuid4()
+        rows = [row(), row(site_id=None), row(site_id=other, ts=TS.replace(month=11))]
+        batch = Batch.of(rows)
+        self.assertEqual(len(batch), 3)
+        self.assertEqual(batch.sites, {SITE, other})
+        self.assertEqual(batch.months, {(2026, 12), (2026, 11)})
+        again = Batch.from_lines(batch.lines)
+        self.assertEqual((again.lines, again.sites, again.months),
+                         (batch.lines, batch.sites, batch.months))
