@@ -79,7 +79,27 @@ HTML = b"text/html; charset=utf-8"
 
 # -- requests ----------------------------------------------------------------
 
+_hosts: dict[bytes, str | None] = {}
+
+
 def normalize_host(value: bytes) -> str | None:
+    """
+    L{parse_host}, remembered: a proxy sees the same few C{Host} values
+    over and over (at most 4,096 of at most 262 bytes are kept).
+    """
+    try:
+        return _hosts[value]
+    except KeyError:
+        pass
+    host = parse_host(value)
+    if len(value) <= _MAX_HOST + 9:
+        if len(_hosts) >= 4096:
+            _hosts.clear()
+        _hosts[value] = host
+    return host
+
+
+def parse_host(value: bytes) -> str | None:
     """
     Normalize a C{Host} header value (or the authority of an absolute-form
     request target).

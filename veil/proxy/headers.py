@@ -42,6 +42,36 @@ def connection_tokens(values: Iterable[bytes]) -> frozenset[bytes]:
     return frozenset(tokens)
 
 
+_single_tokens: dict[bytes, frozenset[bytes]] = {}
+
+
+def _tokens_of(value: bytes) -> frozenset[bytes]:
+    """L{connection_tokens} of one value, remembered (origins repeat theirs)."""
+    tokens = _single_tokens.get(value)
+    if tokens is None:
+        tokens = connection_tokens((value,))
+        if len(value) <= 128:
+            if len(_single_tokens) >= 1024:
+                _single_tokens.clear()
+            _single_tokens[value] = tokens
+    return tokens
+
+
+#: Response header name as sent -> (lower-cased, dropped whatever the
+#: Connection header says); names repeat, so each is looked at once.
+_response_names: dict[bytes, tuple[bytes, bool]] = {}
+
+
+def _response_name(name: bytes) -> tuple[bytes, bool]:
+    lower = name.lower()
+    known = (lower, lower in HOP_BY_HOP or lower in _SET_ON_RESPONSE)
+    if len(name) <= 64:
+        if len(_response_names) >= 4096:
+            _response_names.clear()
+        _response_names[name] = known
+    return known
+
+
 class RequestIds:
     """
     Unique request ids, cheaper than C{uuid4}: a random per-process
@@ -99,15 +129,17 @@ def response_head(status: int, reason: bytes, headers: Headers, *, request_id: b
         plus C{b"Connection: close\\r\\n"} when the connection ends.
     @param upgrade: keep the origin's C{Upgrade} (a 101 answer).
     """
-    named = frozenset()
+    named: frozenset[bytes] = frozenset()
     for name, value in headers:
         if len(name) == 10 and name.lower() == b"connection":
-            named = connection_tokens((value,))
+            named = _tokens_of(value)
             break
     out = [b"HTTP/1.1 %d " % status, reason, b"\r\n"]
+    names = _response_names
     for name, value in headers:
-        lower = name.lower()
-        if lower in HOP_BY_HOP or lower in _SET_ON_RESPONSE or lower in named:
+        known = names.get(name)
+        lower, dropped = known if known is not None else _response_name(name)
+        if dropped or lower in named:
             if upgrade and lower == b"upgrade":
                 out += (b"Connection: upgrade\r\nUpgrade: ", value, b"\r\n")
             continue

@@ -524,12 +524,14 @@ class Exchange:
         "method",
         "named",
         "origin_ms",
+        "out",
         "origin_ts",
         "p",
         "page",
         "pending",
         "pending_size",
         "producing",
+        "producer_wanted",
         "raw_host",
         "request_id",
         "retried",
@@ -566,6 +568,8 @@ class Exchange:
         self.pending: list[bytes] = []
         self.body_done = self.chunked_in = self.chunked_out = self.started = False
         self.ended = self.blocked = self.retried = self.streaming = self.producing = False
+        self.producer_wanted = False
+        self.out: list[bytes] = []
         self.length_in = -1
         self.page: Page | None = None
         self.local: Callable[[], Deferred[Page]] | None = None
@@ -696,8 +700,13 @@ class Exchange:
             _log.warn("Site {domain} has an invalid upstream", domain=site.domain)
             self._fail_page(502)
             return
+        origins = self.p.f.origins
         self.origin_ts = self.p.f.clock.seconds()
-        self.p.f.origins.acquire(self.key).addCallbacks(self._connected, self._connect_failed)
+        conn = origins.idle(self.key)
+        if conn is not None:
+            self._connected(conn)
+        else:
+            origins.acquire(self.key).addCallbacks(self._connected, self._connect_failed)
 
     def _answered(self, page: Page) -> None:
         """A local answer (see C{local}) is ready."""
@@ -818,19 +827,31 @@ class Exchange:
             return
         head = response_head(status, reason, headers, request_id=self.rid, framing=framing)
         self.bytes_out += len(head)
-        p.transport.write(head)
-        if length != 0:
-            self.producing = True
-            p.transport.registerProducer(self.conn, True)
+        # Gathered with what the same read brings of the body, and written
+        # at origin_flush or origin_done: one TLS record, one send.
+        self.out.append(head)
+        self.producer_wanted = length != 0
 
     def origin_body(self, data: bytes) -> None:
         self.bytes_out += len(data)
-        if self.p.gone:
-            return
         if self.chunked_out:
-            self.p.transport.writeSequence((b"%x\r\n" % len(data), data, b"\r\n"))
+            self.out += (b"%x\r\n" % len(data), data, b"\r\n")
         else:
-            self.p.transport.write(data)
+            self.out.append(data)
+
+    def origin_flush(self) -> None:
+        """The origin's read is handled and the response goes on: write what it gave."""
+        p = self.p
+        if p.gone:
+            self.out = []
+            return
+        if self.out:
+            out, self.out = self.out, []
+            p.transport.writeSequence(out)
+        if self.producer_wanted and not self.producing and self.conn is not None:
+            # More body to come: from now on the client's buffer paces the origin.
+            self.producing = True
+            p.transport.registerProducer(self.conn, True)
 
     def origin_done(self) -> None:
         self.conn = None
@@ -841,12 +862,18 @@ class Exchange:
             self.streaming = False
             self.p.unpause(_PAUSE_ORIGIN)
         if self.p.gone:
+            self.out = []
             return
-        if self.chunked_out:
-            self.p.transport.write(_CHUNKED_END)
         if self.producing:
+            # First: the origin connection is back in the pool, and the
+            # last write must not pause it there.
             self.producing = False
             self.p.transport.unregisterProducer()
+        if self.chunked_out:
+            self.out.append(_CHUNKED_END)
+        out, self.out = self.out, []
+        if out:
+            self.p.transport.writeSequence(out)
         self._end()
 
     def origin_upgraded(self, conn: OriginConnection, rest: bytes) -> None:

@@ -12,7 +12,10 @@ origin closes leaves the idle list at once.
 
 The exchange using a connection (the proxy's, see L{veil.proxy.server})
 is its I{listener}: it receives C{origin_interim}, C{origin_head},
-C{origin_body}, C{origin_done}, C{origin_upgraded} and C{origin_failed}.
+C{origin_body}, C{origin_done}, C{origin_upgraded} and C{origin_failed},
+and C{origin_flush} after every read that delivered part of a response
+without completing it (so that a listener may gather what one read
+delivers into one write).
 
 A response head larger than C{MAX_HEAD} bytes or with more than
 C{MAX_HEADERS} header fields is an invalid response: the connection is
@@ -77,6 +80,7 @@ class Listener(TypingProtocol):
     def origin_head(self, status: int, reason: bytes, headers: list, length: int,
                     chunked: bool) -> None: ...
     def origin_body(self, data: bytes) -> None: ...
+    def origin_flush(self) -> None: ...
     def origin_done(self) -> None: ...
     def origin_upgraded(self, conn: OriginConnection, rest: bytes) -> None: ...
     def origin_failed(self, kind: str, conn: OriginConnection | None) -> None: ...
@@ -275,6 +279,8 @@ class OriginConnection(Protocol):
             self._reset = False
             self._parser = httptools.HttpResponseParser(self)
             self._finish(True)
+        elif self.listener is listener:
+            listener.origin_flush()
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.closed = True
@@ -436,6 +442,17 @@ class OriginPool:
                 self._keys.clear()
             key = self._keys[cache_key] = parse_upstream(upstream, verify, tls_name)
         return key
+
+    def idle(self, key: OriginKey) -> OriginConnection | None:
+        """An idle connection to C{key}'s origin, taken at once, if there is one."""
+        slot = self._slots.get(key)
+        if slot is None or not slot.idle:
+            return None
+        conn = slot.idle.pop()
+        conn.reused = True
+        if conn.paused:
+            conn.resumeProducing()
+        return conn
 
     def acquire(self, key: OriginKey, fresh: bool = False) -> Deferred[OriginConnection]:
         """
