@@ -129,17 +129,33 @@ def response_head(status: int, reason: bytes, headers: Headers, *, request_id: b
         plus C{b"Connection: close\\r\\n"} when the connection ends.
     @param upgrade: keep the origin's C{Upgrade} (a 101 answer).
     """
-    named: frozenset[bytes] = frozenset()
-    for name, value in headers:
-        if len(name) == 10 and name.lower() == b"connection":
-            named = _tokens_of(value)
-            break
     out = [b"HTTP/1.1 %d " % status, reason, b"\r\n"]
     names = _response_names
+    named: frozenset[bytes] = frozenset()
     for name, value in headers:
         known = names.get(name)
         lower, dropped = known if known is not None else _response_name(name)
-        if dropped or lower in named:
+        if dropped:
+            if lower == b"connection":
+                named = _tokens_of(value)
+            elif upgrade and lower == b"upgrade":
+                out += (b"Connection: upgrade\r\nUpgrade: ", value, b"\r\n")
+            continue
+        out += (name, b": ", value, b"\r\n")
+    if named - HOP_BY_HOP:
+        # Connection names other headers (rare: origins say keep-alive or
+        # close): drop those too, wherever they were.
+        return _named_dropped(status, reason, headers, named, request_id, framing, upgrade)
+    out += (b"X-Request-Id: ", request_id, b"\r\n", framing, b"\r\n")
+    return b"".join(out)
+
+
+def _named_dropped(status: int, reason: bytes, headers: Headers, named: frozenset[bytes],
+                   request_id: bytes, framing: bytes, upgrade: bool) -> bytes:
+    out = [b"HTTP/1.1 %d " % status, reason, b"\r\n"]
+    for name, value in headers:
+        lower = name.lower()
+        if lower in HOP_BY_HOP or lower in _SET_ON_RESPONSE or lower in named:
             if upgrade and lower == b"upgrade":
                 out += (b"Connection: upgrade\r\nUpgrade: ", value, b"\r\n")
             continue

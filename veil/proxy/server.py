@@ -141,6 +141,10 @@ class ProxyFactory(Factory):
                                              "Origin failures, by kind")
         self.maintenance = False
         self.connections: set[ProxyProtocol] = set()
+        #: How often deadlines are checked: a connection times out at most
+        #: this much after its deadline.
+        self.tick = max(0.05, min(1.0, header_timeout / 4, body_timeout / 4, idle_timeout / 4))
+        self._sweeper: Any = None
         self.draining = False
         self._drained: list[Deferred[None]] = []
         self._drain_timer: Any = None
@@ -195,8 +199,33 @@ class ProxyFactory(Factory):
         for p in list(self.connections):
             p.transport.abortConnection()
 
+    # -- time-outs -----------------------------------------------------------------
+
+    def _arrived(self, p: ProxyProtocol) -> None:
+        self.connections.add(p)
+        if self._sweeper is None:
+            self._sweeper = self.clock.callLater(self.tick, self._sweep)
+
+    def _sweep(self) -> None:
+        """
+        Time out the connections whose deadline has passed.  One timer for
+        all of them: a deadline is a float on the connection, set and
+        cleared several times per request at no cost.
+        """
+        self._sweeper = None
+        now = self.clock.seconds()
+        for p in [p for p in self.connections if 0.0 < p._deadline <= now]:
+            p._deadline = 0.0
+            p._timed_out()
+        if self.connections and self._sweeper is None:
+            self._sweeper = self.clock.callLater(self.tick, self._sweep)
+
     def _gone(self, p: ProxyProtocol) -> None:
         self.connections.discard(p)
+        if not self.connections and self._sweeper is not None:
+            if self._sweeper.active():
+                self._sweeper.cancel()
+            self._sweeper = None
         if self.draining:
             self._check_drained()
 
@@ -249,7 +278,8 @@ class ProxyProtocol(Protocol):
         self._reject = 400
         self._stopped = False
         self._paused = 0
-        self._timer: Any = None
+        #: When the connection times out (clock seconds), or 0.0 for never.
+        self._deadline = 0.0
         self._seen = 0
         self._body_at = 0.0
         self._body_timer = False
@@ -260,7 +290,7 @@ class ProxyProtocol(Protocol):
         peer = self.transport.getPeer()
         self.client_ip = getattr(peer, "host", "") or ""
         self.client_ip_b = self.client_ip.encode("ascii", "replace")
-        self.f.connections.add(self)
+        self.f._arrived(self)
         self._arm(self.f.idle_timeout)
 
     def dataReceived(self, data: bytes) -> None:
@@ -453,19 +483,13 @@ class ProxyProtocol(Protocol):
             ex.early.append(rest)
 
     def _arm(self, seconds: float) -> None:
-        timer = self._timer
-        if timer is not None and timer.active():
-            timer.reset(seconds)
-        else:
-            self._timer = self.f.clock.callLater(seconds, self._timed_out)
+        self._deadline = self.f.clock.seconds() + seconds
 
     def _disarm(self) -> None:
-        timer, self._timer = self._timer, None
-        if timer is not None and timer.active():
-            timer.cancel()
+        self._deadline = 0.0
 
     def _timed_out(self) -> None:
-        self._timer = None
+        """The deadline has passed (called by the factory's sweep)."""
         if self._stopped:
             return
         ex = self._reading
@@ -477,7 +501,7 @@ class ProxyProtocol(Protocol):
                 self._body_at = now
             left = self._body_at + f.body_timeout - now
             if left > 0.001:
-                self._timer = f.clock.callLater(left, self._timed_out)
+                self._deadline = now + left
                 return
             _log.debug("Request body from {ip} stalled", ip=self.client_ip)
             if ex in self.queue:

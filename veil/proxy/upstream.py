@@ -33,9 +33,9 @@ from __future__ import annotations
 
 from collections import deque
 from typing import Any
+from typing import NamedTuple
 from typing import Protocol as TypingProtocol
 
-import attrs
 import httptools
 from OpenSSL import SSL, crypto
 from twisted.internet._sslverify import IOpenSSLTrustRoot
@@ -86,10 +86,10 @@ class Listener(TypingProtocol):
     def origin_failed(self, kind: str, conn: OriginConnection | None) -> None: ...
 
 
-@attrs.frozen
-class OriginKey:
+class OriginKey(NamedTuple):
     """
-    Which connections are interchangeable.
+    Which connections are interchangeable (a tuple: it is hashed twice per
+    request, and a tuple hashes in C).
 
     @ivar tls_name: for C{https}, the name sent in SNI and verified (the
         site's domain); C{""} for C{http}.
@@ -180,7 +180,8 @@ class OriginConnection(Protocol):
         self.paused = False
         self.tunnel: Any = None
         self._parser = httptools.HttpResponseParser(self)
-        self._timer: Any = None
+        #: When the response head is due (clock seconds), or 0.0.
+        self._due = 0.0
         self._head_only = False
         self._responded = False
         self._headers: list[tuple[bytes, bytes]] = []
@@ -191,7 +192,6 @@ class OriginConnection(Protocol):
         self._complete = False
         self._reset = False
         self._in_head = True
-        self._head_size = 0
         self._seen = 0
         self.last_headers: list[tuple[bytes, bytes]] = []
 
@@ -218,8 +218,10 @@ class OriginConnection(Protocol):
 
     def request_sent(self) -> None:
         """The whole request is written: the response head is now due."""
-        if self._timer is None and self.listener is not None:
-            self._timer = self.pool.clock.callLater(self.pool.response_timeout, self._too_slow)
+        if not self._due and self.listener is not None:
+            pool = self.pool
+            self._due = pool.clock.seconds() + pool.response_timeout
+            pool._awaiting(self)
 
     def abort(self) -> None:
         """Drop the connection (the exchange failed on the client side)."""
@@ -304,24 +306,33 @@ class OriginConnection(Protocol):
 
     def on_status(self, reason: bytes) -> None:
         self._reason += reason
-        self._head_size += len(reason)
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        # Called per header: as little as possible here (the size and the
+        # framing are read once the head is complete; the bytes a head
+        # may take are bounded in dataReceived).
         headers = self._headers
         headers.append((name, value))
-        self._head_size += len(name) + len(value) + 4
-        if self._head_size > MAX_HEAD or len(headers) > MAX_HEADERS:
+        if len(headers) > MAX_HEADERS:
             raise _HeadTooLarge()
-        if len(name) == 14 and name.lower() == b"content-length":
-            self._length = int(value)
-        elif len(name) == 17 and name.lower() == b"transfer-encoding":
-            self._chunked = True
 
     def on_headers_complete(self) -> None:
         status = self._status = self._parser.get_status_code()
         headers, reason = self._headers, self._reason or b"Unknown"
         self._headers, self._reason = [], b""
         self._in_head = False
+        size = len(reason)
+        for name, value in headers:
+            n = len(name)
+            size += n + len(value) + 4
+            if n == 14 or n == 17:
+                lower = name.lower()
+                if lower == b"content-length":
+                    self._length = int(value)
+                elif lower == b"transfer-encoding":
+                    self._chunked = True
+        if size > MAX_HEAD:
+            raise _HeadTooLarge()
         if status == 101:
             self.last_headers = headers
             return
@@ -341,7 +352,7 @@ class OriginConnection(Protocol):
 
     def on_message_complete(self) -> None:
         self._in_head = True
-        self._head_size = self._seen = 0
+        self._seen = 0
         if self._status < 200 or self._reset:
             return
         self._finish(self._parser.should_keep_alive())
@@ -351,7 +362,7 @@ class OriginConnection(Protocol):
     def _finish(self, reusable: bool) -> None:
         listener = self.listener
         self._in_head = True
-        self._head_size = self._seen = 0
+        self._seen = 0
         self._complete = True
         self._status, self._length, self._chunked = 0, -1, False
         self.listener = None
@@ -378,14 +389,13 @@ class OriginConnection(Protocol):
             listener.origin_failed(kind, self)
 
     def _too_slow(self) -> None:
-        self._timer = None
+        """The response head is overdue (called by the pool's sweep)."""
         self._fail(TIMEOUT)
 
     def _cancel_timer(self) -> None:
-        if self._timer is not None:
-            if self._timer.active():
-                self._timer.cancel()
-            self._timer = None
+        if self._due:
+            self._due = 0.0
+            self.pool._busy.discard(self)
 
     @property
     def responded(self) -> bool:
@@ -430,6 +440,10 @@ class OriginPool:
         self.trust_root = trust_root
         self._slots: dict[OriginKey, _Slot] = {}
         self._keys: dict[tuple[str, bool, str], OriginKey] = {}
+        #: Connections waiting for a response head, with a deadline each.
+        self._busy: set[OriginConnection] = set()
+        #: How often idle expiry and response deadlines are checked.
+        self.tick = max(0.05, min(1.0, idle_timeout / 4, response_timeout / 4))
         self._sweeper: Any = None
         self._closing = False
 
@@ -491,7 +505,7 @@ class OriginPool:
         conn.idle_since = self.clock.seconds()
         slot.idle.append(conn)
         if self._sweeper is None:
-            self._sweeper = self.clock.callLater(self.idle_timeout / 4, self._sweep)
+            self._sweeper = self.clock.callLater(self.tick, self._sweep)
 
     def close(self) -> Deferred[None]:
         """Close every idle connection; later releases close too."""
@@ -556,17 +570,29 @@ class OriginPool:
             if not waiter.called:
                 self._connect(key, slot).chainDeferred(waiter)
 
+    def _awaiting(self, conn: OriginConnection) -> None:
+        self._busy.add(conn)
+        if self._sweeper is None:
+            self._sweeper = self.clock.callLater(self.tick, self._sweep)
+
     def _sweep(self) -> None:
+        """Close connections idle too long; fail those whose response head is overdue."""
         self._sweeper = None
-        deadline = self.clock.seconds() - self.idle_timeout
+        now = self.clock.seconds()
+        deadline = now - self.idle_timeout
         remaining = False
         for slot in self._slots.values():
             while slot.idle and slot.idle[0].idle_since <= deadline:
                 conn = slot.idle.pop(0)
                 conn.transport.loseConnection()
             remaining = remaining or bool(slot.idle)
-        if remaining:
-            self._sweeper = self.clock.callLater(self.idle_timeout / 4, self._sweep)
+        busy = self._busy
+        for conn in [c for c in busy if c._due <= now]:
+            busy.discard(conn)
+            conn._due = 0.0
+            conn._too_slow()
+        if (remaining or busy) and self._sweeper is None and not self._closing:
+            self._sweeper = self.clock.callLater(self.tick, self._sweep)
 
 
 def _succeed(conn: OriginConnection) -> Deferred[OriginConnection]:
