@@ -37,7 +37,7 @@ class Counter:
     _values: dict[tuple[tuple[str, str], ...], float] = attrs.field(factory=dict)
 
     def inc(self, amount: float = 1.0, **labels: str) -> None:
-        key = tuple(sorted(labels.items()))
+        key = tuple(sorted(labels.items())) if labels else ()
         self._values[key] = self._values.get(key, 0.0) + amount
 
     def value(self, **labels: str) -> float:

@@ -31,7 +31,7 @@ class CopyLineTests(SynchronousTestCase):
         self.assertEqual(len(fields), len(COLUMNS))
         self.assertEqual(fields, [
             "2026-12-01T18:30:00.123456+00:00", str(SITE), "shop.test", "GET", "/p", "q=1",
-            "200", "0", "1300", "1.5", "0.75", "192.0.2.1", "abc", "ua",
+            "200", "0", "1300", "1.500", "0.750", "192.0.2.1", "abc", "ua",
             "\\N", "\\N", "\\N", "\\N", "f"])
 
     def test_escapes(self) -> None:

@@ -17,6 +17,7 @@ The structures are those of RFC 8446 section 4.1.2 (ClientHello) and 5.1
 from __future__ import annotations
 
 import re
+import struct
 from typing import Final
 
 import attrs
@@ -148,7 +149,7 @@ class ClientHello:
         return ACME_TLS_ALPN in self.alpn_protocols
 
 
-@attrs.define(eq=False)
+@attrs.define(eq=False, on_setattr=attrs.setters.NO_OP)  # validated once, at init
 class HelloReader:
     """
     Accumulates the first bytes of a connection until they hold a whole
@@ -330,71 +331,45 @@ def _check_record_header(header: bytes, first: bool) -> None:
             raise HelloError("record_too_large", f"record of {length} bytes")
 
 
-@attrs.define
-class _Reader:
+def _vector(data: bytes, pos: int, end: int, prefix: int, name: str, field: str,
+            minimum: int = 0, maximum: int | None = None) -> tuple[int, int]:
     """
-    Reads big-endian integers and length-prefixed vectors, checking every
-    length against the bytes that remain.
+    Find a vector with a C{prefix}-byte length at C{pos} in C{data[:end]}.
 
-    @ivar data: the bytes of one structure.
-    @ivar name: the structure's name, for error details.
+    Parsing works on indexes into the message, not on a reader object per
+    structure: it runs for every new connection.
+
+    @param name: the structure's name, and C{field} the vector's, for
+        error details.
+    @param minimum: the fewest bytes the vector may hold.
+    @param maximum: the most, by default as many as the prefix can count.
+    @return: where the vector's contents start and stop.
+    @raise HelloError: C{malformed} if the length or the contents do not
+        fit in what remains, or the length is out of bounds.
     """
+    if end - pos < prefix:
+        raise _malformed(f"{name}.{field} length: needs {prefix} bytes, {end - pos} remain")
+    length = data[pos] if prefix == 1 else data[pos] << 8 | data[pos + 1]
+    top = (1 << (8 * prefix)) - 1 if maximum is None else maximum
+    if not minimum <= length <= top:
+        raise _malformed(f"{name}.{field}: length {length} outside {minimum}..{top}")
+    start = pos + prefix
+    if length > end - start:
+        raise _malformed(f"{name}.{field}: needs {length} bytes, {end - start} remain")
+    return start, start + length
 
-    data: bytes
-    name: str
-    _pos: int = 0
 
-    @property
-    def remaining(self) -> int:
-        """The number of unread bytes."""
-        return len(self.data) - self._pos
+def _trailing(name: str, stop: int, end: int) -> None:
+    """@raise HelloError: C{malformed} if bytes follow a structure's last field."""
+    if stop != end:
+        raise _malformed(f"{name}: {end - stop} trailing bytes")
 
-    def take(self, count: int, field: str) -> bytes:
-        """
-        @return: the next C{count} bytes.
-        @raise HelloError: C{malformed} if fewer remain.
-        """
-        if count > self.remaining:
-            raise _malformed(
-                f"{self.name}.{field}: needs {count} bytes, {self.remaining} remain")
-        self._pos += count
-        return self.data[self._pos - count:self._pos]
 
-    def uint(self, size: int, field: str) -> int:
-        """@return: the next C{size}-byte unsigned integer."""
-        return int.from_bytes(self.take(size, field), "big")
-
-    def vector(self, prefix: int, field: str, minimum: int = 0,
-               maximum: int | None = None) -> _Reader:
-        """
-        Read a vector preceded by a C{prefix}-byte length.
-
-        @param minimum: the fewest bytes the vector may hold.
-        @param maximum: the most bytes the vector may hold, by default as
-            many as the prefix can count.
-        @return: a L{_Reader} over the vector's contents.
-        """
-        length = self.uint(prefix, f"{field} length")
-        top = (1 << (8 * prefix)) - 1 if maximum is None else maximum
-        if not minimum <= length <= top:
-            raise _malformed(
-                f"{self.name}.{field}: length {length} outside {minimum}..{top}")
-        return _Reader(self.take(length, field), field)
-
-    def uints(self, size: int) -> tuple[int, ...]:
-        """
-        Read the rest as C{size}-byte integers.
-
-        @raise HelloError: C{malformed} if the rest is not a whole number of them.
-        """
-        if self.remaining % size:
-            raise _malformed(f"{self.name}: {self.remaining} bytes is not a multiple of {size}")
-        return tuple(self.uint(size, "item") for _ in range(self.remaining // size))
-
-    def end(self) -> None:
-        """@raise HelloError: C{malformed} if any byte is left unread."""
-        if self.remaining:
-            raise _malformed(f"{self.name}: {self.remaining} trailing bytes")
+def _uint16s(name: str, data: bytes) -> tuple[int, ...]:
+    """C{data} as big-endian 16-bit integers."""
+    if len(data) % 2:
+        raise _malformed(f"{name}: {len(data)} bytes is not a multiple of 2")
+    return struct.unpack(f">{len(data) // 2}H", data)
 
 
 def _parse_client_hello(body: bytes) -> ClientHello:
@@ -405,15 +380,26 @@ def _parse_client_hello(body: bytes) -> ClientHello:
     @return: the L{ClientHello}.
     @raise HelloError: C{malformed} on any structural error.
     """
-    hello = _Reader(body, "client_hello")
-    legacy_version = hello.uint(2, "legacy_version")
+    end = len(body)
+    if end < 2:
+        raise _malformed(f"client_hello.legacy_version: needs 2 bytes, {end} remain")
+    legacy_version = body[0] << 8 | body[1]
     if legacy_version >> 8 != 3:
         raise _malformed(f"client_hello.legacy_version 0x{legacy_version:04x}")
-    random = hello.take(32, "random")
-    session_id = hello.vector(1, "session_id", 0, 32).data
-    cipher_suites = hello.vector(2, "cipher_suites", 2, 0xFFFE).uints(2)
-    compression_methods = tuple(hello.vector(1, "compression_methods", 1).data)
-    extensions = _parse_extensions(hello) if hello.remaining else {}
+    if end - 2 < 32:
+        raise _malformed(f"client_hello.random: needs 32 bytes, {end - 2} remain")
+    random = body[2:34]
+    a, b = _vector(body, 34, end, 1, "client_hello", "session_id", 0, 32)
+    session_id = body[a:b]
+    a, b = _vector(body, b, end, 2, "client_hello", "cipher_suites", 2, 0xFFFE)
+    cipher_suites = _uint16s("cipher_suites", body[a:b])
+    a, b = _vector(body, b, end, 1, "client_hello", "compression_methods", 1)
+    compression_methods = tuple(body[a:b])
+    extensions: dict[int, bytes] = {}
+    if b < end:
+        a, b = _vector(body, b, end, 2, "client_hello", "extensions")
+        _trailing("client_hello", b, end)
+        extensions = _parse_extensions(body[a:b])
     server_name, server_name_invalid = None, False
     if EXT_SERVER_NAME in extensions:
         raw = _parse_server_name(extensions[EXT_SERVER_NAME])
@@ -433,25 +419,27 @@ def _parse_client_hello(body: bytes) -> ClientHello:
     )
 
 
-def _parse_extensions(hello: _Reader) -> dict[int, bytes]:
+def _parse_extensions(block: bytes) -> dict[int, bytes]:
     """
-    Read the extensions block, which must end the message.
+    Read the extensions block (which ends the message).
 
     @return: each extension's data by type, in the client's order.
-    @raise HelloError: C{malformed} on a duplicate type, trailing bytes, or a
-        C{pre_shared_key} that is not last (RFC 8446 section 4.2.11).
+    @raise HelloError: C{malformed} on a duplicate type, a truncated
+        extension, or a C{pre_shared_key} that is not last (RFC 8446
+        section 4.2.11).
     """
-    block = hello.vector(2, "extensions")
-    hello.end()
     extensions: dict[int, bytes] = {}
-    while block.remaining:
-        kind = block.uint(2, "extension_type")
-        data = block.vector(2, f"extension[{kind}]").data
+    pos, end = 0, len(block)
+    while pos < end:
+        if end - pos < 2:
+            raise _malformed(f"extensions.extension_type: needs 2 bytes, {end - pos} remain")
+        kind = block[pos] << 8 | block[pos + 1]
+        a, pos = _vector(block, pos + 2, end, 2, "extensions", f"extension[{kind}]")
         if kind in extensions:
             raise _malformed(f"duplicate extension {kind}")
         if EXT_PRE_SHARED_KEY in extensions:
             raise _malformed("pre_shared_key is not the last extension")
-        extensions[kind] = data
+        extensions[kind] = block[a:pos]
     return extensions
 
 
@@ -462,15 +450,15 @@ def _parse_server_name(data: bytes) -> bytes:
 
     @return: the raw host name.
     """
-    names = _Reader(data, "server_name")
-    entries = names.vector(2, "server_name_list", 1)
-    names.end()
-    name_type = entries.uint(1, "name_type")
+    end = len(data)
+    a, b = _vector(data, 0, end, 2, "server_name", "server_name_list", 1)
+    _trailing("server_name", b, end)
+    name_type = data[a]
     if name_type != _HOST_NAME:
         raise _malformed(f"server_name: name_type {name_type}")
-    host_name = entries.vector(2, "host_name", 1).data
-    entries.end()
-    return host_name
+    h0, h1 = _vector(data, a + 1, b, 2, "server_name_list", "host_name", 1)
+    _trailing("server_name_list", h1, b)
+    return data[h0:h1]
 
 
 def _host_name(raw: bytes) -> str | None:
@@ -506,12 +494,12 @@ def _parse_alpn(data: bytes | None) -> tuple[bytes, ...]:
     """
     if data is None:
         return ()
-    extension = _Reader(data, "alpn")
-    names = extension.vector(2, "protocol_name_list", 2)
-    extension.end()
+    a, b = _vector(data, 0, len(data), 2, "alpn", "protocol_name_list", 2)
+    _trailing("alpn", b, len(data))
     protocols = []
-    while names.remaining:
-        protocols.append(names.vector(1, "protocol_name", 1).data)
+    while a < b:
+        p0, a = _vector(data, a, b, 1, "protocol_name_list", "protocol_name", 1)
+        protocols.append(data[p0:a])
     return tuple(protocols)
 
 
@@ -525,7 +513,6 @@ def _parse_supported_versions(data: bytes | None) -> tuple[int, ...]:
     """
     if data is None:
         return ()
-    extension = _Reader(data, "supported_versions")
-    versions = extension.vector(1, "versions", 2, 254).uints(2)
-    extension.end()
-    return versions
+    a, b = _vector(data, 0, len(data), 1, "supported_versions", "versions", 2, 254)
+    _trailing("supported_versions", b, len(data))
+    return _uint16s("versions", data[a:b])

@@ -21,12 +21,13 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.defer import CancelledError, Deferred, TimeoutError as ResolveTimedOut
-from twisted.internet.interfaces import IAddress, IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IAddress, IReactorTime
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 
+from veil.deadlines import Deadlines
 from veil.edge import tlslayer
 from veil.edge.hello import ClientHello, HelloError, HelloReader
 from veil.edge.tlslayer import TLSLayer
@@ -73,6 +74,8 @@ class EdgeFactory(Factory):
         self.app_factory_for = app_factory_for
         self.clock = clock
         self.hello_timeout = hello_timeout
+        #: Hello time-outs and close_notify lingers, on one timer.
+        self.deadlines = Deadlines(clock, Deadlines.tick_for(hello_timeout, linger))
         self.max_hello = max_hello
         self.resolve_timeout = resolve_timeout
         #: Run the applications that allow it on L{TLSLayer}.
@@ -100,7 +103,8 @@ class EdgeProtocol(Protocol):
         self.addr = addr
         self.tls: TLSMemoryBIOProtocol | TLSLayer | None = None
         self._reader = HelloReader(max_size=factory.max_hello)
-        self._timer: IDelayedCall | None = None
+        #: While the hello is awaited: when it is too late (see L{Deadlines}).
+        self.deadline = 0.0
         self._resolving: Deferred[Any] | None = None
         self._late = bytearray()
         self._paused = False
@@ -110,7 +114,9 @@ class EdgeProtocol(Protocol):
 
     def connectionMade(self) -> None:
         no_delay(self.transport)
-        self._timer = self.factory.clock.callLater(self.factory.hello_timeout, self._too_slow)
+        factory = self.factory
+        self.deadline = factory.clock.seconds() + factory.hello_timeout
+        factory.deadlines.add(self)
 
     def dataReceived(self, data: bytes) -> None:
         if self.tls is not None:
@@ -195,7 +201,7 @@ class EdgeProtocol(Protocol):
             if self.factory.thin_tls and getattr(app_factory, "thin_tls", False):
                 # The proxy: the thin layer, which starts with the replay.
                 thin = TLSLayer(self.transport, creator.serverConnectionForTLS(None),
-                                app_factory.buildProtocol(self.addr), self.factory.clock,
+                                app_factory.buildProtocol(self.addr), self.factory.deadlines,
                                 linger=self.factory.linger)
                 self.tls = thin
                 self.factory.handshakes.inc()
@@ -216,8 +222,9 @@ class EdgeProtocol(Protocol):
         self.factory.handshakes.inc()
         self.tls.dataReceived(replay)
 
-    def _too_slow(self) -> None:
-        self._timer = None
+    def expired(self) -> None:
+        """The hello did not come in time (the factory's L{Deadlines} says so)."""
+        self.factory.deadlines.discard(self)
         self._reject("hello_timeout", f"{len(self._reader.buffered)} bytes in"
                      f" {self.factory.hello_timeout:g} s")
 
@@ -241,9 +248,9 @@ class EdgeProtocol(Protocol):
                   client=redact_ip(host), reason=reason, detail=detail)
 
     def _cancel_timer(self) -> None:
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = None
+        if self.deadline:
+            self.deadline = 0.0
+            self.factory.deadlines.discard(self)
 
     # -- always --------------------------------------------------------------
 

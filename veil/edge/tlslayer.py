@@ -14,9 +14,9 @@ the reverse proxy (L{veil.proxy.server.ProxyProtocol}), and nothing more:
   - it sits between L{veil.edge.protocol.EdgeProtocol} (which read the
     ClientHello, chose the context and replays the bytes) and the
     application protocol, whose transport it is;
-  - the handshake runs through pyOpenSSL's public API (it happens once per
-    connection); after it, records move between the memory BIOs and OpenSSL
-    by direct calls into OpenSSL (the bindings pyOpenSSL itself uses), into
+  - the connection is set up through pyOpenSSL's API; the handshake and
+    the records then move between the memory BIOs and OpenSSL by direct
+    calls into OpenSSL (the bindings pyOpenSSL itself uses), into
     two scratch buffers shared by every connection (the reactor thread is
     the only user), so no call raises and nothing is allocated but the
     bytes themselves;
@@ -41,10 +41,11 @@ from typing import Any
 
 from OpenSSL import SSL
 from twisted.internet.error import ConnectionDone, ConnectionLost
-from twisted.internet.interfaces import IHandshakeListener, IReactorTime
+from twisted.internet.interfaces import IHandshakeListener
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from veil.deadlines import Deadlines
 from veil.logs import redact_ip
 
 _log = Logger()
@@ -55,7 +56,7 @@ except ImportError:  # pragma: no cover - depends on the installed pyOpenSSL
     _lib = _ffi = exception_from_error_queue = None
 
 _NEEDED = ("SSL_read", "SSL_write", "SSL_get_error", "SSL_shutdown", "BIO_read", "BIO_write",
-           "ERR_clear_error")
+           "ERR_clear_error", "SSL_version", "TLS1_3_VERSION", "SSL_do_handshake")
 AVAILABLE = (
     _lib is not None
     and all(hasattr(_lib, name) for name in _NEEDED)
@@ -70,6 +71,7 @@ if AVAILABLE:
     _OUT = _ffi.new("char[]", _OUT_SIZE)
     _WANT_READ = _lib.SSL_ERROR_WANT_READ
     _ZERO_RETURN = _lib.SSL_ERROR_ZERO_RETURN
+    _TLS13 = _lib.TLS1_3_VERSION
 
 #: Seconds a peer has to answer our close_notify before the connection is dropped.
 LINGER = 5.0
@@ -96,26 +98,27 @@ class TLSLayer:
     @param connection: a server C{SSL.Connection} on memory BIOs, not yet
         started.
     @param protocol: the application protocol; this layer is its transport.
-    @param clock: bounds the wait for the peer's C{close_notify}.
+    @param deadlines: bounds the wait for the peer's C{close_notify}.
     """
 
     disconnecting = False
 
     def __init__(self, transport: Any, connection: SSL.Connection, protocol: Any,
-                 clock: IReactorTime, linger: float = LINGER) -> None:
+                 deadlines: Deadlines, linger: float = LINGER) -> None:
         self.transport = transport
         self.protocol = protocol
         self._tls = connection
         self._ssl, self._rbio, self._wbio = _memory_bios(connection)
-        self._clock = clock
+        self._deadlines = deadlines
         self._linger = linger
+        #: While lingering: when to give up on the peer (see L{Deadlines}).
+        self.deadline = 0.0
         self._handshaking = True
         self._early: list[bytes] = []
         self._producer: Any = None
         self._sent_close = False
         self._lost = False
         self._reason: Failure | None = None
-        self._linger_call: Any = None
 
     def start(self, received: bytes) -> None:
         """Connect the application, then process the bytes read so far."""
@@ -141,7 +144,7 @@ class TLSLayer:
         self._cancel_linger()
         if self._reason is not None:
             reason = self._reason
-        elif not reason.check(ConnectionDone, ConnectionLost):
+        elif not isinstance(reason.value, (ConnectionDone, ConnectionLost)):
             reason = Failure(ConnectionLost(str(reason.value)))
         protocol, self.protocol = self.protocol, None
         self._producer = None
@@ -151,16 +154,20 @@ class TLSLayer:
 
     def _handshake(self) -> bool:
         """Advance the handshake; whether it is complete."""
-        try:
-            self._tls.do_handshake()
-        except SSL.WantReadError:
-            self._flush()
-            return False
-        except SSL.Error as e:
-            self._fail(f"handshake failed: {e}")
+        ssl = self._ssl
+        done = _lib.SSL_do_handshake(ssl)
+        if done != 1:
+            if _lib.SSL_get_error(ssl, done) == _WANT_READ:
+                self._flush()
+                return False
+            self._fail(f"handshake failed: {self._error_text()}")
             return False
         self._handshaking = False
-        self._flush()
+        if _lib.SSL_version(self._ssl) != _TLS13:
+            # TLS 1.2: the server's Finished, which the client waits for.
+            self._flush()
+        # TLS 1.3: what is left is session tickets; they go out with the
+        # first response (one send, not two).
         if IHandshakeListener.providedBy(self.protocol):
             self.protocol.handshakeCompleted()
         if self._early:
@@ -190,8 +197,10 @@ class TLSLayer:
         else:
             error = _lib.SSL_get_error(ssl, n)
         if error == _WANT_READ:
-            # Reading may have made OpenSSL write (a KeyUpdate answer).
-            self._flush()
+            # Whatever reading made OpenSSL write (session tickets, a
+            # KeyUpdate answer) goes out with the next write, which RFC 8446
+            # allows, or with the close.
+            pass
         elif error == _ZERO_RETURN:
             # close_notify from the peer: answer it and close.
             self._flush()
@@ -253,17 +262,20 @@ class TLSLayer:
             transport.loseConnection()
             return
         half_close()
-        self._linger_call = self._clock.callLater(self._linger, self._linger_over)
+        deadlines = self._deadlines
+        self.deadline = deadlines.clock.seconds() + self._linger
+        deadlines.add(self)
 
-    def _linger_over(self) -> None:
-        self._linger_call = None
+    def expired(self) -> None:
+        """The peer did not answer our close_notify in time."""
+        self._deadlines.discard(self)
         if not self._lost:
             self.transport.abortConnection()
 
     def _cancel_linger(self) -> None:
-        call, self._linger_call = self._linger_call, None
-        if call is not None and call.active():
-            call.cancel()
+        if self.deadline:
+            self.deadline = 0.0
+            self._deadlines.discard(self)
 
     # -- ITransport, for the application -----------------------------------------------
 

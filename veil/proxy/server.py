@@ -46,6 +46,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from veil.deadlines import Deadlines
 from veil.edge.plain import normalize_host, split_target
 from veil.metrics import Registry
 from veil.proxy import pages
@@ -140,11 +141,10 @@ class ProxyFactory(Factory):
         self.origin_errors = metrics.counter("veil_proxy_origin_errors_total",
                                              "Origin failures, by kind")
         self.maintenance = False
-        self.connections: set[ProxyProtocol] = set()
-        #: How often deadlines are checked: a connection times out at most
-        #: this much after its deadline.
-        self.tick = max(0.05, min(1.0, header_timeout / 4, body_timeout / 4, idle_timeout / 4))
-        self._sweeper: Any = None
+        #: The live client connections, whose time-outs it watches.
+        self.deadlines = Deadlines(reactor, Deadlines.tick_for(
+            header_timeout, body_timeout, idle_timeout))
+        self.connections: set[ProxyProtocol] = self.deadlines.items  # type: ignore[assignment]
         self.draining = False
         self._drained: list[Deferred[None]] = []
         self._drain_timer: Any = None
@@ -199,33 +199,8 @@ class ProxyFactory(Factory):
         for p in list(self.connections):
             p.transport.abortConnection()
 
-    # -- time-outs -----------------------------------------------------------------
-
-    def _arrived(self, p: ProxyProtocol) -> None:
-        self.connections.add(p)
-        if self._sweeper is None:
-            self._sweeper = self.clock.callLater(self.tick, self._sweep)
-
-    def _sweep(self) -> None:
-        """
-        Time out the connections whose deadline has passed.  One timer for
-        all of them: a deadline is a float on the connection, set and
-        cleared several times per request at no cost.
-        """
-        self._sweeper = None
-        now = self.clock.seconds()
-        for p in [p for p in self.connections if 0.0 < p._deadline <= now]:
-            p._deadline = 0.0
-            p._timed_out()
-        if self.connections and self._sweeper is None:
-            self._sweeper = self.clock.callLater(self.tick, self._sweep)
-
     def _gone(self, p: ProxyProtocol) -> None:
-        self.connections.discard(p)
-        if not self.connections and self._sweeper is not None:
-            if self._sweeper.active():
-                self._sweeper.cancel()
-            self._sweeper = None
+        self.deadlines.discard(p)
         if self.draining:
             self._check_drained()
 
@@ -278,8 +253,9 @@ class ProxyProtocol(Protocol):
         self._reject = 400
         self._stopped = False
         self._paused = 0
-        #: When the connection times out (clock seconds), or 0.0 for never.
-        self._deadline = 0.0
+        #: When the connection times out (clock seconds), or 0.0 for never
+        #: (watched by the factory's L{Deadlines}).
+        self.deadline = 0.0
         self._seen = 0
         self._body_at = 0.0
         self._body_timer = False
@@ -290,7 +266,7 @@ class ProxyProtocol(Protocol):
         peer = self.transport.getPeer()
         self.client_ip = getattr(peer, "host", "") or ""
         self.client_ip_b = self.client_ip.encode("ascii", "replace")
-        self.f._arrived(self)
+        self.f.deadlines.add(self)
         self._arm(self.f.idle_timeout)
 
     def dataReceived(self, data: bytes) -> None:
@@ -337,6 +313,9 @@ class ProxyProtocol(Protocol):
         while self.queue:
             self.queue.popleft().client_lost()
         self.f._gone(self)
+        # The parser holds bound methods of this protocol: a cycle that
+        # only the garbage collector would break (once per connection).
+        self._parser = None
 
     def drain(self) -> None:
         """Shutting down: close now if idle, else once the exchanges in hand are done."""
@@ -483,13 +462,13 @@ class ProxyProtocol(Protocol):
             ex.early.append(rest)
 
     def _arm(self, seconds: float) -> None:
-        self._deadline = self.f.clock.seconds() + seconds
+        self.deadline = self.f.clock.seconds() + seconds
 
     def _disarm(self) -> None:
-        self._deadline = 0.0
+        self.deadline = 0.0
 
-    def _timed_out(self) -> None:
-        """The deadline has passed (called by the factory's sweep)."""
+    def expired(self) -> None:
+        """The deadline has passed (the factory's L{Deadlines} says so)."""
         if self._stopped:
             return
         ex = self._reading
@@ -501,7 +480,7 @@ class ProxyProtocol(Protocol):
                 self._body_at = now
             left = self._body_at + f.body_timeout - now
             if left > 0.001:
-                self._deadline = now + left
+                self.deadline = now + left
                 return
             _log.debug("Request body from {ip} stalled", ip=self.client_ip)
             if ex in self.queue:

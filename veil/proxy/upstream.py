@@ -54,6 +54,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from veil.deadlines import Deadlines
 from veil.tcp import TCPConnector, no_delay
 
 _log = Logger()
@@ -180,8 +181,9 @@ class OriginConnection(Protocol):
         self.paused = False
         self.tunnel: Any = None
         self._parser = httptools.HttpResponseParser(self)
-        #: When the response head is due (clock seconds), or 0.0.
-        self._due = 0.0
+        #: When the response head is due (clock seconds), or 0.0 (watched
+        #: by the pool's L{Deadlines}).
+        self.deadline = 0.0
         self._head_only = False
         self._responded = False
         self._headers: list[tuple[bytes, bytes]] = []
@@ -218,10 +220,10 @@ class OriginConnection(Protocol):
 
     def request_sent(self) -> None:
         """The whole request is written: the response head is now due."""
-        if not self._due and self.listener is not None:
+        if not self.deadline and self.listener is not None:
             pool = self.pool
-            self._due = pool.clock.seconds() + pool.response_timeout
-            pool._awaiting(self)
+            self.deadline = pool.clock.seconds() + pool.response_timeout
+            pool.heads.add(self)
 
     def abort(self) -> None:
         """Drop the connection (the exchange failed on the client side)."""
@@ -287,6 +289,7 @@ class OriginConnection(Protocol):
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.closed = True
         self._cancel_timer()
+        self._parser = None  # it holds bound methods of this protocol: a cycle
         if self.tunnel is not None:
             tunnel, self.tunnel = self.tunnel, None
             tunnel.transport.loseConnection()
@@ -388,14 +391,15 @@ class OriginConnection(Protocol):
         if listener is not None:
             listener.origin_failed(kind, self)
 
-    def _too_slow(self) -> None:
-        """The response head is overdue (called by the pool's sweep)."""
+    def expired(self) -> None:
+        """The response head is overdue (the pool's L{Deadlines} says so)."""
+        self.pool.heads.discard(self)
         self._fail(TIMEOUT)
 
     def _cancel_timer(self) -> None:
-        if self._due:
-            self._due = 0.0
-            self.pool._busy.discard(self)
+        if self.deadline:
+            self.deadline = 0.0
+            self.pool.heads.discard(self)
 
     @property
     def responded(self) -> bool:
@@ -441,9 +445,7 @@ class OriginPool:
         self._slots: dict[OriginKey, _Slot] = {}
         self._keys: dict[tuple[str, bool, str], OriginKey] = {}
         #: Connections waiting for a response head, with a deadline each.
-        self._busy: set[OriginConnection] = set()
-        #: How often idle expiry and response deadlines are checked.
-        self.tick = max(0.05, min(1.0, idle_timeout / 4, response_timeout / 4))
+        self.heads = Deadlines(reactor, Deadlines.tick_for(response_timeout))
         self._sweeper: Any = None
         self._closing = False
 
@@ -505,7 +507,7 @@ class OriginPool:
         conn.idle_since = self.clock.seconds()
         slot.idle.append(conn)
         if self._sweeper is None:
-            self._sweeper = self.clock.callLater(self.tick, self._sweep)
+            self._sweeper = self.clock.callLater(self.idle_timeout / 4, self._sweep)
 
     def close(self) -> Deferred[None]:
         """Close every idle connection; later releases close too."""
@@ -513,6 +515,7 @@ class OriginPool:
         if self._sweeper is not None and self._sweeper.active():
             self._sweeper.cancel()
         self._sweeper = None
+        self.heads.stop()
         lost = []
         for slot in self._slots.values():
             for conn in slot.idle:
@@ -570,29 +573,17 @@ class OriginPool:
             if not waiter.called:
                 self._connect(key, slot).chainDeferred(waiter)
 
-    def _awaiting(self, conn: OriginConnection) -> None:
-        self._busy.add(conn)
-        if self._sweeper is None:
-            self._sweeper = self.clock.callLater(self.tick, self._sweep)
-
     def _sweep(self) -> None:
-        """Close connections idle too long; fail those whose response head is overdue."""
         self._sweeper = None
-        now = self.clock.seconds()
-        deadline = now - self.idle_timeout
+        deadline = self.clock.seconds() - self.idle_timeout
         remaining = False
         for slot in self._slots.values():
             while slot.idle and slot.idle[0].idle_since <= deadline:
                 conn = slot.idle.pop(0)
                 conn.transport.loseConnection()
             remaining = remaining or bool(slot.idle)
-        busy = self._busy
-        for conn in [c for c in busy if c._due <= now]:
-            busy.discard(conn)
-            conn._due = 0.0
-            conn._too_slow()
-        if (remaining or busy) and self._sweeper is None and not self._closing:
-            self._sweeper = self.clock.callLater(self.tick, self._sweep)
+        if remaining:
+            self._sweeper = self.clock.callLater(self.idle_timeout / 4, self._sweep)
 
 
 def _succeed(conn: OriginConnection) -> Deferred[OriginConnection]:
