@@ -115,6 +115,7 @@ class TLSLayer:
         self.deadline = 0.0
         self._handshaking = True
         self._early: list[bytes] = []
+        self._corked = False
         self._producer: Any = None
         self._sent_close = False
         self._lost = False
@@ -299,10 +300,20 @@ class TLSLayer:
                     self._fail(self._error_text())
                     return
                 rest = rest[n:]
-        self._flush()
+        if not self._corked:
+            self._flush()
 
     def writeSequence(self, data: Any) -> None:
         self.write(b"".join(data))
+
+    def cork(self) -> None:
+        """
+        Hold what is written from now on until C{loseConnection}, which
+        sends it with the C{close_notify} (one send instead of two).  For a
+        last response: call it only right before the writes that end the
+        connection.
+        """
+        self._corked = True
 
     def loseConnection(self) -> None:
         if self.disconnecting or self._lost:

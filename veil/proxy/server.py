@@ -876,6 +876,8 @@ class Exchange:
             self.out.append(_CHUNKED_END)
         out, self.out = self.out, []
         if out:
+            if not self.keep_alive:
+                _cork(self.p.transport)
             self.p.transport.writeSequence(out)
         self._end()
 
@@ -971,6 +973,8 @@ class Exchange:
         data = b"".join(out)
         self.bytes_out += len(data)
         if not self.p.gone:
+            if not self.keep_alive:
+                _cork(self.p.transport)
             self.p.transport.write(data)
         self._end()
 
@@ -1012,6 +1016,17 @@ class Exchange:
                 user_agent=self.user_agent, blocked=self.blocked))
         except Exception:  # noqa: BLE001 - a bad sink must not break the connection
             _log.failure("Writing a request log row failed")
+
+
+def _cork(transport: Any) -> None:
+    """
+    The next writes end the connection (L{ProxyProtocol.finished} closes it
+    right after): let a transport that can send them with its close do so
+    (L{veil.edge.tlslayer.TLSLayer.cork}).
+    """
+    cork = getattr(transport, "cork", None)
+    if cork is not None:
+        cork()
 
 
 def conn_headers(conn: OriginConnection) -> list:
