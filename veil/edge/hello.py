@@ -149,7 +149,6 @@ class ClientHello:
         return ACME_TLS_ALPN in self.alpn_protocols
 
 
-@attrs.define(eq=False, on_setattr=attrs.setters.NO_OP)  # validated once, at init
 class HelloReader:
     """
     Accumulates the first bytes of a connection until they hold a whole
@@ -165,14 +164,20 @@ class HelloReader:
         soon as that is certain.
     """
 
-    max_size: int = attrs.field(default=DEFAULT_MAX_SIZE,
-                                validator=attrs.validators.ge(_RECORD_HEADER))
-    _buffer: bytearray = attrs.field(factory=bytearray, init=False)
-    _offset: int = attrs.field(default=0, init=False)
-    _message: bytearray = attrs.field(factory=bytearray, init=False)
-    _message_size: int | None = attrs.field(default=None, init=False)
-    _hello: ClientHello | None = attrs.field(default=None, init=False)
-    _error: HelloError | None = attrs.field(default=None, init=False)
+    # A plain class: one is made per connection.
+    __slots__ = ("_buffer", "_error", "_hello", "_message", "_message_size", "_offset",
+                 "max_size")
+
+    def __init__(self, max_size: int = DEFAULT_MAX_SIZE) -> None:
+        if max_size < _RECORD_HEADER:
+            raise ValueError(f"'max_size' must be >= {_RECORD_HEADER}: {max_size}")
+        self.max_size = max_size
+        self._buffer = bytearray()
+        self._offset = 0
+        self._message = bytearray()
+        self._message_size: int | None = None
+        self._hello: ClientHello | None = None
+        self._error: HelloError | None = None
 
     @property
     def buffered(self) -> bytes:

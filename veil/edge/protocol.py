@@ -202,7 +202,7 @@ class EdgeProtocol(Protocol):
                 # The proxy: the thin layer, which starts with the replay.
                 thin = TLSLayer(self.transport, creator.serverConnectionForTLS(None),
                                 app_factory.buildProtocol(self.addr), self.factory.deadlines,
-                                linger=self.factory.linger)
+                                linger=self.factory.linger, peer=self.addr)
                 self.tls = thin
                 self.factory.handshakes.inc()
                 thin.start(replay)

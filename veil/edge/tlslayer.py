@@ -99,13 +99,15 @@ class TLSLayer:
         started.
     @param protocol: the application protocol; this layer is its transport.
     @param deadlines: bounds the wait for the peer's C{close_notify}.
+    @param peer: the peer's address, when the caller has it already.
     """
 
     disconnecting = False
 
     def __init__(self, transport: Any, connection: SSL.Connection, protocol: Any,
-                 deadlines: Deadlines, linger: float = LINGER) -> None:
+                 deadlines: Deadlines, linger: float = LINGER, peer: Any = None) -> None:
         self.transport = transport
+        self._peer = peer
         self.protocol = protocol
         self._tls = connection
         self._ssl, self._rbio, self._wbio = _memory_bios(connection)
@@ -332,7 +334,10 @@ class TLSLayer:
         self.transport.abortConnection()
 
     def getPeer(self) -> Any:
-        return self.transport.getPeer()
+        peer = self._peer
+        if peer is None:
+            peer = self._peer = self.transport.getPeer()
+        return peer
 
     def getHost(self) -> Any:
         return self.transport.getHost()
