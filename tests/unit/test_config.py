@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import attrs
 from twisted.trial.unittest import SynchronousTestCase
 
-from veil.config import KEYS, load
+from veil.config import KEYS, Config, load
 from veil.errors import ConfigError
 
 
@@ -22,6 +23,27 @@ class DefaultsTests(SynchronousTestCase):
         self.assertEqual(config.data_dir, Path("veil-data").absolute())
         self.assertTrue(config.uses_embedded_database)
         self.assertIsNone(config.database.url)
+
+    def test_example_file_is_the_defaults(self) -> None:
+        """
+        deploy/veil.toml.example loads, names every key, and gives exactly
+        the defaults (so it cannot drift from what Veil does).
+        """
+        example = Path(__file__).parents[2] / "deploy" / "veil.toml.example"
+
+        def comparable(config: Config) -> Config:
+            # The file writes two thirds as 0.6667.
+            tls = attrs.evolve(config.tls, renew_fraction=round(config.tls.renew_fraction, 4))
+            return attrs.evolve(config, source=None, tls=tls)
+
+        self.assertEqual(comparable(load(str(example), environ={})),
+                         comparable(load(None, environ={})))
+        text = example.read_text()
+        for key in KEYS:
+            section, _, name = key.name.rpartition(".")
+            self.assertRegex(text, rf"(?m)^{name} *=", key.name)
+            if section:
+                self.assertIn(f"[{section}]", text, key.name)
 
     def test_every_key_has_an_environment_name(self) -> None:
         """Each key maps to VEIL_ plus its dotted name in capitals."""

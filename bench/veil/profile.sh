@@ -1,0 +1,107 @@
+#!/usr/bin/env bash
+# Where Veil's time goes under the shared harness's load, for one peer process on CPU 0.
+#
+#   bench/veil/profile.sh cost S1 [LABEL]    instructions per request under callgrind
+#   bench/veil/profile.sh spy S1 OUT.txt     py-spy samples (collapsed stacks) under load
+#   bench/veil/profile.sh calls S1 OUT.prof  cProfile (twistd --profile) under light load
+#   (S1: keep-alive GET /1k; S3: GET /64k; S2: a new TLS connection per request)
+#
+# Veil runs from this working tree (PYTHONPATH), in the harness's virtualenv, on a copy
+# of the harness's seed data directory: run the harness once for Veil first
+# (BENCH_PEER_DIRS=$PWD/bench ../shared/bench/run.sh veil --only S1 --runs 1), so that
+# the certificates, the origin's files, the virtualenv and the seed exist.
+#
+# "cost" is the figure to compare changes with: callgrind counts instructions, which
+# do not depend on what else the machine is doing (the same count twice to 0.1%), while
+# throughput on a shared VM moves by 10-25% from one minute to the next.  It counts
+# user-space instructions of the Veil process only (not the kernel, not PostgreSQL).
+set -euo pipefail
+mode=${1:?usage: profile.sh cost|spy|calls S1|S2|S3 [LABEL|OUT]}
+scenario=${2:-S1}
+arg=${3:-}
+here=$(cd "$(dirname "$0")" && pwd)
+repo=$(cd "$here/../.." && pwd)
+T=${BENCH_TMP:-/tmp/veil-bench}
+venv=$T/venv-veil
+origin_run=$T/run/upstream
+for need in "$venv/bin/twistd" "$T/veil-seed/veil-data" "$T/certs/ca.crt" "$origin_run/nginx.conf"; do
+    [[ -e $need ]] || { echo "missing $need: run the shared harness for veil once" >&2; exit 1; }
+done
+case $scenario in S1) path=/1k ;; S3) path=/64k ;; S2) path= ;;
+    *) echo "scenario: S1, S2 or S3" >&2; exit 2 ;; esac
+
+free_ports() {
+    local port p
+    for port in 18443 18080 18081 18082; do
+        for p in $(ss -ltnp | grep ":$port " | grep -o "pid=[0-9]*" | cut -d= -f2 | sort -u); do
+            kill -KILL "$p" 2>/dev/null || true
+        done
+    done
+}
+free_ports
+run=$(mktemp -d "${TMPDIR:-/tmp}/veil-profile.XXXXXX")
+cleanup() {
+    [[ -n ${veil:-} ]] && kill -TERM "$veil" 2>/dev/null && sleep 2 && kill -KILL "$veil" 2>/dev/null
+    [[ -n ${origin:-} ]] && kill -TERM "$origin" 2>/dev/null
+    free_ports
+    rm -rf "$run"
+}
+trap cleanup EXIT
+
+taskset -c 1 nginx -p "$origin_run" -e "$run/origin-error.log" -c "$origin_run/nginx.conf" &
+origin=$!
+cp -a "$T/veil-seed/veil-data" "$run/veil-data"
+cp "$T/certs/ca.crt" "$run/veil-data/ca/ca.crt"
+install -m 0600 "$T/certs/ca.key" "$run/veil-data/ca/ca.key"
+export PYTHONPATH=$repo VEIL_DATA_DIR=$run/veil-data VEIL_EDGE_PORT=18443 VEIL_HTTP_PORT=18081 \
+    VEIL_DASHBOARD_PORT=18082
+twistd=("$venv/bin/python" "$venv/bin/twistd" --nodaemon --pidfile=)
+case $mode in
+cost)  (cd "$run" && exec taskset -c 0 valgrind --tool=callgrind --instr-atstart=no \
+           --callgrind-out-file="$run/cg.out" "${twistd[@]}" veil) > "$run/veil.log" 2>&1 & ;;
+calls) (cd "$run" && exec taskset -c 0 "${twistd[@]}" --profile="$arg" --profiler=cprofile \
+           --savestats veil) > "$run/veil.log" 2>&1 & ;;
+spy)   (cd "$run" && exec taskset -c 0 "${twistd[@]}" veil) > "$run/veil.log" 2>&1 & ;;
+*)     echo "mode: cost, spy or calls" >&2; exit 2 ;;
+esac
+veil=$!
+for _ in $(seq 1 600); do
+    curl -s -o /dev/null --cacert "$T/certs/ca.crt" --resolve www.bench.test:18443:127.0.0.1 \
+        https://www.bench.test:18443/1k && break
+    sleep 0.5
+done
+
+echo "127.0.0.1 www.bench.test" > "$T/hosts"
+conns=50
+[[ $mode == spy ]] || conns=10  # slowed down 20-50x: fewer connections keep it responsive
+load() {  # seconds; prints the number of requests (or connections) completed
+    if [[ $scenario == S2 ]]; then
+        GOMAXPROCS=1 taskset -c 1 "$T/bin/tlsconn" -addr 127.0.0.1:18443 -sni www.bench.test \
+            -c "$conns" -d "${1}s" | tail -1 | python3 -c 'import json,sys; print(json.load(sys.stdin)["conns"])'
+    else
+        env NSS_WRAPPER_HOSTS="$T/hosts" LD_PRELOAD=libnss_wrapper.so taskset -c 1 \
+            wrk -t1 -c"$conns" -d"${1}s" "https://www.bench.test:18443$path" | awk '/requests in/{print $1}'
+    fi
+}
+load 4 > /dev/null  # warm-up
+case $mode in
+cost)
+    callgrind_control -i on "$veil" > /dev/null
+    requests=$(load 20)
+    callgrind_control -d "$veil" > /dev/null
+    callgrind_control -i off "$veil" > /dev/null
+    total=$(grep -h "^summary:" "$run"/cg.out* | awk '{s += $2} END {print s}')
+    echo "${arg:-$scenario}: $requests requests, $((total / requests)) instructions per request"
+    ;;
+spy)
+    (taskset -c 1 py-spy record -r 200 -d 10 --nonblocking -f raw -o "$arg" -p "$veil" \
+        > /dev/null 2>&1) &
+    spy=$!
+    echo "$(load 10) requests in 10 s; samples in $arg"
+    wait "$spy"
+    ;;
+calls)
+    echo "$(load 5) requests; stopping Veil to write $arg"
+    kill -TERM "$veil"; wait "$veil" || true; veil=
+    ;;
+esac
