@@ -41,12 +41,19 @@ free_ports() {
 free_ports
 run=$(mktemp -d "${TMPDIR:-/tmp}/veil-profile.XXXXXX")
 cleanup() {
-    [[ -n ${veil:-} ]] && kill -TERM "$veil" 2>/dev/null && sleep 2 && kill -KILL "$veil" 2>/dev/null
+    set +e
+    if [[ -n ${veil:-} ]]; then
+        kill -TERM "$veil" 2>/dev/null  # Veil stops its PostgreSQL, then exits
+        for _ in $(seq 1 120); do kill -0 "$veil" 2>/dev/null || break; sleep 0.5; done
+        kill -KILL "$veil" 2>/dev/null
+    fi
     [[ -n ${origin:-} ]] && kill -TERM "$origin" 2>/dev/null
+    pkill -KILL -f "$run/veil-data/postgres" 2>/dev/null
     free_ports
     rm -rf "$run"
 }
 trap cleanup EXIT
+trap 'exit 1' INT TERM
 
 taskset -c 1 nginx -p "$origin_run" -e "$run/origin-error.log" -c "$origin_run/nginx.conf" &
 origin=$!
