@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from twisted.trial.unittest import TestCase
 
 from tests.support.postgres import cluster, fresh_database
 from tests.support.waiting import until
-from veil.store.requestlog import Announcement, LogRow, RequestLog, Spool
+from veil.store.requestlog import ID_LOCK_KEY, Announcement, LogRow, RequestLog, Spool
 
 
 def row(n: int, site: uuid.UUID | None = None, ts: datetime | None = None) -> LogRow:
@@ -119,6 +120,36 @@ class RequestLogTests(TestCase):
             ids = conn.execute("SELECT min(id), max(id) FROM request_log").fetchone()
         self.assertEqual(note.ranges, (ids,))
         self.assertEqual(ids[1] - ids[0], 49)
+
+    def test_id_blocks(self) -> None:
+        """
+        veil_request_log_reserve_ids hands out consecutive blocks that never
+        overlap, also to writers racing on several connections, and refuses
+        a bad size.
+        """
+        def reserve(conn: psycopg.Connection, n: int) -> range:
+            [first] = conn.execute("SELECT veil_request_log_reserve_ids(%s, %s)",
+                                   (n, ID_LOCK_KEY)).fetchone()
+            return range(first, first + n)
+
+        with psycopg.connect(self.conninfo, autocommit=True) as a, \
+                psycopg.connect(self.conninfo, autocommit=True) as b:
+            blocks = [reserve(a, 5), reserve(b, 1), reserve(a, 1000), reserve(b, 7)]
+            with self.assertRaises(psycopg.errors.InvalidParameterValue):
+                reserve(a, 0)
+        self.assertEqual(blocks[1].start, blocks[0].stop)
+        self.assertEqual(blocks[2].start, blocks[1].stop)
+        self.assertEqual(blocks[3].start, blocks[2].stop)
+
+        def race(n: int) -> list[range]:
+            with psycopg.connect(self.conninfo, autocommit=True) as conn:
+                return [reserve(conn, n) for _ in range(200)]
+
+        with ThreadPoolExecutor(4) as pool:
+            raced = [r for rs in pool.map(race, (3, 10, 1, 50)) for r in rs]
+        ids = [i for r in raced for i in r]
+        self.assertEqual(len(ids), len(set(ids)))
+        self.assertEqual(len(ids), 200 * (3 + 10 + 1 + 50))
 
     async def test_batch_max_cuts_early(self) -> None:
         """Reaching batch_max starts a write without waiting for the interval."""

@@ -445,25 +445,21 @@ class RequestLog(Service):
             raise
         self._written.inc(len(batch))
 
-    def _draw_ids(self, count: int) -> list[int]:
+    def _draw_ids(self, count: int) -> range:
         """
-        C{count} fresh ids, ascending.  Drawn under a short transaction lock
-        that every flusher takes, so they are one block and the
-        announcement stays one range.
+        C{count} fresh ids, ascending and consecutive: one block reserved
+        under the transaction lock every flusher takes, so the
+        announcement stays one range (schema 002).
         """
         conn = self._connection()
-        ids: list[int] = []
         try:
             with conn.transaction():
-                conn.execute("SELECT pg_advisory_xact_lock(%s)", (ID_LOCK_KEY,))
-                while len(ids) < count:
-                    n = min(count - len(ids), 1000000)
-                    ids.extend(r[0] for r in conn.execute(
-                        "SELECT veil_request_log_next_ids(%s)", (n,)))
+                [first] = conn.execute("SELECT veil_request_log_reserve_ids(%s, %s)",
+                                       (count, ID_LOCK_KEY)).fetchone()
         except psycopg.OperationalError:
             self._close()
             raise
-        return ids
+        return range(first, first + count)
 
     def _copy(self, batch: Batch, ids: Sequence[int]) -> None:
         conn = self._connection()
