@@ -19,9 +19,10 @@ C{connectTCP} makes them too.
 
 from __future__ import annotations
 
+from errno import EWOULDBLOCK
 from typing import Any
 
-from twisted.internet import abstract, tcp
+from twisted.internet import abstract, main, tcp
 from twisted.python import failure
 from twisted.internet.interfaces import (
     IHalfCloseableProtocol,
@@ -67,6 +68,20 @@ class _WriteAtOnce:
         self.write(b"".join(iovec))
 
 
+class _ReadInline:
+    """For L{tcp.Connection} subclasses: C{doRead} without the extra call."""
+
+    def doRead(self) -> Any:
+        try:
+            data = self.socket.recv(self.bufferSize)
+        except OSError as e:
+            return None if e.args[0] == EWOULDBLOCK else main.CONNECTION_LOST
+        if not data:
+            return main.CONNECTION_DONE
+        self.protocol.dataReceived(data)
+        return None
+
+
 class _PlainHalfClose:
     """
     Twisted adapts the protocol to C{IHalfCloseableProtocol} when the peer
@@ -100,11 +115,11 @@ class _PlainHalfClose:
                 self.connectionLost(failure.Failure())
 
 
-class Server(_WriteAtOnce, _PlainHalfClose, tcp.Server):
+class Server(_WriteAtOnce, _ReadInline, _PlainHalfClose, tcp.Server):
     """An accepted connection that writes at once."""
 
 
-class Client(_WriteAtOnce, _PlainHalfClose, tcp.Client):
+class Client(_WriteAtOnce, _ReadInline, _PlainHalfClose, tcp.Client):
     """An outgoing connection that writes at once."""
 
 
