@@ -18,7 +18,7 @@ from twisted.trial.unittest import TestCase
 from tests.integration.test_edge import start_veil, until_rows
 from tests.integration.test_migrate import empty_database
 from tests.integration.test_proxy import get, talk
-from tests.support.origin import OriginFactory
+from tests.support.origin import OriginFactory, client_threads, listen_origin
 from veil.edge.plain import PlainHTTP, PlainPort
 from veil.errors import StoreUnavailable
 from veil.metrics import Registry
@@ -40,13 +40,8 @@ class PlainPortTests(TestCase):
     timeout = 30
 
     def setUp(self) -> None:
-        self.threads = ThreadPool(minthreads=0, maxthreads=4, name="test-plain-port")
-        self.threads.start()
-        self.addCleanup(self.threads.stop)
-        self.origin = OriginFactory(reactor)
-        oport = reactor.listenTCP(0, self.origin, interface="127.0.0.1")
-        self.addCleanup(oport.stopListening)
-        upstream = f"http://127.0.0.1:{oport.getHost().port}"
+        self.threads = client_threads(self, "test-plain-port")
+        self.origin, upstream = listen_origin(self)
         self.sites = {s.domain: s for s in (
             site("open.test", upstream, True),
             site("closed.test", upstream, False),

@@ -14,11 +14,10 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.threads import deferToThreadPool
-from twisted.python.threadpool import ThreadPool
 from twisted.trial.unittest import TestCase
 
 from tests.integration.test_proxy import get, site, talk
-from tests.support.origin import OriginFactory
+from tests.support.origin import client_threads, listen_origin
 from tests.support.waiting import until
 from veil.metrics import Registry
 from veil.proxy.server import ProxyFactory
@@ -42,14 +41,8 @@ class ProxyCase(TestCase):
     timeout = 30
 
     def setUp(self) -> None:
-        self.threads = ThreadPool(minthreads=0, maxthreads=8, name="test-proxy-limits")
-        self.threads.start()
-        self.addCleanup(self.threads.stop)
-        self.origin = OriginFactory(reactor)
-        oport = reactor.listenTCP(0, self.origin, interface="127.0.0.1")
-        self.addCleanup(oport.stopListening)
-        self.addCleanup(self.origin.cancel)
-        self.upstream = f"http://127.0.0.1:{oport.getHost().port}"
+        self.threads = client_threads(self, "test-proxy-limits", 8)
+        self.origin, self.upstream = listen_origin(self)
         self.sites = {"app.test": site("app.test", self.upstream)}
         self.pool = OriginPool(reactor, connect_timeout=2.0, response_timeout=5.0)
         self.addCleanup(self.pool.close)

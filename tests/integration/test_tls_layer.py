@@ -27,12 +27,11 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.threads import deferToThreadPool
 from twisted.protocols.tls import TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
-from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
 from tests.integration.test_edge_protocol import WAIT, EdgeTestCase, MemoryTLSClient, within
 from tests.integration.test_proxy import get, rss_kib, site, talk
-from tests.support.origin import OriginFactory
+from tests.support.origin import client_threads, listen_origin
 from veil.edge.hello import ClientHello
 from veil.edge.tlslayer import AVAILABLE, TLSError, TLSLayer
 from veil.metrics import Registry
@@ -117,9 +116,7 @@ class ThinLayerTests(EdgeTestCase):
 
     def setUp(self) -> None:
         super().setUp()
-        self.threads = ThreadPool(minthreads=0, maxthreads=4, name="test-tls-layer")
-        self.threads.start()
-        self.addCleanup(self.threads.stop)
+        self.threads = client_threads(self, "test-tls-layer")
 
     def serve(self, app: ThinFactory, **options: Any) -> ThinFactory:
         self.listen(self.known("app.test"), lambda hello, creator: app, **options)
@@ -314,14 +311,9 @@ class ProxyOverTLSTests(EdgeTestCase):
 
     def setUp(self) -> None:
         super().setUp()
-        self.threads = ThreadPool(minthreads=0, maxthreads=4, name="test-proxy-tls")
-        self.threads.start()
-        self.addCleanup(self.threads.stop)
-        self.origin = OriginFactory(reactor)
-        oport = reactor.listenTCP(0, self.origin, interface="127.0.0.1")
-        self.addCleanup(oport.stopListening)
-        self.addCleanup(self.origin.cancel)
-        sites = {"app.test": site("app.test", f"http://127.0.0.1:{oport.getHost().port}")}
+        self.threads = client_threads(self, "test-proxy-tls")
+        self.origin, upstream = listen_origin(self)
+        sites = {"app.test": site("app.test", upstream)}
         pool = OriginPool(reactor, connect_timeout=2.0, response_timeout=5.0)
         self.addCleanup(pool.close)
         self.rows: list = []

@@ -156,3 +156,29 @@ class OriginFactory(Factory):
 
     def buildProtocol(self, addr: Any) -> OriginProtocol:
         return OriginProtocol(self)
+
+
+def listen_origin(testcase: Any) -> tuple[OriginFactory, str]:
+    """
+    Start an L{OriginFactory} on 127.0.0.1 (port 0) for C{testcase}, stopped
+    and its delayed answers cancelled at clean-up.
+
+    @return: the origin and its upstream URL (C{http://127.0.0.1:PORT}).
+    """
+    from twisted.internet import reactor
+
+    origin = OriginFactory(reactor)
+    port = reactor.listenTCP(0, origin, interface="127.0.0.1")
+    testcase.addCleanup(port.stopListening)
+    testcase.addCleanup(origin.cancel)
+    return origin, f"http://127.0.0.1:{port.getHost().port}"
+
+
+def client_threads(testcase: Any, name: str, size: int = 4) -> Any:
+    """A thread pool for blocking test clients, stopped at clean-up."""
+    from twisted.python.threadpool import ThreadPool
+
+    pool = ThreadPool(minthreads=0, maxthreads=size, name=name)
+    pool.start()
+    testcase.addCleanup(pool.stop)
+    return pool
