@@ -101,7 +101,13 @@ cost)
     echo "${arg:-$scenario}: $requests requests, $((total / requests)) instructions per request"
     ;;
 spy)
-    (taskset -c 1 py-spy record -r 200 -d 10 --nonblocking -f raw -o "$arg" -p "$veil" \
+    spy_bin=$(command -v py-spy || true)
+    if [[ -z $spy_bin ]]; then  # not on this machine: a virtualenv of its own
+        [[ -x $T/venv-py-spy/bin/py-spy ]] || { python3 -m venv "$T/venv-py-spy" &&
+            "$T/venv-py-spy/bin/pip" install -q py-spy; } >&2
+        spy_bin=$T/venv-py-spy/bin/py-spy
+    fi
+    (taskset -c 1 "$spy_bin" record -r 200 -d 10 --nonblocking -f raw -o "$arg" -p "$veil" \
         > /dev/null 2>&1) &
     spy=$!
     echo "$(load 10) requests in 10 s; samples in $arg"

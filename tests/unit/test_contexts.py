@@ -284,6 +284,36 @@ class _HandshakeTestsMixin:
         self.assertEqual(errors, {})
         self.assertEqual(client.get_cipher_name(), f"ECDHE-{auth}-CHACHA20-POLY1305")
 
+    def test_server_cipher_order(self) -> None:
+        """
+        Among AES suites the server's order decides: a TLS 1.2 client that
+        lists AES-256-GCM first gets AES-128-GCM.
+        """
+        auth = "ECDSA" if self.key_type.startswith("ecdsa") else "RSA"
+        ciphers = f"ECDHE-{auth}-AES256-GCM-SHA384:ECDHE-{auth}-AES128-GCM-SHA256".encode()
+        client, server, errors = self.connect(client_context(SSL.TLS1_2_VERSION, ciphers=ciphers))
+        self.assertEqual(errors, {})
+        self.assertEqual(client.get_cipher_name(), f"ECDHE-{auth}-AES128-GCM-SHA256")
+
+    def test_tls13_suite_order(self) -> None:
+        """
+        TLS 1.3: a client listing AES-256-GCM first (OpenSSL's own default
+        order) gets AES-128-GCM; one listing ChaCha20 first gets ChaCha20.
+        """
+        for offered, expected in [
+            (b"TLS_AES_256_GCM_SHA384:TLS_AES_128_GCM_SHA256:TLS_CHACHA20_POLY1305_SHA256",
+             "TLS_AES_128_GCM_SHA256"),
+            (b"TLS_CHACHA20_POLY1305_SHA256:TLS_AES_256_GCM_SHA384:TLS_AES_128_GCM_SHA256",
+             "TLS_CHACHA20_POLY1305_SHA256"),
+            (b"TLS_AES_256_GCM_SHA384", "TLS_AES_256_GCM_SHA384"),
+        ]:
+            ctx = client_context()
+            ctx.set_tls13_ciphersuites(offered)
+            client, server, errors = self.connect(ctx)
+            self.assertEqual(errors, {})
+            self.assertEqual(client.get_protocol_version_name(), "TLSv1.3")
+            self.assertEqual(client.get_cipher_name(), expected, offered)
+
     def test_alpn_http11(self) -> None:
         """
         A client offering C{h2} and C{http/1.1} gets C{http/1.1}.
