@@ -11,6 +11,7 @@
 # (BENCH_PEER_DIRS=$PWD/bench ../shared/bench/run.sh veil --only S1 --runs 1), so that
 # the certificates, the origin's files, the virtualenv and the seed exist.
 #
+# PROFILE_KEEP=DIR keeps the callgrind files of "cost" in DIR.
 # "cost" is the figure to compare changes with: callgrind counts instructions, which
 # do not depend on what else the machine is doing (the same count twice to 0.1%), while
 # throughput on a shared VM moves by 10-25% from one minute to the next.  It counts
@@ -99,6 +100,9 @@ cost)
     callgrind_control -i off "$veil" > /dev/null
     total=$(grep -h "^summary:" "$run"/cg.out* | awk '{s += $2} END {print s}')
     echo "${arg:-$scenario}: $requests requests, $((total / requests)) instructions per request"
+    if [[ -n ${PROFILE_KEEP:-} ]]; then  # keep the callgrind files for callgrind_annotate
+        cp "$run"/cg.out* "$PROFILE_KEEP"/ && echo "callgrind files in $PROFILE_KEEP"
+    fi
     ;;
 spy)
     spy_bin=$(command -v py-spy || true)
