@@ -136,6 +136,28 @@ def rss_kib() -> int:
     return 0
 
 
+async def assert_streams_bounded(case, size: int, limit_kib: int) -> None:
+    """
+    C{size} bytes up (C{Content-Length}), then down with a length and down
+    chunked, through C{case.talk}, with the test process (client, proxy and
+    origin) growing by less than C{limit_kib}: bodies are streamed, not held.
+    """
+    before = rss_kib()
+    [r], _ = await case.talk(
+        b"POST /upload HTTP/1.1\r\nHost: app.test\r\nContent-Length: %d\r\n\r\n" % size,
+        body_stream=(size, 65536))
+    case.assertEqual(r.body, b"%d" % size)
+    [r], _ = await case.talk(get(f"/size/{size}"), keep_body=False)
+    case.assertEqual(r.size, size)
+    [r], _ = await case.talk(get(f"/chunked/{size}"), keep_body=False)
+    case.assertEqual(r.size, size)
+    growth = rss_kib() - before
+    case.assertLess(growth, limit_kib, f"RSS grew by {growth} KiB")
+    case.assertEqual([row.status for row in case.rows], [200, 200, 200])
+    case.assertEqual([row.bytes_in for row in case.rows], [size, 0, 0])
+    case.assertEqual([row.bytes_out >= size for row in case.rows[1:]], [True, True])
+
+
 class ProxyTests(TestCase):
     """The proxy forwards, rewrites, refuses and streams correctly."""
 
@@ -376,18 +398,8 @@ class ProxyTests(TestCase):
         self.assertEqual(r.body, b"x" * 100000)
 
     async def test_large_bodies_bounded_memory(self) -> None:
-        """64 MiB up and 64 MiB down stream through without growing the process by 64 MiB."""
-        size = 64 * 1024 * 1024
-        before = rss_kib()
-        [r], _ = await self.talk(
-            b"POST /upload HTTP/1.1\r\nHost: app.test\r\nContent-Length: %d\r\n\r\n" % size,
-            body_stream=(size, 65536))
-        self.assertEqual(r.body, b"%d" % size)
-        [r], _ = await self.talk(get(f"/size/{size}"), keep_body=False)
-        self.assertEqual(r.size, size)
-        growth = rss_kib() - before
-        self.assertLess(growth, 64 * 1024, f"RSS grew by {growth} KiB")
-        self.assertEqual(self.rows[0].bytes_in, size)
+        """1 GiB up and 1 GiB down (with a length, then chunked) with the process growing by less than 64 MiB."""
+        await assert_streams_bounded(self, 1024 * 1024 * 1024, 64 * 1024)
 
     async def test_expect_continue(self) -> None:
         """Expect: 100-continue is forwarded and the origin's 100 relayed."""
