@@ -353,6 +353,8 @@ class ProxyOverTLSTests(EdgeTestCase):
         """1 GiB up and 1 GiB down (with a length, then chunked) through TLS, in bounded memory."""
         await assert_streams_bounded(self, 1024 * 1024 * 1024, 64 * 1024)
 
+    test_large_bodies_bounded_memory.timeout = 120  # type: ignore[attr-defined]  # 3 GiB through TLS
+
     async def test_websocket_tunnel(self) -> None:
         """An upgrade over TLS turns into a byte tunnel both ways."""
 
