@@ -4,15 +4,15 @@ Veil's own server context, and nothing else: no sockets, no reactor, no
 proxy.  This is the floor under Veil's S2 figure (a new connection per
 request): whatever the rest of Veil costs comes on top of it.
 
-    .../venv-veil/bin/python bench/veil/handshake.py CHAIN.pem KEY.pem [COUNT]
+    PYTHONPATH=. taskset -c 0 .venv/bin/python bench/veil/handshake.py CHAIN.pem KEY.pem [COUNT]
 
 (for example the bench certificates in /tmp/veil-bench/certs: ecdsa.chain.crt
 and ecdsa.key, or rsa.chain.crt and rsa.key).  The client is the standard
 library's C{ssl} module on memory BIOs; only the server's calls are timed:
 the first flight (ClientHello in, ServerHello to Finished out: key exchange,
 signature, key schedule) and the second (client Finished in, session tickets
-out), with tickets as Veil issues them and without.  Run it pinned
-(C{taskset -c 0}) on an otherwise idle core.
+out), with tickets as Veil issues them and without.  Pinned to one core
+as above; the machine's other load moves the times, not the work.
 """
 
 import ssl
@@ -23,10 +23,6 @@ from pathlib import Path
 from OpenSSL import SSL
 
 from veil.edge.contexts import build_server_tls
-
-
-def _pump(source: ssl.MemoryBIO) -> bytes:
-    return source.read()
 
 
 def _server_step(server: SSL.Connection, data: bytes) -> tuple[float, bytes]:
@@ -57,11 +53,11 @@ def measure(context: SSL.Context, ca: Path, count: int) -> tuple[float, float, s
             client.do_handshake()
         except ssl.SSLWantReadError:
             pass
-        spent, reply = _server_step(server, _pump(outgoing))
+        spent, reply = _server_step(server, outgoing.read())
         first += spent
         incoming.write(reply)
         client.do_handshake()
-        spent, _ = _server_step(server, _pump(outgoing))
+        spent, _ = _server_step(server, outgoing.read())
         second += spent
         suite = f"{server.get_protocol_version_name()} {server.get_cipher_name()}"
     return first / count * 1e6, second / count * 1e6, suite
