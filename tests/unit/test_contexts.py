@@ -273,27 +273,22 @@ class _HandshakeTestsMixin:
         client, server, errors = self.connect(ctx)
         self.assertIn("no shared cipher", reasons(errors["server"]))
 
-    def test_client_cipher_order(self) -> None:
+    def test_tls12_suite_order(self) -> None:
         """
-        The client's preference decides among the server's suites: a client
-        that lists ChaCha20 first gets it.
-        """
-        auth = "ECDSA" if self.key_type.startswith("ecdsa") else "RSA"
-        ciphers = f"ECDHE-{auth}-CHACHA20-POLY1305:ECDHE-{auth}-AES128-GCM-SHA256".encode()
-        client, server, errors = self.connect(client_context(SSL.TLS1_2_VERSION, ciphers=ciphers))
-        self.assertEqual(errors, {})
-        self.assertEqual(client.get_cipher_name(), f"ECDHE-{auth}-CHACHA20-POLY1305")
-
-    def test_server_cipher_order(self) -> None:
-        """
-        Among AES suites the server's order decides: a TLS 1.2 client that
-        lists AES-256-GCM first gets AES-128-GCM.
+        TLS 1.2: among AES suites the server's order decides (a client that
+        lists AES-256-GCM first gets AES-128-GCM); a client that lists
+        ChaCha20 first gets ChaCha20.
         """
         auth = "ECDSA" if self.key_type.startswith("ecdsa") else "RSA"
-        ciphers = f"ECDHE-{auth}-AES256-GCM-SHA384:ECDHE-{auth}-AES128-GCM-SHA256".encode()
-        client, server, errors = self.connect(client_context(SSL.TLS1_2_VERSION, ciphers=ciphers))
-        self.assertEqual(errors, {})
-        self.assertEqual(client.get_cipher_name(), f"ECDHE-{auth}-AES128-GCM-SHA256")
+        for offered, expected in [
+            ("AES256-GCM-SHA384:AES128-GCM-SHA256", "AES128-GCM-SHA256"),
+            ("CHACHA20-POLY1305:AES128-GCM-SHA256", "CHACHA20-POLY1305"),
+        ]:
+            ciphers = ":".join(f"ECDHE-{auth}-{suite}" for suite in offered.split(":")).encode()
+            client, server, errors = self.connect(
+                client_context(SSL.TLS1_2_VERSION, ciphers=ciphers))
+            self.assertEqual(errors, {})
+            self.assertEqual(client.get_cipher_name(), f"ECDHE-{auth}-{expected}", offered)
 
     def test_tls13_suite_order(self) -> None:
         """
