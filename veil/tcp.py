@@ -91,14 +91,7 @@ class _PlainHalfClose:
     """
 
     def readConnectionLost(self, reason: Any) -> None:
-        p = self.protocol
-        if IHalfCloseableProtocol.providedBy(p):
-            try:
-                p.readConnectionLost()
-            except BaseException:
-                _log.failure("readConnectionLost failed")
-                self.connectionLost(failure.Failure())
-        else:
+        if not self._tell_half_closeable("readConnectionLost"):
             self.connectionLost(reason)
 
     def _closeWriteConnection(self) -> None:
@@ -106,13 +99,19 @@ class _PlainHalfClose:
             self.socket.shutdown(1)
         except OSError:
             pass
+        self._tell_half_closeable("writeConnectionLost")
+
+    def _tell_half_closeable(self, method: str) -> bool:
+        """Call the protocol's C{method} if it is half-closeable; whether it is."""
         p = self.protocol
-        if IHalfCloseableProtocol.providedBy(p):
-            try:
-                p.writeConnectionLost()
-            except BaseException:
-                _log.failure("writeConnectionLost failed")
-                self.connectionLost(failure.Failure())
+        if not IHalfCloseableProtocol.providedBy(p):
+            return False
+        try:
+            getattr(p, method)()
+        except BaseException:
+            _log.failure("{method} failed", method=method)
+            self.connectionLost(failure.Failure())
+        return True
 
 
 class Server(_WriteAtOnce, _ReadInline, _PlainHalfClose, tcp.Server):
