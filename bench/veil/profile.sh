@@ -4,6 +4,7 @@
 #   bench/veil/profile.sh cost S1 [LABEL]    instructions per request under callgrind
 #   bench/veil/profile.sh spy S1 OUT.txt     py-spy samples (collapsed stacks) under load
 #   bench/veil/profile.sh calls S1 OUT.prof  cProfile (twistd --profile) under light load
+#   bench/veil/profile.sh turns S1 [OUT.txt] reactor turns and request-log writes under load
 #   (S1: keep-alive GET /1k; S3: GET /64k; S2: a new TLS connection per request)
 #
 # Veil runs from this working tree (PYTHONPATH), in the harness's virtualenv, on a copy
@@ -12,6 +13,10 @@
 # the certificates, the origin's files, the virtualenv and the seed exist.
 #
 # PROFILE_KEEP=DIR keeps the callgrind files of "cost" in DIR.
+# "turns" records every reactor turn (events, wall and CPU time) and every request-log
+# batch write (bench/veil/turns/), reports wrk's p99 and where the slow turns fall.
+# Diagnostics for it: PROFILE_PG_CPU=N moves the embedded cluster to CPU N after the
+# warm-up; PROFILE_NO_DB_WRITE=1 prepares each batch but does not send it (rows lost).
 # "cost" is the figure to compare changes with: callgrind counts instructions, which
 # do not depend on what else the machine is doing (the same count twice to 0.1%), while
 # throughput on a shared VM moves by 10-25% from one minute to the next.  It counts
@@ -70,7 +75,9 @@ cost)  (cd "$run" && exec taskset -c 0 valgrind --tool=callgrind --instr-atstart
 calls) (cd "$run" && exec taskset -c 0 "${twistd[@]}" --profile="$arg" --profiler=cprofile \
            --savestats veil) > "$run/veil.log" 2>&1 & ;;
 spy)   (cd "$run" && exec taskset -c 0 "${twistd[@]}" veil) > "$run/veil.log" 2>&1 & ;;
-*)     echo "mode: cost, spy or calls" >&2; exit 2 ;;
+turns) (cd "$run" && PYTHONPATH=$PYTHONPATH:$here/turns PROFILE_TURNS_OUT=$run/turns.txt \
+           exec taskset -c 0 "${twistd[@]}" veil) > "$run/veil.log" 2>&1 & ;;
+*)     echo "mode: cost, spy, calls or turns" >&2; exit 2 ;;
 esac
 veil=$!
 for _ in $(seq 1 600); do
@@ -81,7 +88,7 @@ done
 
 echo "127.0.0.1 www.bench.test" > "$T/hosts"
 conns=50
-[[ $mode == spy ]] || conns=10  # slowed down 20-50x: fewer connections keep it responsive
+[[ $mode == spy || $mode == turns ]] || conns=10  # slowed down 20-50x: fewer connections keep it responsive
 load() {  # seconds; prints the number of requests (or connections) completed
     if [[ $scenario == S2 ]]; then
         GOMAXPROCS=1 taskset -c 1 "$T/bin/tlsconn" -addr 127.0.0.1:18443 -sni www.bench.test \
@@ -92,6 +99,12 @@ load() {  # seconds; prints the number of requests (or connections) completed
     fi
 }
 load 4 > /dev/null  # warm-up
+if [[ -n ${PROFILE_PG_CPU:-} ]]; then
+    postmaster=$(pgrep -f -- "-D $run/veil-data/postgres" | head -1)
+    for p in $postmaster $(pgrep -P "$postmaster"); do
+        taskset -p -c "$PROFILE_PG_CPU" "$p" > /dev/null
+    done
+fi
 case $mode in
 cost)
     callgrind_control -i on "$veil" > /dev/null
@@ -116,6 +129,15 @@ spy)
     spy=$!
     echo "$(load 10) requests in 10 s; samples in $arg"
     wait "$spy"
+    ;;
+turns)
+    [[ $scenario != S2 ]] || { echo "turns: S1 or S3" >&2; exit 2; }
+    env NSS_WRAPPER_HOSTS="$T/hosts" LD_PRELOAD=libnss_wrapper.so taskset -c 1 \
+        wrk -t1 -c"$conns" -d15s --latency "https://www.bench.test:18443$path" \
+        | awk '/ 99%/{p99=$2} /Requests\/sec/{rps=$2} END {print rps " req/s, p99 " p99}'
+    kill -TERM "$veil"; wait "$veil" || true; veil=
+    [[ -z $arg ]] || cp "$run/turns.txt" "$arg"
+    python3 "$here/turns/summary.py" "$run/turns.txt"
     ;;
 calls)
     echo "$(load 5) requests; stopping Veil to write $arg"
