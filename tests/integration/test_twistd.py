@@ -12,7 +12,9 @@ import socket
 import subprocess
 import sys
 import tempfile
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import TypeVar
 
 import psycopg
 import treq
@@ -25,6 +27,8 @@ from twisted.trial.unittest import TestCase
 
 from tests.integration.test_migrate import DATA_MODEL
 from veil.store import embedded
+
+T = TypeVar("T")
 
 REPO = Path(__file__).resolve().parent.parent.parent
 
@@ -111,32 +115,42 @@ class TwistdTests(TestCase):
         self.processes.append((veil, transport))
         return veil
 
-    async def ready(self, veil: Veil, wanted: int = 200, within: float = 90.0) -> dict:
-        """Poll /ready until it answers C{wanted}; fail if Veil exits or time runs out."""
+    async def until(self, veil: Veil, probe: Callable[[], Awaitable[T | None]],
+                    within: float, what: str) -> T:
+        """
+        Poll C{probe} every 0.25 s until it gives something other than
+        L{None}; fail if Veil exits first or C{within} seconds pass.
+        """
         deadline = reactor.seconds() + within
         while True:
             if veil.status is not None:
                 raise AssertionError(f"Veil exited {veil.status}:\n{veil.output.decode()}")
+            result = await probe()
+            if result is not None:
+                return result
+            if reactor.seconds() > deadline:
+                raise AssertionError(f"{what} after {within} s:\n{veil.output.decode()}")
+            await deferLater(reactor, 0.25, lambda: None)
+
+    async def ready(self, veil: Veil, wanted: int = 200, within: float = 90.0) -> dict:
+        """Poll /ready until it answers C{wanted}; fail if Veil exits or time runs out."""
+        async def probe() -> dict | None:
             try:
                 response = await treq.get(f"http://127.0.0.1:{self.dashboard}/ready",
                                           persistent=False)
                 body = json.loads(await response.content())
-                if response.code == wanted:
-                    return body
             except ConnectionRefusedError:
-                pass
-            if reactor.seconds() > deadline:
-                raise AssertionError(f"/ready not {wanted} after {within} s:\n{veil.output.decode()}")
-            await deferLater(reactor, 0.25, lambda: None)
+                return None
+            return body if response.code == wanted else None
+
+        return await self.until(veil, probe, within, f"/ready not {wanted}")
 
     async def restart_failed(self, veil: Veil, within: float) -> None:
         """Wait until Veil has logged a failed restart of its cluster."""
-        deadline = reactor.seconds() + within
-        while b"Restarting PostgreSQL failed" not in veil.output:
-            if reactor.seconds() > deadline:
-                raise AssertionError(
-                    f"no failed restart logged after {within} s:\n{veil.output.decode()}")
-            await deferLater(reactor, 0.25, lambda: None)
+        async def probe() -> bool | None:
+            return True if b"Restarting PostgreSQL failed" in veil.output else None
+
+        await self.until(veil, probe, within, "no failed restart logged")
 
     async def stop(self, veil: Veil, transport: object) -> int:
         transport.signalProcess("TERM")
