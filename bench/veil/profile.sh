@@ -89,13 +89,16 @@ done
 echo "127.0.0.1 www.bench.test" > "$T/hosts"
 conns=50
 [[ $mode == spy || $mode == turns ]] || conns=10  # slowed down 20-50x: fewer connections keep it responsive
+wrk_for() {  # seconds [wrk options]; wrk's report on $path
+    env NSS_WRAPPER_HOSTS="$T/hosts" LD_PRELOAD=libnss_wrapper.so taskset -c 1 \
+        wrk -t1 -c"$conns" -d"${1}s" "${@:2}" "https://www.bench.test:18443$path"
+}
 load() {  # seconds; prints the number of requests (or connections) completed
     if [[ $scenario == S2 ]]; then
         GOMAXPROCS=1 taskset -c 1 "$T/bin/tlsconn" -addr 127.0.0.1:18443 -sni www.bench.test \
             -c "$conns" -d "${1}s" | tail -1 | python3 -c 'import json,sys; print(json.load(sys.stdin)["conns"])'
     else
-        env NSS_WRAPPER_HOSTS="$T/hosts" LD_PRELOAD=libnss_wrapper.so taskset -c 1 \
-            wrk -t1 -c"$conns" -d"${1}s" "https://www.bench.test:18443$path" | awk '/requests in/{print $1}'
+        wrk_for "$1" | awk '/requests in/{print $1}'
     fi
 }
 load 4 > /dev/null  # warm-up
@@ -132,9 +135,7 @@ spy)
     ;;
 turns)
     [[ $scenario != S2 ]] || { echo "turns: S1 or S3" >&2; exit 2; }
-    env NSS_WRAPPER_HOSTS="$T/hosts" LD_PRELOAD=libnss_wrapper.so taskset -c 1 \
-        wrk -t1 -c"$conns" -d15s --latency "https://www.bench.test:18443$path" \
-        | awk '/ 99%/{p99=$2} /Requests\/sec/{rps=$2} END {print rps " req/s, p99 " p99}'
+    wrk_for 15 --latency | awk '/ 99%/{p99=$2} /Requests\/sec/{rps=$2} END {print rps " req/s, p99 " p99}'
     kill -TERM "$veil"; wait "$veil" || true; veil=
     [[ -z $arg ]] || cp "$run/turns.txt" "$arg"
     python3 "$here/turns/summary.py" "$run/turns.txt"
