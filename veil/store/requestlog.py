@@ -466,12 +466,12 @@ class RequestLog(Service):
         statement = psycopg.sql.SQL("COPY request_log ({}) FROM STDIN").format(
             psycopg.sql.SQL(", ").join(map(psycopg.sql.Identifier, ("id",) + COLUMNS)))
         payload = Announcement.for_batch(self.origin, batch, ids).payload()
-        data = "".join([f"{row_id}\t{line}" for row_id, line in zip(ids, batch.lines)])
+        data = copy_text(batch, ids)
         try:
             with conn.transaction():
                 with conn.cursor() as cur:
                     with cur.copy(statement) as copy:
-                        copy.write(data.encode("utf-8"))
+                        copy.write(data)
                     cur.execute("SELECT pg_notify(%s, %s)", (CHANNEL, payload))
         except psycopg.OperationalError:
             self._close()
@@ -488,6 +488,11 @@ class RequestLog(Service):
         self._rejected.inc(len(batch))
         _log.error("Request log: PostgreSQL refused a batch of {count} rows as data: {error}",
                    count=len(batch), error=_brief(error))
+
+
+def copy_text(batch: Batch, ids: Sequence[int]) -> bytes:
+    """The C{COPY} text of C{batch}: each row's line, led by its id from C{ids}."""
+    return "".join([f"{row_id}\t{line}" for row_id, line in zip(ids, batch.lines)]).encode("utf-8")
 
 
 async def _settled(d: Deferred[Any]) -> None:

@@ -52,8 +52,7 @@ def _install(out: str) -> None:
         began = wall()
         try:
             if skip:
-                ids = range(1, len(batch) + 1)
-                _ = "".join([f"{i}\t{line}" for i, line in zip(ids, batch.lines)]).encode("utf-8")
+                requestlog.copy_text(batch, range(1, len(batch) + 1))
                 return
             write(self, batch)
         finally:
