@@ -22,6 +22,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import random
 import shutil
 import socket
 from collections import deque
@@ -65,23 +66,43 @@ def require_pebble() -> None:
 
 def free_port(udp_too: bool = False) -> int:
     """
-    A port on 127.0.0.1 that is free right now (bind port 0, then close).
+    A port on 127.0.0.1 that is free right now, for a server that must be
+    told its port before it binds (Pebble validates challenges on it).
+
+    The port is drawn at random below the kernel's ephemeral range
+    (C{net.ipv4.ip_local_port_range}), so that no outgoing connection (of
+    this test run or any other process) can take it between this check and
+    the bind: asking the kernel for port 0 would hand out an ephemeral port
+    that the next C{connect()} anywhere on the machine may reuse.
 
     With C{udp_too}, the port is also free for UDP (for a DNS server).
     """
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
-            tcp.bind(("127.0.0.1", 0))
-            port = tcp.getsockname()[1]
-            if not udp_too:
-                return port
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-                try:
+    low, high = _UNSHARED_PORTS
+    for _ in range(200):
+        port = random.randint(low, high)
+        try:
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
+                tcp.bind(("127.0.0.1", port))
+            if udp_too:
+                with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
                     udp.bind(("127.0.0.1", port))
-                except OSError:
-                    continue
-                return port
+        except OSError:
+            continue
+        return port
     raise RuntimeError("no free port found on 127.0.0.1")
+
+
+def _unshared_ports() -> tuple[int, int]:
+    """The ports below the ephemeral range, leaving the well-known ones out."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            ephemeral_low = int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        ephemeral_low = 32768
+    return 10000, max(10001, ephemeral_low - 1)
+
+
+_UNSHARED_PORTS = _unshared_ports()
 
 
 def _write_wfe_certificate(directory: Path) -> tuple[Path, Path, bytes]:
