@@ -27,16 +27,13 @@ same command as a L{Deferred} on a running reactor.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import sys
 import traceback
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import redirect_stderr, redirect_stdout
-from datetime import UTC, datetime
 from typing import IO, Any
-from uuid import UUID
 
 import attrs
 import psycopg
@@ -44,8 +41,9 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import react
 
 from veil import config as veil_config
+from veil.commands import decisions, maintenance, sites
+from veil.commands.base import Handler, Stores
 from veil.errors import StoreUnavailable, VeilError
-from veil.store import admin
 from veil.store.db import Database
 
 NOT_RUNNING = "Veil's embedded PostgreSQL is not running (start Veil first)"
@@ -73,22 +71,6 @@ class Target:
     config: veil_config.Config
 
 
-@attrs.frozen
-class Stores:
-    """The store API, on one L{Database}."""
-
-    operator: admin.OperatorAccount
-    sites: admin.SiteAdmin
-    decisions: admin.DecisionAdmin
-    settings: admin.SettingsAdmin
-
-    @classmethod
-    def on(cls, db: Database) -> Stores:
-        return cls(admin.OperatorAccount(db), admin.SiteAdmin(db), admin.DecisionAdmin(db),
-                   admin.SettingsAdmin(db))
-
-
-Handler = Callable[[Stores, argparse.Namespace, IO[str]], Awaitable[int]]
 Job = Callable[[Any], Awaitable[int]]
 
 
@@ -180,189 +162,6 @@ def _job(target: Target, handler: Handler, args: argparse.Namespace, env: Env) -
     return job
 
 
-# -- output ----------------------------------------------------------------------------
-
-
-def _when(moment: datetime | None, missing: str = "never") -> str:
-    if moment is None:
-        return missing
-    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-
-
-def _table(out: IO[str], headings: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
-    widths = [max(len(str(cell)) for cell in column) for column in zip(headings, *rows)]
-    for row in (headings, *rows):
-        print("  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip(), file=out)
-
-
-# -- sites -------------------------------------------------------------------------------
-
-
-def _check_sites_add(args: argparse.Namespace) -> None:
-    args.domain = admin.normalise_domain(args.domain)
-    args.origin = admin.normalise_upstream(args.origin)
-
-
-async def sites_add(stores: Stores, args: argparse.Namespace, out: IO[str]) -> int:
-    actor = await stores.operator.ensure()
-    site = await stores.sites.add(args.domain, args.origin, actor, verified=args.verified,
-                                  mode=args.mode, allow_plain_http=args.allow_plain_http)
-    print(f"Added {site.domain}: site {site.id}, status {site.status},"
-          f" origin {site.upstream}, mode {site.mode}.", file=out)
-    if args.verified:
-        print("DNS is marked verified: a certificate will be issued on the first HTTPS"
-              f" request for {site.domain}.", file=out)
-    else:
-        print("To prove ownership, create this DNS record:", file=out)
-        print(f"  _veil.{site.domain} TXT {site.dns_token}", file=out)
-        print(f"and point {site.domain} at this Veil (CNAME, or A/AAAA for an apex); the"
-              " proxy's CNAME is not configurable yet.", file=out)
-        print("DNS verification arrives with the DNS worker: until then the site stays"
-              " pending (add it with --verified once its DNS points at Veil).", file=out)
-    return 0
-
-
-async def sites_list(stores: Stores, args: argparse.Namespace, out: IO[str]) -> int:
-    sites = await stores.sites.all()
-    if args.json:
-        json.dump([{
-            "id": str(s.id), "domain": s.domain, "status": s.status, "upstream": s.upstream,
-            "mode": s.mode, "maintenance": s.maintenance,
-            "allow_plain_http": s.allow_plain_http, "created_at": s.created_at.isoformat(),
-        } for s in sites], out, indent=2)
-        print(file=out)
-    elif not sites:
-        print("No sites.", file=out)
-    else:
-        _table(out, ("DOMAIN", "STATUS", "UPSTREAM", "MODE", "MAINTENANCE", "CREATED"), [
-            (s.domain, s.status, s.upstream, s.mode, "on" if s.maintenance else "off",
-             _when(s.created_at)) for s in sites])
-    return 0
-
-
-def _check_domain(args: argparse.Namespace) -> None:
-    args.domain = admin.normalise_domain(args.domain)
-
-
-async def sites_remove(stores: Stores, args: argparse.Namespace, out: IO[str]) -> int:
-    actor = await stores.operator.ensure()
-    site = await stores.sites.remove(args.domain, actor)
-    print(f"Removed {site.domain} (site {site.id}) with its decisions, rules and members.",
-          file=out)
-    return 0
-
-
-# -- decisions ---------------------------------------------------------------------------
-
-
-def _check_decisions_add(args: argparse.Namespace) -> None:
-    args.target = admin.parse_network(args.target)
-    args.duration = admin.parse_duration(args.duration)
-    if args.site is not None:
-        args.site = admin.normalise_domain(args.site)
-
-
-async def _site_id(stores: Stores, domain: str | None) -> UUID | None:
-    if domain is None:
-        return None
-    site = await stores.sites.get(domain)
-    if site is None:
-        raise admin.SiteNotFound(domain)
-    return site.id
-
-
-async def decisions_add(stores: Stores, args: argparse.Namespace, out: IO[str]) -> int:
-    site_id = await _site_id(stores, args.site)
-    actor = await stores.operator.ensure()
-    decision = await stores.decisions.add(args.target, args.type, actor,
-                                          duration=args.duration, site_id=site_id,
-                                          reason=args.reason)
-    scope = decision.site_domain or "every site"
-    until = ("until removed" if decision.expires_at is None
-             else f"until {_when(decision.expires_at)}")
-    print(f"Added {decision.type} for {admin.format_network(decision.target)} on {scope},"
-          f" {until} (decision {decision.id}).", file=out)
-    return 0
-
-
-def _check_decisions_list(args: argparse.Namespace) -> None:
-    if args.site is not None:
-        args.site = admin.normalise_domain(args.site)
-
-
-async def decisions_list(stores: Stores, args: argparse.Namespace, out: IO[str]) -> int:
-    site_id = await _site_id(stores, args.site)
-    decisions = await stores.decisions.all(site_id, include_expired=args.all)
-    if args.json:
-        json.dump([{
-            "id": str(d.id), "target": admin.format_network(d.target), "type": d.type,
-            "source": d.source, "site": d.site_domain, "reason": d.reason,
-            "created_at": d.created_at.isoformat(),
-            "expires_at": None if d.expires_at is None else d.expires_at.isoformat(),
-        } for d in decisions], out, indent=2)
-        print(file=out)
-    elif not decisions:
-        print("No decisions.", file=out)
-    else:
-        _table(out, ("ID", "TARGET", "TYPE", "SITE", "SOURCE", "EXPIRES", "REASON"), [
-            (str(d.id), admin.format_network(d.target), d.type, d.site_domain or "*",
-             d.source, _when(d.expires_at), d.reason) for d in decisions])
-    return 0
-
-
-def _check_decision_id(args: argparse.Namespace) -> None:
-    try:
-        args.id = UUID(args.id)
-    except ValueError:
-        raise admin.InvalidValue(
-            f"{args.id!r} is not a decision id (see `veil decisions list`)") from None
-
-
-async def decisions_remove(stores: Stores, args: argparse.Namespace, out: IO[str]) -> int:
-    actor = await stores.operator.ensure()
-    decision = await stores.decisions.remove(args.id, actor)
-    print(f"Removed {decision.type} for {admin.format_network(decision.target)}"
-          f" on {decision.site_domain or 'every site'} (decision {decision.id}).", file=out)
-    return 0
-
-
-# -- maintenance -------------------------------------------------------------------------
-
-
-def _check_maintenance(args: argparse.Namespace) -> None:
-    if args.site is not None:
-        args.site = admin.normalise_domain(args.site)
-
-
-async def maintenance_switch(stores: Stores, args: argparse.Namespace, out: IO[str]) -> int:
-    enabled = args.state == "on"
-    actor = await stores.operator.ensure()
-    if args.site is not None:
-        site, changed = await stores.sites.set_maintenance(args.site, enabled, actor)
-        scope = site.domain
-    else:
-        changed = await stores.settings.set_maintenance(enabled, actor)
-        scope = "every site (cluster-wide)"
-    state = "now" if changed else "already"
-    print(f"Maintenance is {state} {args.state} for {scope}.", file=out)
-    return 0
-
-
-async def maintenance_status(stores: Stores, args: argparse.Namespace, out: IO[str]) -> int:
-    status = await stores.settings.maintenance()
-    cluster = "on" if status.enabled else "off"
-    if args.site is not None:
-        site = await stores.sites.get(args.site)
-        if site is None:
-            raise admin.SiteNotFound(args.site)
-        own = "on" if site.maintenance else "off"
-        print(f"{site.domain}: maintenance {own} (cluster-wide: {cluster})", file=out)
-        return 0
-    print(f"Cluster-wide maintenance: {cluster}", file=out)
-    print(f"Sites in maintenance: {', '.join(status.sites) or 'none'}", file=out)
-    return 0
-
-
 # -- the synchronous commands ------------------------------------------------------------
 
 
@@ -401,9 +200,8 @@ def migrate(args: argparse.Namespace, env: Env) -> int:
 # -- the command line --------------------------------------------------------------------
 
 
-def _store_command(parser: argparse.ArgumentParser, handler: Handler,
-                   check: Callable[[argparse.Namespace], None] | None = None) -> None:
-    parser.set_defaults(handler=handler, check=check)
+#: The groups of store commands, each a module with C{register(commands)}.
+GROUPS = (sites, decisions, maintenance)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -414,59 +212,8 @@ def _parser() -> argparse.ArgumentParser:
         run=check_config)
     commands.add_parser("migrate", help="apply pending schema migrations").set_defaults(
         run=migrate)
-
-    sites = commands.add_parser("sites", help="add, list and remove sites").add_subparsers(
-        dest="action", required=True, metavar="ACTION")
-    add = sites.add_parser("add", help="add a site")
-    add.add_argument("domain", metavar="DOMAIN")
-    add.add_argument("--origin", required=True, metavar="URL",
-                     help="the origin, scheme://host[:port] (http or https, no path)")
-    add.add_argument("--verified", action="store_true",
-                     help="mark its DNS verified: the site is active at once")
-    add.add_argument("--mode", choices=admin.SITE_MODES, default="block",
-                     help="block attacks, or only log them (default: block)")
-    add.add_argument("--allow-plain-http", action="store_true",
-                     help="serve plain HTTP instead of redirecting it to HTTPS")
-    _store_command(add, sites_add, _check_sites_add)
-    listing = sites.add_parser("list", help="list every site")
-    listing.add_argument("--json", action="store_true", help="JSON instead of a table")
-    _store_command(listing, sites_list)
-    remove = sites.add_parser("remove", help="delete a site and what belongs to it")
-    remove.add_argument("domain", metavar="DOMAIN")
-    _store_command(remove, sites_remove, _check_domain)
-
-    decisions = commands.add_parser(
-        "decisions", help="add, list and remove IP decisions").add_subparsers(
-        dest="action", required=True, metavar="ACTION")
-    add = decisions.add_parser("add", help="add a decision for an address or network")
-    add.add_argument("target", metavar="IP|CIDR")
-    add.add_argument("--type", choices=admin.DECISION_TYPES, default="ban",
-                     help="what to do with its requests (default: ban)")
-    add.add_argument("--for", dest="duration", required=True, metavar="DURATION",
-                     help="30s, 15m, 1h, 7d, 2w, 1h30m, or forever")
-    add.add_argument("--site", metavar="DOMAIN", help="only for this site (default: every site)")
-    add.add_argument("--reason", default="", metavar="TEXT", help="why, for the dashboard")
-    _store_command(add, decisions_add, _check_decisions_add)
-    listing = decisions.add_parser("list", help="list current decisions, newest first")
-    listing.add_argument("--site", metavar="DOMAIN", help="only this site's decisions")
-    listing.add_argument("--all", action="store_true", help="include expired decisions")
-    listing.add_argument("--json", action="store_true", help="JSON instead of a table")
-    _store_command(listing, decisions_list, _check_decisions_list)
-    remove = decisions.add_parser("remove", help="delete a decision")
-    remove.add_argument("id", metavar="ID")
-    _store_command(remove, decisions_remove, _check_decision_id)
-
-    maintenance = commands.add_parser(
-        "maintenance", help="the maintenance switch (503 pages)").add_subparsers(
-        dest="state", required=True, metavar="on|off|status")
-    for state in ("on", "off"):
-        switch = maintenance.add_parser(state, help=f"turn maintenance {state}")
-        switch.add_argument("--site", metavar="DOMAIN",
-                            help="only this site (default: every site)")
-        _store_command(switch, maintenance_switch, _check_maintenance)
-    status = maintenance.add_parser("status", help="show the maintenance switches")
-    status.add_argument("--site", metavar="DOMAIN", help="this site's switch")
-    _store_command(status, maintenance_status, _check_maintenance)
+    for module in GROUPS:
+        module.register(commands)
     return parser
 
 

@@ -1,0 +1,81 @@
+"""
+What the C{veil} subcommands share: the stores they run with, how a handler
+is declared, and the plain-text output helpers.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime
+from typing import IO
+from uuid import UUID
+
+import attrs
+
+from veil.store import admin
+from veil.store.db import Database
+
+
+@attrs.frozen
+class Stores:
+    """
+    The store API on one L{Database}: the operator account and the admin
+    stores every group uses; a group with stores of its own builds them on
+    C{db}.
+    """
+
+    db: Database
+    operator: admin.OperatorAccount
+    sites: admin.SiteAdmin
+    decisions: admin.DecisionAdmin
+    settings: admin.SettingsAdmin
+
+    @classmethod
+    def on(cls, db: Database) -> Stores:
+        return cls(db, admin.OperatorAccount(db), admin.SiteAdmin(db), admin.DecisionAdmin(db),
+                   admin.SettingsAdmin(db))
+
+
+#: A store command: runs on the reactor, returns the exit status.
+Handler = Callable[[Stores, argparse.Namespace, IO[str]], Awaitable[int]]
+#: Checks and normalises the parsed arguments before anything connects;
+#: raises L{veil.errors.VeilError} with the message for the operator.
+Check = Callable[[argparse.Namespace], None]
+
+
+def store_command(parser: argparse.ArgumentParser, handler: Handler,
+                  check: Check | None = None) -> None:
+    """Make C{parser}'s command run C{handler} against the database."""
+    parser.set_defaults(handler=handler, check=check)
+
+
+def group(commands: argparse._SubParsersAction, name: str, help: str,
+          dest: str = "action", metavar: str = "ACTION") -> argparse._SubParsersAction:
+    """Add the command group C{name} and return its subcommands."""
+    return commands.add_parser(name, help=help).add_subparsers(
+        dest=dest, required=True, metavar=metavar)
+
+
+def when(moment: datetime | None, missing: str = "never") -> str:
+    """A moment for a table or a message, in UTC."""
+    if moment is None:
+        return missing
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def table(out: IO[str], headings: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    """Columns padded to their widest cell."""
+    widths = [max(len(str(cell)) for cell in column) for column in zip(headings, *rows)]
+    for row in (headings, *rows):
+        print("  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip(), file=out)
+
+
+async def site_id(stores: Stores, domain: str | None) -> UUID | None:
+    """The id of the site C{domain} (L{None} for none); unknown is an error."""
+    if domain is None:
+        return None
+    site = await stores.sites.get(domain)
+    if site is None:
+        raise admin.SiteNotFound(domain)
+    return site.id
