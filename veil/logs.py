@@ -35,3 +35,51 @@ def redact_ip(address: str) -> str:
         return "invalid"
     prefix = 24 if ip.version == 4 else 48
     return str(ipaddress.ip_network(f"{ip}/{prefix}", strict=False))
+
+
+class Throttle:
+    """
+    At most one log event per key every C{interval} seconds; the ones held
+    back are counted and their number rides on the next event that goes
+    out, as its C{suppressed} field (and in its text, through the
+    C{{suppressed_text}} placeholder the caller may put in its format).
+
+    For whatever the outside world can repeat as often as it likes
+    (garbage TLS connections, a database outage retried several times a
+    second, a full origin pool): the first event says what happens, and
+    the log stays readable during an incident.
+
+        garbage = Throttle(reactor, 60.0)
+        garbage.emit(_log.warn, "tls-garbage",
+                     "Dropped a connection that does not speak TLS{suppressed_text}",
+                     peer=redact_ip(ip))
+    """
+
+    def __init__(self, clock: object, interval: float, max_keys: int = 1024) -> None:
+        self._clock = clock
+        self._interval = interval
+        self._max_keys = max_keys
+        #: key -> [time of the last event that went out, events held back since]
+        self._seen: dict[object, list] = {}
+
+    def emit(self, method, key: object, format: str, **fields: object) -> bool:
+        """
+        Log C{format} with C{fields} through C{method} (a bound L{Logger}
+        method such as C{log.warn}) unless an event for C{key} went out less
+        than C{interval} seconds ago; returns whether it went out.
+        """
+        now = self._clock.seconds()
+        entry = self._seen.get(key)
+        if entry is not None and now - entry[0] < self._interval:
+            entry[1] += 1
+            return False
+        suppressed = 0 if entry is None else entry[1]
+        if entry is None and len(self._seen) >= self._max_keys:
+            # Forget the stalest keys rather than grow without bound.
+            for stale in sorted(self._seen, key=lambda k: self._seen[k][0])[:self._max_keys // 4]:
+                del self._seen[stale]
+        self._seen[key] = [now, 0]
+        text = f" ({suppressed} similar in the last {self._interval:g} s not logged)" \
+            if suppressed else ""
+        method(format, suppressed=suppressed, suppressed_text=text, **fields)
+        return True
