@@ -90,6 +90,25 @@ class PointingTests(CheckCase):
         self.assertEqual(report.summary, "DNS points at Veil and the ownership token matches.")
         self.assertEqual(report.resolvers, self.server.address)
 
+    async def test_cname_ok_despite_failing_lookups(self) -> None:
+        """A CNAME to the proxy name passes even if another lookup of the name fails."""
+        self.world.add("shop.example.test", cname("edge.veil.test"))
+        self.world.servfail.add("edge.veil.test AAAA")
+        self.owned()
+        report = await self.check()
+        self.assertTrue(report.ok)
+        self.assertEqual(report.records[0].found, ("CNAME edge.veil.test", "A 198.51.100.7"))
+
+    async def test_addresses_unknown_when_a_lookup_fails(self) -> None:
+        """Without a CNAME, a failed AAAA lookup fails the check: IPv6 might bypass Veil."""
+        self.world.add("example.test", a("198.51.100.7"))
+        self.world.servfail.add("example.test AAAA")
+        self.owned("example.test")
+        [problem] = (await self.check("example.test")).problems
+        self.assertEqual(problem.problem, "servfail")
+        self.assertIn("Looking up the IPv6 address (AAAA) records of example.test failed",
+                      problem.explanation)
+
     async def test_cname_wrong(self) -> None:
         """A CNAME elsewhere is explained with what it points at now."""
         self.world.add("shop.example.test", cname("old.other.test"))

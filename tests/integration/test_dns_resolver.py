@@ -177,6 +177,15 @@ class FailureTests(TestCase):
         self.assertEqual((await resolver.lookup("broken.example.test", "TXT")).outcome, SERVFAIL)
         self.assertEqual((await resolver.lookup("edge.veil.test", "A")).outcome, ANSWER)
 
+    async def test_answer_to_another_question(self) -> None:
+        """An answer to a question not asked is not believed: the lookup fails."""
+        server = dns_server_for(self, shop_world())
+        server.world.mode = "mismatch"
+        resolver = StubResolver(reactor, (server.server,), timeout=2, attempts=2)
+        found = await resolver.lookup("edge.veil.test", "A")
+        self.assertEqual((found.outcome, found.values), (SERVFAIL, ()))
+        self.assertEqual(found.detail, f"{server.address} answered a different question")
+
     async def test_next_resolver_after_servfail(self) -> None:
         """After a SERVFAIL (or REFUSED) the next resolver is asked, and its answer counts."""
         bad, good = dns_server_for(self, shop_world()), dns_server_for(self, shop_world())

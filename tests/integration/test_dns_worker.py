@@ -17,7 +17,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from tests.integration.test_dns_check import SETTINGS, world
 from tests.integration.test_service import make_service
-from tests.support.dns_server import NetworkWithClock, cname, dns_server_for, txt
+from tests.support.dns_server import NetworkWithClock, a, cname, dns_server_for, txt
 from tests.support.postgres import fresh_database
 from tests.support.waiting import until
 from veil.dns.resolver import StubResolver
@@ -346,3 +346,23 @@ class ServiceTests(TestCase):
                              and sites.get("www.example.test").status == "active"),
                     within=20, what="the worker activating www.example.test")
         self.assertEqual(exits, [])
+
+
+class ProposalInputTests(WorkerCase):
+    """The origin proposal checks the domain it is given first."""
+
+    def test_bad_domain(self) -> None:
+        """A domain that is not a valid site domain is refused at once, with the reason."""
+        from veil.store.admin import InvalidValue
+
+        e = self.assertRaises(InvalidValue, self.verifier.propose_origin, "not a.domain")
+        self.assertIn("is not a valid domain name", str(e))
+        e = self.assertRaises(InvalidValue, self.verifier.propose_origin, "203.0.113.7")
+        self.assertIn("is an IP address", str(e))
+
+    async def test_idn(self) -> None:
+        """An internationalised domain is looked up in its xn-- form."""
+        self.world.add("xn--bcher-kva.example.test", a("203.0.113.7"))
+        proposal = await self.verifier.propose_origin("Bücher.example.test")
+        self.assertEqual((proposal.domain, proposal.origin),
+                         ("xn--bcher-kva.example.test", "http://203.0.113.7"))

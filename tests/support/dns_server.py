@@ -15,8 +15,10 @@ answer over 512 bytes goes out truncated, so the client asks again over TCP.
     resolvers = server.address          # "127.0.0.1:PORT" for dns.resolvers
 
 C{world.mode} makes the whole server misbehave: C{"silent"} never answers,
-C{"servfail"} and C{"refused"} answer every question with that error;
-C{world.servfail} holds names answered with SERVFAIL.  C{world.chase =
+C{"servfail"} and C{"refused"} answer every question with that error,
+C{"mismatch"} answers another question than the one asked;
+C{world.servfail} holds names (C{"name"}, or C{"name TYPE"} for one type)
+answered with SERVFAIL.  C{world.chase =
 False} answers only the first CNAME of a chain, as an authoritative server
 does for targets outside its zone.  C{world.queries} records what was asked.
 """
@@ -134,7 +136,7 @@ class World:
         seen: set[str] = set()
         while len(seen) < 16 and current not in seen:
             seen.add(current)
-            if current in self.servfail:
+            if current in self.servfail or f"{current} {TYPE_NAMES.get(qtype)}" in self.servfail:
                 return dns.ESERVER, [], []
             zone = self._zone(current)
             if zone is None:
@@ -192,6 +194,8 @@ class _Factory(DNSServerFactory):
             "refused": (dns.EREFUSED, [], []),
         }.get(world.mode) or world.answer(name, query.type)
         response = self._reply(message, rcode, answers, authority)
+        if world.mode == "mismatch":
+            response.queries = [dns.Query(b"elsewhere.test", dns.A, dns.IN)]
         if address is not None and len(response.toStr()) > 512:
             response = self._reply(message, rcode, [], [])
             response.trunc = 1

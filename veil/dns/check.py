@@ -242,13 +242,12 @@ def _pointing(settings: DnsSettings, domain: str, a: Lookup, aaaa: Lookup, soa: 
                outcome: str = ANSWER) -> tuple[RecordCheck, bool]:
         return RecordCheck(domain, rtype, expected, found, outcome, ok, problem, why), apex
 
+    outcome = a.outcome if a.outcome == ANSWER or aaaa.outcome != ANSWER else aaaa.outcome
+    if chain and cname is not None and cname in chain:
+        return record(True, outcome=outcome)  # whatever the other lookups did
     for lookup in (a, aaaa) if chain else (a, aaaa, soa, mx):
         if lookup.failed:
             return record(False, *explain_failure(lookup, resolvers), outcome=lookup.outcome)
-    outcome = a.outcome if a.outcome == ANSWER or aaaa.outcome != ANSWER else aaaa.outcome
-
-    if chain and cname is not None and cname in chain:
-        return record(True, outcome=outcome)
     if settings.is_ours(addresses):
         return record(True, outcome=outcome)
     if not settings.configured:

@@ -30,7 +30,7 @@ from twisted.logger import Logger
 from veil.dns.check import DnsSettings, Report, check_domain, dns_instructions
 from veil.dns.origin import OriginProposal, propose_origin
 from veil.dns.resolver import StubResolver
-from veil.store.admin import SiteNotFound
+from veil.store.admin import SiteNotFound, normalise_domain
 from veil.store.db import Database
 from veil.store.dns import DnsCheckStore, DnsState, DueSite, Recorded, Schedule
 from veil.store.locks import LockSession
@@ -111,8 +111,13 @@ class DnsVerifier:
     # -- for the API and the command line -----------------------------------
 
     def propose_origin(self, domain: str) -> Deferred[OriginProposal]:
-        """The origin to propose for C{domain} (normalised) from its DNS today."""
-        return propose_origin(self.resolver, self.settings, domain)
+        """
+        The origin to propose for C{domain} from its DNS today.
+
+        @raise veil.store.admin.InvalidValue: (at once) for a domain that is
+            not a valid site domain, with the reason for the user.
+        """
+        return propose_origin(self.resolver, self.settings, normalise_domain(domain))
 
     def instructions(self, domain: str, token: str,
                      apex: bool | None = None) -> dict[str, Any]:
