@@ -399,7 +399,7 @@ class ResolverTroubleTests(TestCase):
         resolver = StubResolver(NetworkWithClock(clock), (server.server,), timeout=2,
                                 attempts=1)
         d = check(resolver, SETTINGS, "shop.example.test", TOKEN, NOW)
-        await expire_until_fired(clock, d, 2.0)
+        await expire_until_fired(clock, d, 2.0, server)
         report = await d
         self.assertFalse(report.ok)
         self.assertEqual([r.problem for r in report.records], ["timeout"] * 3)

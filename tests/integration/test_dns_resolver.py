@@ -8,6 +8,7 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from tests.support.dns_server import (
+    DnsServer,
     NetworkWithClock,
     World,
     a,
@@ -42,15 +43,19 @@ def shop_world() -> World:
     return world
 
 
-async def expire_until_fired(clock: Clock, d: Deferred, step: float) -> None:
+async def expire_until_fired(clock: Clock, d: Deferred, step: float,
+                             silent: DnsServer) -> None:
     """
-    Advance C{clock} by C{step} whenever a query waits on it, until C{d}
-    has fired (each next attempt starts once the last one's port closed).
+    Until C{d} has fired: each time the C{silent} server has received a new
+    question, advance C{clock} by C{step} so that the questions waiting for
+    an answer time out (and the next tries go out).
     """
+    seen = 0
     while not d.called:
-        await until(lambda: d.called or clock.getDelayedCalls(), within=10,
-                    what="a query waiting on the clock")
+        await until(lambda seen=seen: d.called or len(silent.world.queries) > seen,
+                    within=10, what="a question reaching the silent server")
         if not d.called:
+            seen = len(silent.world.queries)
             clock.advance(step)
 
 
@@ -202,7 +207,7 @@ class FailureTests(TestCase):
         resolver = StubResolver(NetworkWithClock(clock), (server.server,), timeout=2,
                                 attempts=2)
         d = resolver.lookup("edge.veil.test", "A")
-        await expire_until_fired(clock, d, 2.0)
+        await expire_until_fired(clock, d, 2.0, server)
         found: Lookup = await d
         self.assertEqual(found.outcome, TIMEOUT)
         self.assertEqual(found.detail, f"{server.address} did not answer within 2 s")
@@ -217,7 +222,7 @@ class FailureTests(TestCase):
         resolver = StubResolver(NetworkWithClock(clock), (down.server, up.server),
                                 timeout=1.5, attempts=2)
         d = resolver.lookup("edge.veil.test", "A")
-        await expire_until_fired(clock, d, 1.5)
+        await expire_until_fired(clock, d, 1.5, down)
         found: Lookup = await d
         self.assertEqual((found.outcome, found.server), (ANSWER, up.address))
         self.assertEqual(clock.seconds(), 3.0)
@@ -232,7 +237,7 @@ class FailureTests(TestCase):
         resolver = StubResolver(NetworkWithClock(clock), (down.server, failing.server),
                                 timeout=1, attempts=1)
         d = resolver.lookup("edge.veil.test", "A")
-        await expire_until_fired(clock, d, 1.0)
+        await expire_until_fired(clock, d, 1.0, down)
         found: Lookup = await d
         self.assertEqual(found.outcome, SERVFAIL)
         self.assertEqual(found.detail, f"{down.address} did not answer within 1 s;"

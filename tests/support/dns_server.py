@@ -30,7 +30,12 @@ from typing import Any
 import attrs
 from twisted.internet import reactor as _reactor
 from twisted.internet.defer import Deferred, DeferredList
-from twisted.internet.interfaces import IReactorTCP, IReactorTime, IReactorUDP
+from twisted.internet.interfaces import (
+    IReactorFDSet,
+    IReactorTCP,
+    IReactorTime,
+    IReactorUDP,
+)
 from twisted.internet.task import Clock
 from twisted.names import dns
 from twisted.names.server import DNSServerFactory
@@ -280,7 +285,7 @@ def silent_port(testcase: SynchronousTestCase) -> tuple[str, int]:
     raise RuntimeError("no UDP port free on 127.0.0.1")
 
 
-@implementer(IReactorTime, IReactorUDP, IReactorTCP)
+@implementer(IReactorTime, IReactorUDP, IReactorTCP, IReactorFDSet)
 class NetworkWithClock:
     """
     The real reactor's network with a L{Clock}'s time: DNS traffic flows on
@@ -308,4 +313,10 @@ class NetworkWithClock:
 
     def listenTCP(self, *args: Any, **kw: Any) -> Any:
         return self._reactor.listenTCP(*args, **kw)
+
+    def addReader(self, reader: Any) -> None:
+        self._reactor.addReader(reader)
+
+    def removeReader(self, reader: Any) -> None:
+        self._reactor.removeReader(reader)
 

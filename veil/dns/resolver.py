@@ -17,7 +17,9 @@ too long or loops (L{LOOP}).  A lookup never fails for DNS reasons.
 
 C{twisted.names.client.Resolver} is not used: it turns NXDOMAIN answers
 into errors that lose the CNAME chain, asks the next server only after a
-time-out (never after SERVFAIL), and keeps TCP connections open.
+time-out (never after SERVFAIL), and keeps TCP connections open.  Each
+UDP question gets its own socket on a port the kernel picks at random (a
+guessed port and transaction id are what a forged answer needs).
 """
 
 from __future__ import annotations
@@ -28,23 +30,15 @@ from collections.abc import Sequence
 from typing import Any
 
 import attrs
-from twisted.internet.defer import (
-    Deferred,
-    DeferredSemaphore,
-    maybeDeferred,
-)
-from twisted.internet.defer import (
-    TimeoutError as ConnectTimeout,
-)
-from twisted.internet.endpoints import (
-    TCP4ClientEndpoint,
-    TCP6ClientEndpoint,
-    connectProtocol,
-)
-from twisted.internet.error import CannotListenError, ConnectError
+from twisted.internet.defer import Deferred, DeferredSemaphore
+from twisted.internet.defer import TimeoutError as ConnectTimeout
+from twisted.internet.error import ConnectError
+from twisted.internet.interfaces import IReadDescriptor
+from twisted.internet.protocol import ClientFactory
 from twisted.logger import Logger
 from twisted.names import dns
 from twisted.names.error import DNSQueryTimeoutError
+from zope.interface import implementer
 
 from veil.dns.records import CAA, parse_caa
 
@@ -148,13 +142,15 @@ class _Controller:
     """What C{twisted.names}' protocols report to: stray messages, connections."""
 
     def __init__(self) -> None:
+        self.made: Deferred[None] = Deferred()
         self.closed: Deferred[None] = Deferred()
 
     def messageReceived(self, message: dns.Message, protocol: Any, address: Any = None) -> None:
         _log.debug("Ignored a DNS message that answers nothing asked (id {id})", id=message.id)
 
     def connectionMade(self, protocol: Any) -> None:
-        pass
+        if not self.made.called:
+            self.made.callback(None)
 
     def connectionLost(self, protocol: Any) -> None:
         if not self.closed.called:
@@ -310,7 +306,7 @@ class StubResolver:
                     except (DNSQueryTimeoutError, ConnectTimeout):
                         problems.append(f"{label} did not answer within {self.timeout:g} s")
                         continue
-                    except (CannotListenError, ConnectError, OSError) as e:
+                    except (ConnectError, OSError) as e:
                         problems.append(f"{label} could not be reached ({e})")
                         break
                     if not _answers_question(message, query):
@@ -331,24 +327,96 @@ class StubResolver:
         host, port = server
         protocol = dns.DNSDatagramProtocol(_Controller(), reactor=self.reactor)
         protocol.noisy = False
-        listening = self.reactor.listenUDP(0, protocol, interface="::" if ":" in host else "",
-                                           maxPacketSize=512)
+        udp = _UdpSocket(self.reactor, protocol, ":" in host)
         try:
             return await protocol.query((host, port), [query], timeout=self.timeout)
         finally:
-            await maybeDeferred(listening.stopListening)
+            udp.close()
 
     async def _tcp(self, server: Server, query: dns.Query) -> dns.Message:
         host, port = server
         controller = _Controller()
         protocol = dns.DNSProtocol(controller, reactor=self.reactor)
-        kind = TCP6ClientEndpoint if ":" in host else TCP4ClientEndpoint
-        connecting = connectProtocol(kind(self.reactor, host, port, timeout=self.timeout),
-                                     protocol)
-        connecting.addTimeout(self.timeout, self.reactor)
-        await connecting
+        connector = self.reactor.connectTCP(host, port, _OneConnection(protocol, controller),
+                                            timeout=self.timeout)
+        try:
+            await controller.made.addTimeout(self.timeout, self.reactor)
+        except BaseException:
+            connector.disconnect()
+            raise
         try:
             return await protocol.query([query], timeout=self.timeout)
         finally:
             protocol.transport.loseConnection()
             await controller.closed
+
+
+@implementer(IReadDescriptor)
+class _UdpSocket:
+    """
+    One question's own UDP socket, on a port the kernel picks at random,
+    carrying C{twisted.names}' datagram protocol.  (The reactor's UDP ports
+    would do, but log two lines each time one opens and closes.)
+    """
+
+    def __init__(self, reactor: Any, protocol: dns.DNSDatagramProtocol, ipv6: bool) -> None:
+        self._reactor = reactor
+        self._socket: socket.socket | None = socket.socket(
+            socket.AF_INET6 if ipv6 else socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            self._socket.setblocking(False)
+            self._socket.bind(("::" if ipv6 else "0.0.0.0", 0))
+        except OSError:
+            self._socket.close()
+            raise
+        self.protocol = protocol
+        protocol.makeConnection(self)
+        reactor.addReader(self)
+
+    def fileno(self) -> int:
+        return -1 if self._socket is None else self._socket.fileno()
+
+    def logPrefix(self) -> str:
+        return "veil-dns-udp"
+
+    def write(self, data: bytes, address: Server) -> None:
+        if self._socket is not None:
+            self._socket.sendto(data, address)
+
+    def doRead(self) -> None:
+        for _ in range(32):
+            if self._socket is None:
+                return
+            try:
+                data, address = self._socket.recvfrom(65535)
+            except OSError:
+                return  # nothing more to read, or an ICMP error: the query times out
+            self.protocol.datagramReceived(data, address[:2])
+
+    def connectionLost(self, reason: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._socket is None:
+            return
+        self._reactor.removeReader(self)
+        self._socket.close()
+        self._socket = None
+        self.protocol.doStop()
+
+
+class _OneConnection(ClientFactory):
+    """The factory of one TCP connection for one question."""
+
+    noisy = False
+
+    def __init__(self, protocol: dns.DNSProtocol, controller: _Controller) -> None:
+        self._protocol = protocol
+        self._controller = controller
+
+    def buildProtocol(self, addr: object) -> dns.DNSProtocol:
+        return self._protocol
+
+    def clientConnectionFailed(self, connector: object, reason: Any) -> None:
+        if not self._controller.made.called:
+            self._controller.made.errback(reason)
