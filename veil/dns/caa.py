@@ -8,9 +8,9 @@ C{dns.caa_identifiers}, or, when that is empty, the names the well-known
 public ACME CAs publish for their directory URL (L{KNOWN_CAS}).  A CA Veil
 does not know cannot be checked: the report then says so without failing.
 
-L{find_relevant} climbs the name tree from the domain towards the root and
-stops at the first name with CAA records (the "relevant RRset"); lookups
-follow CNAMEs, as RFC 8659 §3 asks.  L{evaluate} applies the set: an
+L{check_caa} climbs the name tree from the domain towards the root to the
+first name with CAA records (the "relevant RRset"); lookups follow CNAMEs,
+as RFC 8659 §3 asks.  L{evaluate} applies the set: an
 C{issue} property naming one of the CA's identifiers allows issuance,
 unless its C{validationmethods} parameter (RFC 8657) leaves out every
 challenge Veil uses; an unknown tag with the critical flag forbids it; a
@@ -25,6 +25,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import attrs
+from twisted.internet.defer import gatherResults
 
 from veil.dns.records import CaaRecord
 from veil.dns.resolver import ANSWER, Lookup, StubResolver
@@ -179,15 +180,17 @@ def evaluate(records: tuple[CaaRecord, ...], policy: CaPolicy, at: str) -> CaaVe
 
 async def check_caa(resolver: StubResolver, domain: str, policy: CaPolicy) -> CaaVerdict:
     """
-    Find the relevant CAA set of C{domain}, climbing towards the root, and
-    evaluate it for C{policy}.
+    Find the relevant CAA set of C{domain}, the closest one towards the
+    root, and evaluate it for C{policy}.  Every level is asked at once, so
+    a check takes one lookup's time however deep the name.
     """
     if not policy.applies:
         return CaaVerdict(NOT_APPLICABLE)
     labels = domain.split(".")
-    for i in range(len(labels)):
-        name = ".".join(labels[i:])
-        lookup = await resolver.lookup(name, "CAA")
+    names = [".".join(labels[i:]) for i in range(len(labels))]
+    lookups = await gatherResults([resolver.lookup(name, "CAA") for name in names],
+                                  consumeErrors=True)
+    for name, lookup in zip(names, lookups):
         if lookup.failed:
             return CaaVerdict(FAILED, name, lookup=lookup)
         if lookup.outcome == ANSWER and lookup.values:

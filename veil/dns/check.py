@@ -391,13 +391,12 @@ def _caa(domain: str, verdict: caa.CaaVerdict, policy: caa.CaPolicy,
 async def check_domain(resolver: StubResolver, settings: DnsSettings, domain: str,
                        token: str, now: datetime) -> Report:
     """Check C{domain}'s DNS for Veil with ownership token C{token}."""
-    lookups = await gatherResults([
+    a, aaaa, soa, mx, txt, verdict = await gatherResults([
         resolver.lookup(domain, "A"), resolver.lookup(domain, "AAAA"),
         resolver.lookup(domain, "SOA"), resolver.lookup(domain, "MX"),
         resolver.lookup(f"_veil.{domain}", "TXT"),
+        Deferred.fromCoroutine(caa.check_caa(resolver, domain, settings.ca)),
     ], consumeErrors=True)
-    a, aaaa, soa, mx, txt = lookups
-    verdict = await caa.check_caa(resolver, domain, settings.ca)
     resolvers = resolver.names
     pointing, apex = _pointing(settings, domain, a, aaaa, soa, mx, resolvers)
     ownership = _ownership(domain, token, txt, resolvers)

@@ -95,8 +95,8 @@ class DnsVerifier:
     settings: DnsSettings
     store: DnsCheckStore
     clock: IReactorTime
-    concurrency: int = 8
-    batch: int = 200
+    concurrency: int = 10
+    batch: int = 100
 
     @classmethod
     def from_config(cls, config: Any, db: Database, reactor: Any,
