@@ -186,7 +186,7 @@ class PointingTests(CheckCase):
         self.assertEqual(problem.problem, "address_wrong")
         self.assertEqual(problem.explanation,
                          "example.test has address records that are not Veil's: A 203.0.113.9."
-                         " Replace all of its A and AAAA records by A 198.51.100.7, AAAA"
+                         " Replace all of its A and AAAA records with A 198.51.100.7, AAAA"
                          " 2001:db8::7. A zone apex cannot have a CNAME record, so it points"
                          " at Veil by address.")
 
@@ -230,6 +230,22 @@ class PointingTests(CheckCase):
                          " operator of this Veil has not configured them"
                          " (dns.proxy_addresses). Ask the operator to configure them, or"
                          " onboard a subdomain such as www.example.test instead.")
+
+    async def test_addresses_only(self) -> None:
+        """With dns.proxy_addresses but no dns.proxy_cname, every name points by address."""
+        settings = attrs.evolve(SETTINGS, proxy_cname=None)
+        self.world.add("shop.example.test", cname("old.other.test"))
+        self.world.add("www.example.test", a("198.51.100.7"), aaaa("2001:db8::7"))
+        self.owned()
+        self.owned("www.example.test")
+        self.assertTrue((await self.check("www.example.test", settings)).ok)
+        [problem] = (await self.check(settings=settings)).problems
+        self.assertEqual((problem.type, problem.problem, problem.expected),
+                         ("A/AAAA", "address_wrong", "A 198.51.100.7, AAAA 2001:db8::7"))
+        self.assertEqual(problem.explanation,
+                         "shop.example.test is a CNAME to old.other.test, which does not lead to"
+                         " Veil's addresses (A 198.51.100.7, AAAA 2001:db8::7). Replace the"
+                         " CNAME with address records: A 198.51.100.7, AAAA 2001:db8::7.")
 
     async def test_proxy_not_configured(self) -> None:
         """Without dns.proxy_cname and dns.proxy_addresses nothing can pass, and it says why."""

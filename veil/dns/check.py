@@ -231,10 +231,11 @@ def _pointing(settings: DnsSettings, domain: str, a: Lookup, aaaa: Lookup, soa: 
                                    *(aaaa.values if aaaa.outcome == ANSWER else ())])
     apex = soa.outcome == ANSWER and not soa.chain
     has_mx = mx.outcome == ANSWER and not mx.chain
-    no_alias = not chain and (apex or has_mx or (cname is None and bool(ours)))
-    rtype = POINTING_ADDRESSES if no_alias else POINTING_CNAME
-    expected = (ours_text or "Veil's addresses (not configured)") if no_alias else (
-        cname or ours_text or "Veil's host name (not configured)")
+    # Without a proxy name, or for a name that cannot be an alias: Veil's addresses.
+    by_address = (cname is None and bool(ours)) or (not chain and (apex or has_mx))
+    rtype = POINTING_ADDRESSES if by_address else POINTING_CNAME
+    expected = (ours_text or "Veil's addresses (not configured)") if by_address else (
+        cname or "Veil's host name (not configured)")
     found = tuple(f"CNAME {t}" for t in chain) + tuple(
         f"{'AAAA' if ':' in x else 'A'} {x}" for x in addresses)
 
@@ -268,13 +269,13 @@ def _pointing(settings: DnsSettings, domain: str, a: Lookup, aaaa: Lookup, soa: 
             f"{domain} points at {chain[0]}{leads}{where}, not at Veil. Change the CNAME"
             f" record of {domain} so that it points at {cname}."), outcome)
     if a.outcome == NXDOMAIN:
-        want = (f"a CNAME record {domain} → {cname}" if not no_alias
+        want = (f"a CNAME record {domain} → {cname}" if not by_address
                 else f"address records for {domain}: {ours_text}")
         return record(False, DOMAIN_NXDOMAIN, (
             f"{domain} does not exist in DNS (the resolvers answered NXDOMAIN). Check the"
             f" spelling, then create {want} at your DNS provider. A record that was just"
             " created can take a few minutes to be seen."), NXDOMAIN)
-    if no_alias:
+    if by_address:
         if not ours:
             why = "a zone apex (it has an SOA record)" if apex else "a name with MX records"
             return record(False, PROXY_NOT_CONFIGURED, (
@@ -294,7 +295,7 @@ def _pointing(settings: DnsSettings, domain: str, a: Lookup, aaaa: Lookup, soa: 
                 and any(":" not in x for x in addresses) else "")
         return record(False, ADDRESS_WRONG, (
             f"{domain} has address records that are not Veil's: {_addresses_text(foreign)}."
-            f"{ipv6} Replace all of its A and AAAA records by {ours_text}.{reason}"), outcome)
+            f"{ipv6} Replace all of its A and AAAA records with {ours_text}.{reason}"), outcome)
     assert cname is not None
     if addresses:
         return record(False, CNAME_MISSING, (
