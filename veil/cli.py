@@ -6,6 +6,7 @@ The C{veil} command: operator tasks beside the running service.
     veil sites add DOMAIN --origin URL        add a site ([--verified] [--mode] [--allow-plain-http])
     veil sites list [--json]                  every site
     veil sites remove DOMAIN                  delete a site and everything that belongs to it
+    veil sites verify DOMAIN                  check the site's DNS now ("Check now")
     veil decisions add IP|CIDR --for 1h       ban (or --type block|throttle|…) an address or network
     veil decisions list [--site D] [--all]    current decisions
     veil decisions remove ID                  delete a decision
@@ -144,6 +145,7 @@ def _job(target: Target, handler: Handler, args: argparse.Namespace, env: Env) -
                       statement_timeout=database.statement_timeout,
                       application_name="veil-cli")
         db.start()
+        args.loaded_config = target.config
         try:
             return await handler(Stores.on(db), args, env.out)
         except StoreUnavailable as e:

@@ -44,6 +44,7 @@ from veil.store.locks import LockSession
 from veil.store.migrate import migrate
 from veil.store.requestlog import RequestLog
 from veil.workers.base import PeriodicWorker
+from veil.workers.dns import DnsVerifier, dns_worker
 from veil.workers.maintenance import partition_worker, session_cleanup_worker
 
 _log = Logger()
@@ -89,6 +90,8 @@ class VeilService(Service):
 
     @ivar dashboard_port: the listening port of the dashboard, once bound.
     @ivar db: the L{Database}, once start-up has reached it.
+    @ivar dns: onboarding by DNS (L{DnsVerifier}: "Check now", origin
+        proposals, DNS instructions), once start-up has reached the database.
     """
 
     name = "veil"
@@ -112,6 +115,7 @@ class VeilService(Service):
         self.hub = Hub(reactor, metrics=self.metrics)
         self.peers: PeerFeed | None = None
         self.workers: list[PeriodicWorker] = []
+        self.dns: DnsVerifier | None = None
         self.dashboard_port: Any = None
         self.edge: Any = None
         self._starting: Deferred[None] | None = None
@@ -224,7 +228,9 @@ class VeilService(Service):
             self.edge.bind(lambda name, factory: adopt(self.reactor, sockets[name], factory))
         self.listener.startService()
         workers = config.workers
+        self.dns = DnsVerifier.from_config(config, db, self.reactor)
         self.workers = edge_workers + [
+            dns_worker(self.dns, locks, self.reactor, every=config.dns.check_interval),
             partition_worker(db, locks, self.reactor, workers.partition_retention_months,
                              every=workers.partition_interval),
             session_cleanup_worker(db, locks, self.reactor,
