@@ -42,6 +42,7 @@ from veil.store.db import Database
 from veil.store.listener import ListenerService
 from veil.store.locks import LockSession
 from veil.store.migrate import migrate
+from veil.store.policies import PolicyStore, PolicyTable
 from veil.store.requestlog import RequestLog
 from veil.workers.base import PeriodicWorker
 from veil.workers.maintenance import partition_worker, session_cleanup_worker
@@ -111,6 +112,9 @@ class VeilService(Service):
         self.request_log: RequestLog | None = None
         self.hub = Hub(reactor, metrics=self.metrics)
         self.peers: PeerFeed | None = None
+        #: Every site's WAF policy (L{veil.store.policies.PolicyTable}): the
+        #: proxy calls C{policies.get(site_id)} per request.
+        self.policies: PolicyTable | None = None
         self.workers: list[PeriodicWorker] = []
         self.dashboard_port: Any = None
         self.edge: Any = None
@@ -218,6 +222,9 @@ class VeilService(Service):
         self.peers = PeerFeed(self.hub, db, self.listener, self.reactor, metrics=self.metrics)
         self.peers.startService()
         self.readiness.detail = "loading sites, certificates and decisions"
+        policies = self.policies = PolicyTable(PolicyStore(db), self.reactor)
+        policies.subscribe(self.listener)
+        await policies.reload()
         edge_workers = await self.edge.start(db, locks, self.listener, self.request_log.append)
         if not role.is_main:
             sockets = role.sockets
@@ -225,6 +232,7 @@ class VeilService(Service):
         self.listener.startService()
         workers = config.workers
         self.workers = edge_workers + [
+            policies.refresher(every=60.0),
             partition_worker(db, locks, self.reactor, workers.partition_retention_months,
                              every=workers.partition_interval),
             session_cleanup_worker(db, locks, self.reactor,

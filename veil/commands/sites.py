@@ -6,6 +6,7 @@ import argparse
 import json
 from typing import IO
 
+from veil.commands import waf
 from veil.commands.base import Stores, group, store_command, table, when
 from veil.store import admin
 
@@ -83,3 +84,4 @@ def register(commands: argparse._SubParsersAction) -> None:
     remove = sites.add_parser("remove", help="delete a site and what belongs to it")
     remove.add_argument("domain", metavar="DOMAIN")
     store_command(remove, sites_remove, check_domain)
+    waf.add_sites_set(sites)
