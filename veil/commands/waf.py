@@ -155,7 +155,9 @@ def _policy_data(policy: SitePolicy, settings: store.WafSettings) -> dict[str, A
 async def waf_policy(stores: Stores, args: argparse.Namespace, out: IO[str]) -> int:
     settings = await _admin(stores).settings(args.domain)
     loaded = await PolicyStore(stores.db).one(settings.site_id)
-    policy = loaded.policies[settings.site_id]
+    policy = loaded.policies.get(settings.site_id)
+    if policy is None:  # removed since
+        raise admin.SiteNotFound(settings.domain)
     if args.json:
         json.dump(_policy_data(policy, settings), out, indent=2)
         print(file=out)
