@@ -6,6 +6,7 @@ import argparse
 import json
 from typing import IO
 
+from veil.commands import waf
 from veil.commands.base import Stores, group, store_command, table, when
 from veil.store import admin
 
@@ -114,3 +115,4 @@ def register(commands: argparse._SubParsersAction) -> None:
     verify = sites.add_parser("verify", help="check the site's DNS now and show the report")
     verify.add_argument("domain", metavar="DOMAIN")
     store_command(verify, sites_verify, check_domain)
+    waf.add_sites_set(sites)
