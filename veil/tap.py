@@ -95,12 +95,21 @@ def exit_on_request(reactor: Any, status: list[int]) -> Any:
     """
     A function that stops the reactor and, once every service has stopped,
     ends the process with the status it is given (the first one wins).
+
+    It may be called before the reactor runs (C{twistd} starts the services
+    first, so a start-up step that fails at once fails then): the reactor
+    is then stopped as soon as it has started, and the services are
+    stopped, ports closed, as on any other stop.
     """
     def request_exit(code: int) -> None:
-        if not status:
-            status.append(code)
-            reactor.addSystemEventTrigger("after", "shutdown", _exit_now, status)
+        if status:
+            return
+        status.append(code)
+        reactor.addSystemEventTrigger("after", "shutdown", _exit_now, status)
+        if reactor.running:
             reactor.stop()
+        else:
+            reactor.callWhenRunning(reactor.stop)
 
     return request_exit
 

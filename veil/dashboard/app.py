@@ -16,10 +16,15 @@ from klein import Klein
 from twisted.internet.defer import Deferred, succeed
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource
+from twisted.web.server import Site
 
 from veil import __version__
 from veil.errors import StoreUnavailable
 from veil.metrics import Registry
+
+
+#: The operational endpoints: probed over and over, so never in the access log.
+PROBES = frozenset({b"/health", b"/ready", b"/metrics"})
 
 
 class Readiness:
@@ -69,6 +74,10 @@ class DashboardApp:
     def resource(self) -> IResource:
         return self.app.resource()
 
+    def site(self) -> Site:
+        """The dashboard port's site, on L{resource}."""
+        return DashboardSite(self.resource())
+
     @staticmethod
     def _json(request: IRequest, status: int, body: dict[str, Any]) -> bytes:
         request.setResponseCode(status)
@@ -110,3 +119,19 @@ class DashboardApp:
     def metrics(self, request: IRequest) -> bytes:
         request.setHeader(b"content-type", b"text/plain; version=0.0.4")
         return self._metrics.render().encode("utf-8")
+
+
+class DashboardSite(Site):
+    """
+    The dashboard port's twisted.web site: no tracebacks in responses, and
+    no access line for the operational endpoints (L{PROBES}), which load
+    balancers and Prometheus request every few seconds.
+    """
+
+    displayTracebacks = False
+    noisy = False
+
+    def log(self, request: IRequest) -> None:
+        if request.path in PROBES:
+            return
+        super().log(request)
