@@ -201,6 +201,7 @@ class VeilService(Service):
         )
         db.start()
         self.readiness.ping = lambda: db.ping(timeout=min(2.0, config.database.connect_timeout))
+        self.readiness.unreachable = db.unreachable
         await self._wait_for_database(db)
 
         if role.is_main:
