@@ -44,7 +44,7 @@ class ReadyTests(SynchronousTestCase):
         self.down: str | None = None
         self.readiness = Readiness(self.pings, lambda: self.down)
         self.readiness.set_phase("running")
-        app = DashboardApp(self.readiness, lambda: {}, Registry())
+        app = DashboardApp(self.readiness, dict, Registry())
         self.client = StubTreq(app.resource())
 
     def get(self) -> Deferred[Any]:
@@ -112,7 +112,7 @@ class ReadyTests(SynchronousTestCase):
         """Before start-up has ended, /ready is 503 with the phase's detail, and nothing pings."""
         readiness = Readiness(self.pings, lambda: None)
         readiness.detail = "applying schema migrations"
-        self.client = StubTreq(DashboardApp(readiness, lambda: {}, Registry()).resource())
+        self.client = StubTreq(DashboardApp(readiness, dict, Registry()).resource())
         code, body = self.answer(self.get())
         self.assertEqual((code, body["reason"]), (503, "applying schema migrations"))
         self.assertEqual(self.pings.calls, [])
@@ -125,7 +125,7 @@ class AccessLogTests(SynchronousTestCase):
         """/health, /ready and /metrics write nothing to the log; a 404 elsewhere writes its line."""
         readiness = Readiness(lambda: succeed(0.001), lambda: None)
         readiness.set_phase("running")
-        site = DashboardApp(readiness, lambda: {}, Registry()).site()
+        site = DashboardApp(readiness, dict, Registry()).site()
         site.doStart()
         self.addCleanup(site.doStop)
         events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
