@@ -22,6 +22,7 @@ from twisted.python import usage
 
 from veil import config as veil_config
 from veil.errors import ConfigError, EmbeddedPostgresError
+from veil.logs import route_stdlib_logging
 
 _log = Logger()
 
@@ -85,6 +86,7 @@ def makeService(options: Options) -> IService:
 
     reactor.callWhenRunning(stop_cleanly_on_signals, reactor)
     resolve_names_on_own_threads(reactor)
+    route_stdlib_logging(reactor)
     parent = getattr(options, "parent", None)
     logger = parent.get("logger") if parent is not None else None
     role = ProcessRole(config_path=options.config_path, logger=logger, sockets=options.sockets)

@@ -225,6 +225,35 @@ class TwistdTests(TwistdTestCase):
         self.assertEqual(status, 0, veil.output.decode())
         self.assertEqual(postgres_pids(pgdata), [])
 
+    async def test_database_away_at_start(self) -> None:
+        """
+        With database.url unreachable, Veil waits for it: /ready is 503 with
+        the reason, and the connection pool's retries reach the log as one
+        rate-limited line, not as [stderr#error] lines; SIGTERM still
+        stops it with status 0.
+        """
+        empty = tempfile.mkdtemp(prefix="veil-nopg-")
+        self.addCleanup(os.rmdir, empty)
+        veil = self.spawn(VEIL_DATABASE_URL=f"host={empty} dbname=veil user=veil",
+                          VEIL_DATABASE_CONNECT_TIMEOUT="1")
+        async def waiting() -> dict | None:
+            body = await self.ready(veil, 503)
+            return body if "the database does not answer" in body["reason"] else None
+
+        body = await self.until(veil, waiting, 30, "no reason given by /ready")
+        self.assertIn("no database connection", body["reason"])
+
+        async def retried() -> bool | None:
+            return True if veil.output.count(b"Waiting for the database") >= 2 else None
+
+        await self.until(veil, retried, 30, "no second wait for the database")
+        self.assertEqual(await self.stop(*self.processes[-1]), 0, veil.output.decode())
+        output = veil.output.decode()
+        self.assertNotIn("[stderr#", output)
+        pool_lines = [line for line in output.splitlines() if "[psycopg.pool#" in line]
+        self.assertEqual(len(pool_lines), 1, output)
+        self.assertIn("error connecting", pool_lines[0])
+
     async def test_bad_config_value(self) -> None:
         """A port of 70000 stops twistd before it binds anything, naming the key."""
         veil = self.spawn(VEIL_EDGE_PORT="70000")
