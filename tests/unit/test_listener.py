@@ -39,7 +39,7 @@ class ReconnectDelayTests(SynchronousTestCase):
         warnings = [formatEvent(e) for e in events if "disconnected" in e.get("log_format", "")]
         self.assertEqual(warnings, [
             "Change listener disconnected (refused #1); reconnecting in 0.25 s",
-            "Change listener disconnected (refused #61); reconnecting in 1 s"
-            " (59 similar in the last 60 s not logged)",
+            ("Change listener disconnected (refused #61); reconnecting in 1 s"
+             " (59 similar in the last 60 s not logged)"),
         ])
         self.assertEqual(listener.last_error, "refused #61")
