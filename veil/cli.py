@@ -47,6 +47,10 @@ from veil.errors import StoreUnavailable, VeilError
 from veil.store.db import Database
 
 NOT_RUNNING = "Veil's embedded PostgreSQL is not running (start Veil first)"
+#: Veil runs (it supervises the cluster) but its cluster does not answer.
+EMBEDDED_DOWN = ("Veil is running (pid {pid}) but its embedded PostgreSQL does not answer"
+                 " ({error}); Veil restarts it by itself: try again shortly, and see"
+                 " /health (embedded-postgres) and Veil's log if it lasts")
 
 
 class CommandError(VeilError):
@@ -87,8 +91,21 @@ def _target(config: veil_config.Config) -> Target:
     from veil.store.embedded import PORT, conninfo_for, socket_dir_for
 
     if not (socket_dir_for(config.data_dir) / f".s.PGSQL.{PORT}").exists():
-        raise CommandError(NOT_RUNNING)
+        raise _embedded_down(config, "its socket is gone")
     return Target(conninfo_for(config.data_dir), True, config)
+
+
+def _embedded_down(config: veil_config.Config, error: str) -> CommandError:
+    """
+    The embedded cluster cannot be reached: say whether Veil is not running
+    on this data directory, or runs with its cluster down (an outage).
+    """
+    from veil.store.embedded import supervisor_pid
+
+    pid = supervisor_pid(config.data_dir)
+    if pid is None:
+        return CommandError(NOT_RUNNING)
+    return CommandError(EMBEDDED_DOWN.format(pid=pid, error=error))
 
 
 def _one_line(error: BaseException) -> str:
@@ -98,8 +115,14 @@ def _one_line(error: BaseException) -> str:
 def _unreachable(target: Target, error: BaseException) -> CommandError:
     text = _one_line(error)
     if target.embedded:
+        if "Permission denied" in text:
+            return CommandError(
+                "cannot use the socket of Veil's embedded PostgreSQL (permission denied):"
+                " run veil as the user Veil runs as, or as root")
         if "No such file" in text or "Connection refused" in text:
-            return CommandError(NOT_RUNNING)
+            return _embedded_down(target.config, "its socket refuses connections")
+        if isinstance(error, StoreUnavailable):
+            return _embedded_down(target.config, text)
         return CommandError(f"cannot connect to Veil's embedded PostgreSQL: {text}")
     return CommandError(f"cannot connect to the database (database.url): {text}")
 

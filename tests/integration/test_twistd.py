@@ -23,6 +23,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.task import deferLater
+from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import TestCase
 
 from tests.integration.test_migrate import DATA_MODEL, empty_database
@@ -161,6 +162,14 @@ class TwistdTestCase(TestCase):
     def conninfo(self) -> str:
         return embedded.conninfo_for(self.data_dir)
 
+    async def cli(self, *argv: str) -> tuple[bytes, bytes, int]:
+        """Run the C{veil} command on this test's data directory, in a child process."""
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": str(REPO),
+               "VEIL_DATA_DIR": str(self.data_dir)}
+        code = "import sys; from veil.cli import main; sys.exit(main())"
+        return await getProcessOutputAndValue(sys.executable, ("-c", code, *argv), env=env,
+                                              path=str(REPO))
+
 
 class TwistdTests(TwistdTestCase):
     """The Quick start: twistd veil on embedded defaults comes up, stops cleanly, reuses its data."""
@@ -217,6 +226,12 @@ class TwistdTests(TwistdTestCase):
             body = await self.ready(veil, 503, within=15)
             self.assertFalse(body["database"]["ok"])
             await self.restart_failed(veil, within=15)
+            # The operator's command tells the outage from a stopped Veil.
+            _, err, status = await self.cli("sites", "list")
+            self.assertEqual(status, 1)
+            self.assertIn(b"Veil is running (pid ", err)
+            self.assertIn(b"embedded PostgreSQL does not answer", err)
+            self.assertNotIn(b"start Veil", err)
         finally:
             os.chmod(pgdata, 0o700)
         await self.ready(veil, 200, within=60)
