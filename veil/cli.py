@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import shlex
 import sys
 import traceback
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -197,10 +198,14 @@ def check_config(args: argparse.Namespace, env: Env) -> int:
     print(f"plain HTTP: {config.http.address}:{config.http.port}", file=out)
     print(f"dashboard: http://{config.dashboard.address}:{config.dashboard.port}/", file=out)
     if config.uses_embedded_database:
-        from veil.store.embedded import find_bindir
+        from veil.store.embedded import conninfo_for, find_bindir
 
-        print(f"database: embedded cluster, binaries in {find_bindir(config.embedded.bin_dir)}",
-              file=out)
+        bindir = find_bindir(config.embedded.bin_dir)
+        print(f"database: embedded cluster, binaries in {bindir}", file=out)
+        psql = bindir / "psql"
+        command = shlex.quote(str(psql)) if psql.exists() else "psql"
+        print(f"psql (while Veil runs, as its user): {command}"
+              f" {shlex.quote(conninfo_for(config.data_dir))}", file=out)
     else:
         print("database: external (database.url is set)", file=out)
     return 0

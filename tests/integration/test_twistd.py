@@ -193,6 +193,15 @@ class TwistdTests(TwistdTestCase):
             conn.execute("INSERT INTO kept_between_runs VALUES (7)")
         self.assertLessEqual(DATA_MODEL, names)
         self.assertTrue(postgres_pids(pgdata))
+        # The psql command `veil check-config` gives the operator works.
+        out, err, status = await self.cli("check-config")
+        self.assertEqual(status, 0, err)
+        [line] = [line for line in out.decode().splitlines() if line.startswith("psql ")]
+        command = line.partition(": ")[2]
+        out, err, status = await getProcessOutputAndValue(
+            "/bin/sh", ("-c", f"{command} -Atc 'SELECT count(*) > 0 FROM schema_migrations'"),
+            env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")})
+        self.assertEqual((status, out), (0, b"t\n"), err)
 
         status = await self.stop(*self.processes[-1])
         self.assertEqual(status, 0, veil.output.decode())
