@@ -88,9 +88,20 @@ def makeService(options: Options) -> IService:
     resolve_names_on_own_threads(reactor)
     route_stdlib_logging(reactor)
     parent = getattr(options, "parent", None)
-    logger = parent.get("logger") if parent is not None else None
+    logger = logger_name(parent.get("logger")) if parent is not None else None
     role = ProcessRole(config_path=options.config_path, logger=logger, sockets=options.sockets)
     return VeilService(options.config, reactor, exit_on_request(reactor, []), role=role)
+
+
+def logger_name(logger: Any) -> str | None:
+    """
+    The dotted name of C{twistd --logger}'s observer factory, for the other
+    Veil processes' command lines: twistd replaces the option's value by
+    the object it names.
+    """
+    if logger is None or isinstance(logger, str):
+        return logger
+    return f"{logger.__module__}.{logger.__qualname__}"
 
 
 def exit_on_request(reactor: Any, status: list[int]) -> Any:
