@@ -289,21 +289,21 @@ class _HandshakeTestsMixin:
         """
         for offered, expected in [("X25519", "x25519"), ("P-256", "secp256r1"),
                                   ("P-384", "secp384r1"), ("X448:ffdhe2048:P-384", "secp384r1")]:
-            client, server, errors = self.connect(client_groups(client_context(), offered))
+            _, server, errors = self.connect(client_groups(client_context(), offered))
             self.assertEqual(errors, {}, offered)
             self.assertEqual(negotiated_group(server).lower(), expected, offered)
         for offered in ("X448", "P-521", "ffdhe2048", "X448:P-521:ffdhe3072"):
-            client, server, errors = self.connect(client_groups(client_context(), offered))
+            _, _, errors = self.connect(client_groups(client_context(), offered))
             self.assertIn("server", errors, offered)
         tls12 = SSL.TLS1_2_VERSION
         for offered, expected in [("P-521:P-256", "secp256r1"), ("X448:P-256", "secp256r1"),
                                   ("P-521:X25519:P-256", "x25519")]:
-            client, server, errors = self.connect(client_groups(client_context(tls12), offered))
+            _, server, errors = self.connect(client_groups(client_context(tls12), offered))
             self.assertEqual(errors, {}, offered)
             self.assertEqual(negotiated_group(server).lower(), expected, offered)
-        client, server, errors = self.connect(client_groups(client_context(tls12), "X448:P-521"))
+        _, _, errors = self.connect(client_groups(client_context(tls12), "X448:P-521"))
         self.assertIn("server", errors)
-        client, server, errors = self.connect(client_context())
+        _, server, errors = self.connect(client_context())
         self.assertEqual(errors, {})
         self.assertEqual(negotiated_group(server).lower(), "x25519")
 
