@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import shlex
 import sys
 import traceback
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -48,6 +49,10 @@ from veil.errors import StoreUnavailable, VeilError
 from veil.store.db import Database
 
 NOT_RUNNING = "Veil's embedded PostgreSQL is not running (start Veil first)"
+#: Veil runs (it supervises the cluster) but its cluster does not answer.
+EMBEDDED_DOWN = ("Veil is running (pid {pid}) but its embedded PostgreSQL does not answer"
+                 " ({error}); Veil restarts it by itself: try again shortly, and see"
+                 " /health (embedded-postgres) and Veil's log if it lasts")
 
 
 class CommandError(VeilError):
@@ -88,8 +93,21 @@ def _target(config: veil_config.Config) -> Target:
     from veil.store.embedded import PORT, conninfo_for, socket_dir_for
 
     if not (socket_dir_for(config.data_dir) / f".s.PGSQL.{PORT}").exists():
-        raise CommandError(NOT_RUNNING)
+        raise _embedded_down(config, "its socket is gone")
     return Target(conninfo_for(config.data_dir), True, config)
+
+
+def _embedded_down(config: veil_config.Config, error: str) -> CommandError:
+    """
+    The embedded cluster cannot be reached: say whether Veil is not running
+    on this data directory, or runs with its cluster down (an outage).
+    """
+    from veil.store.embedded import supervisor_pid
+
+    pid = supervisor_pid(config.data_dir)
+    if pid is None:
+        return CommandError(NOT_RUNNING)
+    return CommandError(EMBEDDED_DOWN.format(pid=pid, error=error))
 
 
 def _one_line(error: BaseException) -> str:
@@ -99,8 +117,14 @@ def _one_line(error: BaseException) -> str:
 def _unreachable(target: Target, error: BaseException) -> CommandError:
     text = _one_line(error)
     if target.embedded:
+        if "Permission denied" in text:
+            return CommandError(
+                "cannot use the socket of Veil's embedded PostgreSQL (permission denied):"
+                " run veil as the user Veil runs as, or as root")
         if "No such file" in text or "Connection refused" in text:
-            return CommandError(NOT_RUNNING)
+            return _embedded_down(target.config, "its socket refuses connections")
+        if isinstance(error, StoreUnavailable):
+            return _embedded_down(target.config, text)
         return CommandError(f"cannot connect to Veil's embedded PostgreSQL: {text}")
     return CommandError(f"cannot connect to the database (database.url): {text}")
 
@@ -176,10 +200,14 @@ def check_config(args: argparse.Namespace, env: Env) -> int:
     print(f"plain HTTP: {config.http.address}:{config.http.port}", file=out)
     print(f"dashboard: http://{config.dashboard.address}:{config.dashboard.port}/", file=out)
     if config.uses_embedded_database:
-        from veil.store.embedded import find_bindir
+        from veil.store.embedded import conninfo_for, find_bindir
 
-        print(f"database: embedded cluster, binaries in {find_bindir(config.embedded.bin_dir)}",
-              file=out)
+        bindir = find_bindir(config.embedded.bin_dir)
+        print(f"database: embedded cluster, binaries in {bindir}", file=out)
+        psql = bindir / "psql"
+        command = shlex.quote(str(psql)) if psql.exists() else "psql"
+        print(f"psql (while Veil runs, as its user): {command}"
+              f" {shlex.quote(conninfo_for(config.data_dir))}", file=out)
     else:
         print("database: external (database.url is set)", file=out)
     return 0

@@ -26,7 +26,6 @@ from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.server import Site
 
 from veil import __version__
 from veil.config import Config
@@ -37,7 +36,7 @@ from veil.live.peers import PeerFeed
 from veil.metrics import Registry
 from veil.processes import ProcessGroup, adopt_orphan_spools, child_argv, spool_dir
 from veil.sdnotify import notify
-from veil.sockets import Listeners, adopt
+from veil.sockets import ListenFailed, Listeners, adopt
 from veil.store.db import Database
 from veil.store.listener import ListenerService
 from veil.store.locks import LockSession
@@ -152,24 +151,29 @@ class VeilService(Service):
         self._bound = True
         from veil.edge.service import Edge
 
-        dashboard = DashboardApp(self.readiness, self.worker_status, self.metrics).resource()
-        self.edge = Edge(self.config, self.reactor, self.metrics, dashboard)
+        dashboard = DashboardApp(self.readiness, self.worker_status, self.metrics)
+        self.edge = Edge(self.config, self.reactor, self.metrics, dashboard.resource())
         if not self.role.is_main:
             # A child listens once it can serve (in _start): until then new
             # connections wait in the queue the main process keeps open.
             return
         self.listeners = Listeners(self.reactor, self.config, self.config.processes.workers,
                                    self.role.sockets)
-        site = Site(dashboard)
-        site.displayTracebacks = False
-        self.dashboard_port = self.listeners.listen("dashboard", site)
-        host = self.dashboard_port.getHost()
-        _log.info("Dashboard on http://{address}:{port}/", address=host.host, port=host.port)
-        self.edge.bind(self.listeners.listen)
+        try:
+            self.dashboard_port = self.listeners.listen("dashboard", dashboard.site())
+            host = self.dashboard_port.getHost()
+            _log.info("Dashboard on http://{address}:{port}/", address=host.host, port=host.port)
+            self.edge.bind(self.listeners.listen)
+        except ListenFailed as e:
+            # One line, not twistd's traceback: the ports bound so far are
+            # closed by the stop this asks for.
+            self._fatal(str(e))
 
     def startService(self) -> None:
         super().startService()
         self.privilegedStartService()
+        if self.readiness.phase == "failed":
+            return
         _log.info("Veil {version} starting", version=__version__)
         self._starting = Deferred.fromCoroutine(self._start())
         self._starting.addErrback(self._start_failed)
@@ -205,6 +209,7 @@ class VeilService(Service):
         )
         db.start()
         self.readiness.ping = lambda: db.ping(timeout=min(2.0, config.database.connect_timeout))
+        self.readiness.unreachable = db.unreachable
         await self._wait_for_database(db)
 
         if role.is_main:
@@ -294,11 +299,21 @@ class VeilService(Service):
         if failure.check(CancelledError):
             return
         if failure.check(VeilError):
-            _log.critical("Veil cannot start: {error}", error=failure.value)
+            self._fatal(str(failure.value))
         else:
             _log.failure("Veil cannot start", failure)
+            self._fatal(str(failure.value), logged=True)
+
+    def _fatal(self, reason: str, logged: bool = False) -> None:
+        """
+        Start-up cannot go on: say why (once, in one line), mark the process
+        failed and stop it with exit status 1, whether or not the reactor
+        runs yet; stopping closes every port bound so far.
+        """
+        if not logged:
+            _log.critical("Veil cannot start: {error}", error=reason)
         self._request_exit(1)
-        self.readiness.set_phase("failed", str(failure.value))
+        self.readiness.set_phase("failed", reason)
 
     # -- stop ------------------------------------------------------------------
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from treq.client import HTTPClient
-from twisted.internet.defer import Deferred, fail
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.ssl import Certificate, trustRootFromCertificates
 from twisted.logger import Logger
 from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
@@ -88,9 +88,13 @@ class Edge:
         return self.resolver.resolve(hello)
 
     def _http01(self, token: str) -> Deferred[str | None]:
-        if self.responder is None:
-            return fail(StoreUnavailable("Veil is still starting"))
-        return self.responder.http01(token)
+        if self.responder is not None:
+            return self.responder.http01(token)
+        if self.resolver is not None:
+            # Started without an ACME account (tls.mode = "internal"): no
+            # CA ever asks, so there is no such challenge (a 404).
+            return succeed(None)
+        return fail(StoreUnavailable("Veil is still starting"))
 
     # -- life cycle ----------------------------------------------------------
 
