@@ -29,8 +29,8 @@ What is counted:
   - C{detectors_benign.txt} (next to this script): Veil's own benign texts.
 
 Every value is also tried as the engine would transform it (URL-decoded up
-to three times, HTML entities decoded), and counts as flagged when any
-variant is.
+to three times, with and without C{+} as a space; HTML entities decoded;
+Unicode NFKC), and counts as flagged when any variant is.
 
 The micro-benchmark times C{detect} per call on attack and benign values of
 20-200 characters (median of several rounds), on the values that pass each
@@ -48,6 +48,7 @@ import os
 import statistics
 import sys
 import time
+import unicodedata
 import urllib.parse
 from collections import Counter
 from pathlib import Path
@@ -87,6 +88,10 @@ def variants(value: str) -> list[str]:
             h = html.unescape(v)
             if h != v:
                 out.append(h)
+    for v in list(out):
+        n = unicodedata.normalize("NFKC", v)
+        if n != v:
+            out.append(n)
     return out
 
 

@@ -49,15 +49,22 @@ MAX_CHARS = 64 * 1024
 MAX_TOKENS = 2048
 
 #: Every text that L{detect} flags matches this (hyperscan's dialect: no
-#: backreferences, no lookaround).  Each rule of L{_judge} needs one of a
-#: quote, a comment, C{;}, a comparison or logic operator, a function's
-#: C{(}, or one of the keywords listed.
+#: backreferences, no lookaround; ASCII classes only, so that hyperscan and
+#: Python's C{re} agree).  Each rule of L{_judge} needs at least one of: a
+#: quote (quoted contexts, string literals), a comment, C{;} (stacked
+#: statements), a parenthesis (calls, groups, break-outs), a comparison
+#: symbol, C{@@}, a keyword listed (set operations, queries, clauses,
+#: statements that may follow an operand without C{;}), C{ORDER BY},
+#: C{IS [NOT] NULL}.  AND/OR are not listed: a boolean is flagged only
+#: with a comparison, a call, a quote or a comment.  The tokenizer reads
+#: keywords only in ASCII, as whole words or glued to digits (C{1UNION}).
 PREFILTER = (
-    r"(?i)['\"#;=<>!(]|--|/\*|\|\||&&|"
-    r"\b(?:union|and|or|xor|like|rlike|regexp|sounds|between|having|limit|order|"
-    r"group|into|procedure|for|lock|waitfor|exec|execute|declare|drop|insert|"
-    r"replace|delete|update|truncate|shutdown|create|alter|grant|revoke|case|"
-    r"is|in|not|select)\b"
+    r"(?i)['\"#;()=<>]|--|/\*|@@|"
+    r"(?:\b|[0-9])(?:union|select|like|rlike|regexp|glob|ilike|match|between|case|having|"
+    r"limit|offset|procedure|lock|into|waitfor|exec|execute|declare|drop|create|alter|"
+    r"truncate|insert|replace|delete|update|load|rename)\b|"
+    r"(?:order|group|partition)[^a-z0-9_$]+by\b|"
+    r"\bis[^a-z0-9_$]+(?:not[^a-z0-9_$]+)?(?:null|true|false|unknown)\b"
 )
 
 # Features of a fragment (bit flags).
@@ -285,6 +292,7 @@ def _parse(toks, quote: str) -> tuple[int, str] | None:
     state = _AFTER if quoted else _OPERAND
     error = False
     union = False               # UNION ... SELECT read, its first item not yet
+    tsql = False                # a statement followed an operand without ';' 
 
     for tok in toks:
         kind, text = tok
@@ -607,6 +615,7 @@ def _parse(toks, quote: str) -> tuple[int, str] | None:
                         else:
                             state = entry[0]
                             strength = max(strength, entry[3])
+                        tsql = True
                 elif w == "END" and not stack:
                     pass
                 else:
@@ -743,7 +752,8 @@ def _parse(toks, quote: str) -> tuple[int, str] | None:
         flags |= F_DANGLING
     if strength == 2:
         flags |= F_STRONG_STMT
-    elif strength == 1:
+    elif strength == 1 and not tsql and not error:
+        # USE, SET, PRINT ... count only after ';' and when complete.
         flags |= F_MEDIUM_STMT
     if error:
         # The text stops being SQL here: what was read before still counts,
