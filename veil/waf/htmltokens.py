@@ -14,7 +14,9 @@ would get:
                                  list of C{(name, value)} with C{value}
                                  C{None} when the attribute has no C{=},
                                  C{after} the position after its C{>}
-    ("comment", body)            <!-- body -->, <!body>, </ body>
+    ("comment", body, start, bogus)
+                                 <!-- body -->, or (C{bogus}) <!body> and
+                                 </ body>; C{start} is where C{body} begins
     ("pi", body)                 <?body> (a bogus comment to browsers; XML
                                  processing instructions are attacks' tools)
 
@@ -118,25 +120,25 @@ def tokens(text: str, state: str = DATA, limit: int | None = None,
             else:
                 gt = find(">", lt + 2, end)
                 pos = end if gt < 0 else gt + 1
-                yield ("comment", text[lt + 2:pos - 1 if gt >= 0 else end])
+                yield ("comment", text[lt + 2:pos - 1 if gt >= 0 else end], lt + 2, True)
         elif c == "!":
             if text.startswith("!--", lt + 1):
                 body_start = lt + 4
                 if text.startswith(">", body_start) or text.startswith("->", body_start):
                     # <!--> and <!---> are empty comments.
                     pos = text.find(">", body_start, end) + 1
-                    yield ("comment", "")
+                    yield ("comment", "", body_start, False)
                     continue
                 close = _comment_end(text, body_start, end)
                 if close is None:
-                    yield ("comment", text[body_start:end])
+                    yield ("comment", text[body_start:end], body_start, False)
                     return
-                yield ("comment", text[body_start:close[0]])
+                yield ("comment", text[body_start:close[0]], body_start, False)
                 pos = close[1]
             else:
                 gt = find(">", lt + 2, end)
                 pos = end if gt < 0 else gt + 1
-                yield ("comment", text[lt + 2:pos - 1 if gt >= 0 else end])
+                yield ("comment", text[lt + 2:pos - 1 if gt >= 0 else end], lt + 2, True)
         elif c == "?":
             gt = find(">", lt + 2, end)
             pos = end if gt < 0 else gt + 1

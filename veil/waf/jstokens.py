@@ -41,7 +41,9 @@ STRICT_SINKS = frozenset(
     "alert confirm prompt msgbox execscript fromcharcode constructor settimeout "
     "setinterval atob".split()
 )
-#: Names whose assignment or mention is an attack in injected code.
+#: Names whose assignment or mention is an attack in code that broke out of
+#: a string; in a value read whole as code, only when named through a
+#: string in brackets (C{document["cookie"]}), which is obfuscation.
 TARGETS = frozenset("location cookie domain innerhtml outerhtml srcdoc".split())
 
 _TOKEN = re.compile(
@@ -63,6 +65,7 @@ _TOKEN = re.compile(
     """,
     re.VERBOSE | re.DOTALL,
 )
+_SUBSTITUTION = re.compile(r"\$\{\s*([\w$]+)\s*\}")
 _REGEX = re.compile(r"/(?:[^/\\\[\n\r]|\\.|\[(?:[^\]\\\n\r]|\\.)*\])+/[a-z]*")
 _ESCAPE = re.compile(r"\\u\{([0-9a-fA-F]+)\}|\\u([0-9a-fA-F]{4})")
 _UNARY_WORDS = frozenset("typeof void delete new await yield".split())
@@ -140,7 +143,7 @@ def scan(text: str, pos: int, opened: bool, limit: int,
                     continue
                 state = _AFTER
                 last = name
-                if name in TARGETS and name != "location":
+                if opened and name in TARGETS and name != "location":
                     return name
                 if handler and name in SINKS:
                     return "on...=" + name   # onerror=eval;throw '...'
@@ -187,7 +190,7 @@ def scan(text: str, pos: int, opened: bool, limit: int,
                 if tok == "." or tok == "?.":
                     state = _MEMBER
                     continue
-                if tok in _ASSIGN and last in TARGETS:
+                if opened and tok in _ASSIGN and last in TARGETS:
                     return last + "="
                 handler = tok == "=" and last.startswith("on") and len(last) > 4
                 if tok == "++" or tok == "--":
@@ -204,8 +207,12 @@ def scan(text: str, pos: int, opened: bool, limit: int,
                 state = _OPERAND
                 last = ""
             elif kind == "tpl":
+                # alert`1`; [].sort.call`${alert}1`
                 if last in sinks:
                     return last
+                for m in _SUBSTITUTION.finditer(tok):
+                    if _name(m.group(1)) in sinks:
+                        return _name(m.group(1))
                 last = ""
             elif kind == "close":
                 top = stack.pop() if stack else ""
@@ -245,7 +252,7 @@ def scan(text: str, pos: int, opened: bool, limit: int,
                 if name in ("call", "apply", "bind") and last in sinks:
                     return last
                 last = name
-                if name in TARGETS and name != "location":
+                if opened and name in TARGETS and name != "location":
                     return name
             elif kind == "open" and tok == "(":
                 # a?.(b)

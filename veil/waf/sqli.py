@@ -112,6 +112,8 @@ F_VERSIONED = 1 << 40      # a MySQL versioned comment /*! ... */
 F_DECLARE = 1 << 41        # DECLARE @var: T-SQL and nothing else
 F_INFO_CALL = 1 << 42      # version(), user(), database() ... called with no argument
 F_NESTED = 1 << 43         # a function call inside another
+F_PROBE = 1 << 44          # a constant, call or variable among a SELECT's columns
+F_ADMIN_STMT = 1 << 45     # DROP, CREATE, ALTER, TRUNCATE, RENAME, LOAD, GRANT ...
 
 _DANGER_FUNCTIONS = frozenset("""
     sleep benchmark pg_sleep load_file extractvalue updatexml xp_cmdshell
@@ -156,8 +158,9 @@ _IS = 7        # after IS [NOT]
 # (state, clause, flags, statement strength).  Strength 2: the statement
 # harms alone; 1: only when stacked after another; 0: never.
 _OP = (_OPERAND, None, 0, 0)
-_NAMED = {"n": (_TAIL, None, 0, 2), "v": (_TAIL, None, 0, 2), "IF": (_TAIL, None, 0, 2),
-          "TABLE": (_TAIL, None, 0, 2), "f": (_TAIL, None, 0, 2)}
+_NAMED = {"n": (_TAIL, None, F_ADMIN_STMT, 2), "v": (_TAIL, None, F_ADMIN_STMT, 2),
+          "IF": (_TAIL, None, F_ADMIN_STMT, 2), "TABLE": (_TAIL, None, F_ADMIN_STMT, 2),
+          "f": (_TAIL, None, F_ADMIN_STMT, 2)}
 _OBJECT = {w: _NAMED for w in (
     "TABLE DATABASE SCHEMA VIEW PROCEDURE FUNCTION USER INDEX TRIGGER EVENT LOGIN "
     "TEMPORARY TABLESPACE ROLE SEQUENCE").split()}
@@ -172,7 +175,7 @@ _STATEMENTS: dict[str, dict | tuple] = {
     "DROP": _OBJECT,
     "CREATE": _OBJECT,
     "ALTER": _OBJECT,
-    "TRUNCATE": {"TABLE": (_TAIL, None, 0, 2), "n": (_TAIL, None, 0, 2)},
+    "TRUNCATE": {"TABLE": (_TAIL, None, F_ADMIN_STMT, 2), "n": (_TAIL, None, F_ADMIN_STMT, 2)},
     "DECLARE": {"v": (_TAIL, None, F_DECLARE, 2), "n": {"CURSOR": (_TAIL, None, F_DECLARE, 2)}},
     "SHUTDOWN": (_TAIL, None, 0, 1),
     "INSERT": {"INTO": {"n": (_TAIL, None, 0, 2), "f": (_TAIL, None, 0, 2)}},
@@ -189,8 +192,8 @@ _STATEMENTS: dict[str, dict | tuple] = {
     "REVOKE": (_TAIL, None, 0, 1),
     "PRINT": (_OPERAND, None, 0, 1),
     "CALL": {"f": (_OPERAND, None, 0, 1)},
-    "LOAD": {"DATA": (_TAIL, None, 0, 2), "XML": (_TAIL, None, 0, 2)},
-    "RENAME": {"TABLE": (_TAIL, None, 0, 2), "USER": (_TAIL, None, 0, 2)},
+    "LOAD": {"DATA": (_TAIL, None, F_ADMIN_STMT, 2), "XML": (_TAIL, None, F_ADMIN_STMT, 2)},
+    "RENAME": {"TABLE": (_TAIL, None, F_ADMIN_STMT, 2), "USER": (_TAIL, None, F_ADMIN_STMT, 2)},
     "KILL": {"1": (_TAIL, None, 0, 1)},
     "HANDLER": {"n": (_TAIL, None, 0, 1)},
     "GOTO": {"n": (_TAIL, None, 0, 1)},
@@ -347,6 +350,8 @@ def _parse(toks, quote: str) -> tuple[int, str] | None:
                 state = _AFTER
                 aliased = False
                 flags |= F_NAME if kind == "n" else F_LITERAL
+                if clause == "select" and kind != "n":
+                    flags |= F_PROBE
                 if kind == "v":
                     flags |= F_SYSVAR if text.startswith("@@") else F_VAR
                 elif kind == "n":
@@ -362,6 +367,8 @@ def _parse(toks, quote: str) -> tuple[int, str] | None:
                 f = _function_flags(text)
                 if stack and stack[-1][0] == "func":
                     flags |= F_NESTED
+                if clause == "select":
+                    flags |= F_PROBE
                 cond = text in _COND_FUNCTIONS
                 conds += cond
                 flags |= f & ~F_DANGER
@@ -425,6 +432,8 @@ def _parse(toks, quote: str) -> tuple[int, str] | None:
                     state = _AFTER
                     aliased = False
                     flags |= F_LITERAL
+                    if clause == "select":
+                        flags |= F_PROBE
                 elif text in ("NOT", "BINARY", "PRIOR", "INTERVAL"):
                     pass
                 elif text == "TOP":
@@ -823,8 +832,11 @@ def _judge(parsed: tuple[int, str] | None, quote: str, paranoia: int) -> str | N
             return "stacked"
         if flags & F_SELECT and (strong_lead or flags & F_LITERAL):
             return "stacked"
-    if flags & F_STRONG_STMT and lead == "k" and not dangling \
-            and flags & (F_TAIL_BODY | F_EXEC | F_DECLARE):
+    if flags & F_STRONG_STMT and lead == "k" and not dangling and (
+            flags & (F_EXEC | F_DECLARE) or flags & F_TAIL_BODY and flags & F_ADMIN_STMT):
+        # A whole statement in the value, complete enough to run, that
+        # drops, creates or runs things (INSERT, UPDATE, DELETE pasted as
+        # code are let through).
         return "statement"
     if flags & F_INTO_FILE:
         return "into-file"
@@ -836,10 +848,9 @@ def _judge(parsed: tuple[int, str] | None, quote: str, paranoia: int) -> str | N
                                         | F_LITERAL | F_CMP):
         return "subquery"
     if flags & F_SELECT:
-        if flags & (F_FUNC | F_SYSVAR | F_VAR | F_CATALOG | F_STAR) and (
-                not dangling or flags & F_FROM):
-            return "select"
-        if flags & F_FROM and flags & (F_CMP | F_CLAUSE | F_LITERAL) and not dangling:
+        # A SELECT of constants, functions or variables probes the server;
+        # SELECT * / columns FROM ... WHERE ... is a query pasted as code.
+        if flags & (F_PROBE | F_SYSVAR | F_CATALOG) and (not dangling or flags & F_FROM):
             return "select"
     if flags & F_SYSVAR and flags & (F_FUNC | F_CMP | F_LOGIC | F_ARITH) | truncated:
         return "system-variable"

@@ -135,6 +135,7 @@ _PLAIN_HANDLER = re.compile(
     r"(?:" + _PLAIN_ARG + r"\s*(?:,\s*" + _PLAIN_ARG + r"\s*)*)?\)\s*;?\s*"
 )
 _JSFUCK = "[]()!+ \t\n"
+_BARE_NAME = re.compile(r"\s*[\w$.]*\s*")
 _ACTIVE_PI = ("xml-stylesheet", "import", "xml:namespace")
 # Content that starts like a sentence: three words and spaces.
 _PROSE = re.compile(r"\s*([A-Za-z][\w'’-]*)[:,;.]?[ \t]+[A-Za-z][\w'’-]*[:,;.]?[ \t]+[A-Za-z]")
@@ -157,7 +158,7 @@ _CSS_ACTIVE = re.compile(
     r"expression\s*\(|behaviou?r\s*:|binding\s*:|javascript:|vbscript:|@import|-o-link"
     r"|url\s*\(\s*['\"]?\s*data:(?!image/(?:png|gif|jpe?g|webp))"
 )
-_CSS_CODE = re.compile(r"expression\s*\(|behaviou?r\s*:\s*url|-moz-binding\s*:")
+_CSS_CODE = re.compile(r"(?:^|[:;{]\s*)expression\s*\(|behaviou?r\s*:\s*url|-moz-binding\s*:")
 # What the attribute readings can flag needs one of these.
 _ATTRIBUTE_HINT = re.compile(
     r"(?i)(?:on[a-z]+|style|srcdoc|href|src|action|data)[\t\n\x0b\f\r ]*=")
@@ -268,13 +269,18 @@ def _html(text: str, state: str, start: int, paranoia: int, depth: int) -> str |
                 reason = _html("<pi " + body + ">", htmltokens.DATA, 0, paranoia, depth + 1)
             elif body[:7].upper() == "DOCTYPE" and ("[" in body or "ENTITY" in body.upper()):
                 return "doctype"  # an internal subset: entities, attribute defaults
-            elif "<" in body:
+            elif "<" not in body:
+                reason = None
+            elif tok[3]:
+                # <!<script>...: a bogus comment ends at the first '>', which
+                # the misparse wants; read on from its '<' as older parsers do.
+                reason = _html(text, htmltokens.DATA, tok[2] + body.find("<"), paranoia,
+                               depth + 1)
+            else:
                 # A conditional comment (<!--[if IE]>) runs its content in
                 # old browsers; any other only hides it, which is suspect
                 # in a value.
                 reason = _html(body, htmltokens.DATA, 0, paranoia, depth + 1)
-            else:
-                reason = None
             if reason:
                 return reason
     return None
@@ -309,12 +315,15 @@ def _attribute(name: str, value: str, pseudo: bool, unquoted: bool, paranoia: in
     if name.startswith("on") and _EVENT_NAME.fullmatch(name):
         if pseudo and name[2:] not in _EVENTS:
             return None
-        if not decoded.strip():
+        if not decoded.strip() or (unquoted and _BARE_NAME.fullmatch(decoded)):
+            # No code; or, in prose read as attributes ("add onclick=save
+            # to the button"), a name that is not called.
             return None
         # A handler that calls one page function simply, in a tag the text
         # shows or after an unquoted value (as in a question about HTML),
         # needs paranoia 2; after a quote the text broke out of, it counts.
-        if paranoia < 2 and (not pseudo or unquoted) and _plain_handler(decoded):
+        if paranoia < 2 and (not pseudo or unquoted) and name[2:] in _EVENTS \
+                and _plain_handler(decoded):
             return None
         return "event:" + name
     if name == "style":
