@@ -60,8 +60,9 @@ _ASCII_UPPER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrst
 
 
 def lower(text: str) -> str:
-    """ASCII lower case, as HTML folds tag and attribute names."""
-    return text.translate(_ASCII_UPPER)
+    """ASCII lower case, as HTML folds tag and attribute names (the same
+    length as C{text}: other letters are left alone)."""
+    return text.lower() if text.isascii() else text.translate(_ASCII_UPPER)
 
 
 def tokens(text: str, state: str = DATA, limit: int | None = None,

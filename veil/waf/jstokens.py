@@ -87,7 +87,7 @@ def _name(raw: str) -> str:
     """An identifier with its \\u escapes decoded, in ASCII lower case."""
     if "\\" in raw:
         raw = _ESCAPE.sub(lambda m: _chr(m.group(1) or m.group(2)), raw)
-    return raw.translate(_ASCII_LOWER)
+    return raw.lower() if raw.isascii() else raw.translate(_ASCII_LOWER)
 
 
 def _chr(hexdigits: str) -> str:

@@ -141,6 +141,8 @@ _LITERAL_WORDS = frozenset(
     "UTC_TIME UTC_TIMESTAMP SYSDATE ROWNUM".split()
 )
 _LITERAL_KINDS = frozenset("1sSl")
+# Features that decide the verdict whatever follows them.
+_DECISIVE = F_UNION | F_DANGER | F_INTO_FILE
 
 # Parser states.
 _OPERAND = 0   # an operand is expected
@@ -307,7 +309,8 @@ def _parse(toks, quote: str) -> tuple[int, str] | None:
             continue
         last_comment = ""
         count += 1
-        if count > MAX_TOKENS:
+        if count > MAX_TOKENS or flags & _DECISIVE or (strength == 2 and flags & F_STACKED):
+            # Past the limit, or nothing that follows can change the verdict.
             break
         if not lead:
             if kind == "k":

@@ -149,6 +149,9 @@ _SAFE_DATA = ("data:image/png", "data:image/gif", "data:image/jpeg", "data:image
               "data:image/vnd.microsoft.icon", "data:font/", "data:audio/", "data:video/",
               "data:text/plain")
 _URL_STRIP = "".join(chr(c) for c in range(0x21))
+_SCHEME_INITIALS = frozenset("jJvVlLdD")
+# The characters read for a scheme (it may be cut by tabs and newlines).
+_SCHEME_WINDOW = 1024
 _URL_GAPS = str.maketrans("", "", "".join(chr(c) for c in range(0x20)) + "\ufffd")
 _HARMLESS_JS = frozenset(["", ";", "void(0)", "void(0);", "void0", "void0;"])
 _CSS_COMMENT = re.compile(r"/\*.*?(?:\*/|$)", re.DOTALL)
@@ -159,9 +162,11 @@ _CSS_ACTIVE = re.compile(
     r"|url\s*\(\s*['\"]?\s*data:(?!image/(?:png|gif|jpe?g|webp))"
 )
 _CSS_CODE = re.compile(r"(?:^|[:;{]\s*)expression\s*\(|behaviou?r\s*:\s*url|-moz-binding\s*:")
-# What the attribute readings can flag needs one of these.
-_ATTRIBUTE_HINT = re.compile(
-    r"(?i)(?:on[a-z]+|style|srcdoc|href|src|action|data)[\t\n\x0b\f\r ]*=")
+# What the attribute readings can flag needs one of these (in lower case).
+_ATTRIBUTE_HINT = re.compile(r"(?:on[a-z]+|style|srcdoc|href|src|action|data)[\t\n\x0b\f\r ]*=")
+_VALUE_END = re.compile(r"[\t\n\x0b\f\r >]")
+# ... and the JavaScript readings one of these.
+_JS_HINT = re.compile(r"\\u|" + "|".join(sorted(jstokens.SINKS | jstokens.TARGETS)))
 _QUOTES = (("'", "squote"), ('"', "dquote"), ("`", "backtick"))
 
 
@@ -177,29 +182,50 @@ def detect(text: str, paranoia: int = 1) -> str | None:
         if reason:
             return reason + "@html"
     head = text[:MAX_CHARS]
-    if _ATTRIBUTE_HINT.search(head):
+    low = lower(head)
+    if "=" in low and _ATTRIBUTE_HINT.search(low):
+        # Each attribute reading starts where the value would end; it is
+        # worth reading only if an attribute it can flag comes after that.
         for state, name in ((htmltokens.DQUOTED, "dquote"), (htmltokens.SQUOTED, "squote"),
                             (htmltokens.UNQUOTED, "unquoted")):
-            reason = _html(head, state, 0, paranoia, 0)
-            if reason:
-                return reason + "@attr-" + name
+            if state == htmltokens.UNQUOTED:
+                if head.lstrip().startswith("<"):
+                    continue   # markup, which the HTML reading covers
+                m = _VALUE_END.search(head)
+                end = m.start() if m else -1
+            else:
+                end = head.find('"' if state == htmltokens.DQUOTED else "'")
+            if end >= 0 and _ATTRIBUTE_HINT.search(low, end):
+                reason = _html(head, state, 0, paranoia, 0)
+                if reason:
+                    return reason + "@attr-" + name
     value = head.strip(_URL_STRIP)
     reason = _url(value)
     if reason:
         return reason + "@url"
-    if _CSS_HINT.search(head) and _css_active(head, whole=True):
+    if ("expression" in low or "binding" in low or "behavio" in low) \
+            and _css_active(head, whole=True):
         return "style@css"
     if _jsfuck(value):
         return "jsfuck@js"
-    reason = jstokens.scan(head, 0, False, len(head), jstokens.STRICT_SINKS)
-    if reason:
-        return "sink:" + reason + "@js"
+    # The JavaScript readings flag only a sink or target named in the text
+    # (or spelled with \u escapes): without one, skip them.
+    if _JS_HINT.search(low):
+        reason = jstokens.scan(head, 0, False, len(head), jstokens.STRICT_SINKS)
+        if reason:
+            return "sink:" + reason + "@js"
     for quote, name in _QUOTES:
         start = _after_quote(text, quote)
         if start > 0:
-            reason = jstokens.scan(text, start, True, min(len(text), start + MAX_CHARS))
-            if reason:
-                return "sink:" + reason + "@js-" + name
+            stop = min(len(text), start + MAX_CHARS)
+            if start < MAX_CHARS and stop <= MAX_CHARS:
+                hint = _JS_HINT.search(low, start)
+            else:
+                hint = _JS_HINT.search(lower(text[start:stop]))
+            if hint:
+                reason = jstokens.scan(text, start, True, stop)
+                if reason:
+                    return "sink:" + reason + "@js-" + name
     return None
 
 
@@ -229,7 +255,11 @@ def _html(text: str, state: str, start: int, paranoia: int, depth: int) -> str |
         if kind == "tag":
             name, attrs, closing, after = tok[1], tok[2], tok[3], tok[4]
             if closing:
-                continue
+                if not attrs:
+                    continue
+                # </a onmousemove=...>: browsers drop an end tag's
+                # attributes, but no honest text has any.
+                name = ""
             # <scr\0ipt>, <v:vmlframe>, <svg:script>, <script<x>: the local
             # name, as old and XML-minded parsers read it.
             name = name.replace("\x00", "")
@@ -259,7 +289,10 @@ def _html(text: str, state: str, start: int, paranoia: int, depth: int) -> str |
                     return reason
                 if name == "meta" and aname in ("http-equiv", "charset"):
                     return "tag:meta"   # refresh, cookies, a UTF-7 page
-            pseudo = unquoted = False   # past the attributes that follow the value
+            if pseudo:
+                # Past the attributes that follow the value: the rest is
+                # the text's own markup, which the HTML reading judges.
+                return None
         elif depth == 0:
             body = tok[1]
             if kind == "pi":
@@ -370,16 +403,21 @@ def _plain_handler(code: str) -> bool:
 
 def _normal_url(value: str) -> str:
     """
-    A URL as browsers read its scheme: no leading or trailing controls,
+    The start of a URL as browsers read its scheme: no leading controls,
     spaces (or backticks, IE's quotes), no tabs or newlines anywhere -- nor
     other control characters, which old browsers skipped too -- in ASCII
-    lower case.
+    lower case; C{""} when it cannot start with an active scheme.
     """
-    return lower(value.strip(_URL_STRIP + "`").translate(_URL_GAPS))
+    value = value.lstrip(_URL_STRIP + "`")
+    if value[:1] not in _SCHEME_INITIALS:
+        return ""
+    return lower(value[:_SCHEME_WINDOW].translate(_URL_GAPS))
 
 
 def _active_url(value: str) -> bool:
     url = _normal_url(value)
+    if not url:
+        return False
     if url.startswith(_ACTIVE_SCHEMES):
         body = url.split(":", 1)[1].replace(" ", "")
         return body not in _HARMLESS_JS
@@ -391,7 +429,9 @@ def _active_url(value: str) -> bool:
 def _url(value: str) -> str | None:
     """Why a whole value is an active URL, or C{None}: a script scheme
     followed by code that calls something, or a data: URL of a document."""
-    decoded = _unescape(value).strip(_URL_STRIP + "`")
+    if value[:1] not in _SCHEME_INITIALS and value[:1] != "&":
+        return None
+    decoded = _unescape(value[:MAX_CHARS]).strip(_URL_STRIP + "`")
     url = _normal_url(decoded)
     if url.startswith(_ACTIVE_SCHEMES):
         # The code after the scheme; its newlines are kept (a browser
