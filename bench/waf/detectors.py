@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import argparse
 import base64
-import glob
 import html
 import json
 import os
@@ -56,7 +55,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent.parent))
 
-import importlib  # noqa: E402
+import importlib
 
 
 class _Detectors(dict):
@@ -446,7 +445,7 @@ def speed(corpora: Path, only: str | None) -> None:
         scratch = hyperscan.Scratch(db)
         encoded = [b.encode() for b in benign]
 
-        def scan(v: bytes) -> None:
+        def scan(v: bytes, db=db, scratch=scratch) -> None:
             db.scan(v, match_event_handler=_noop, scratch=scratch)
 
         best, median = _per_call(scan, encoded)

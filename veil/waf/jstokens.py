@@ -25,26 +25,24 @@ from __future__ import annotations
 
 import re
 
+from veil.waf.wordsets import words
+
 #: Tokens read per scan.
 MAX_TOKENS = 1024
 
 #: Functions that injected code calls, after it broke out of a string.
-SINKS = frozenset(
-    "alert confirm prompt eval settimeout setinterval setimmediate function execscript "
+SINKS = words("alert confirm prompt eval settimeout setinterval setimmediate function execscript "
     "fetch import write writeln open fromcharcode atob constructor msgbox "
-    "sendbeacon postmessage".split()
-)
+    "sendbeacon postmessage")
 #: The sinks that count in a value read whole as code (no break-out): those
 #: that only JavaScript attacks call -- not eval, open or write, which
 #: Python and other code pasted into a form call too.
-STRICT_SINKS = frozenset(
-    "alert confirm prompt msgbox execscript fromcharcode constructor settimeout "
-    "setinterval atob".split()
-)
+STRICT_SINKS = words("alert confirm prompt msgbox execscript fromcharcode constructor settimeout "
+    "setinterval atob")
 #: Names whose assignment or mention is an attack in code that broke out of
 #: a string; in a value read whole as code, only when named through a
 #: string in brackets (C{document["cookie"]}), which is obfuscation.
-TARGETS = frozenset("location cookie domain innerhtml outerhtml srcdoc".split())
+TARGETS = words("location cookie domain innerhtml outerhtml srcdoc")
 
 _TOKEN = re.compile(
     r"""
@@ -68,12 +66,12 @@ _TOKEN = re.compile(
 _SUBSTITUTION = re.compile(r"\$\{\s*([\w$]+)\s*\}")
 _REGEX = re.compile(r"/(?:[^/\\\[\n\r]|\\.|\[(?:[^\]\\\n\r]|\\.)*\])+/[a-z]*")
 _ESCAPE = re.compile(r"\\u\{([0-9a-fA-F]+)\}|\\u([0-9a-fA-F]{4})")
-_UNARY_WORDS = frozenset("typeof void delete new await yield".split())
-_VALUE_WORDS = frozenset("this null true false undefined super NaN Infinity".split())
-_BINARY_WORDS = frozenset("in instanceof".split())
-_STATEMENT_WORDS = frozenset("var let const return throw else do try finally".split())
-_HEAD_WORDS = frozenset("if while for with switch catch".split())
-_ASSIGN = frozenset("= += -= *= /= %= &= |= ^= **= <<= >>= >>>= &&= ||= ??=".split())
+_UNARY_WORDS = words("typeof void delete new await yield")
+_VALUE_WORDS = words("this null true false undefined super NaN Infinity")
+_BINARY_WORDS = words("in instanceof")
+_STATEMENT_WORDS = words("var let const return throw else do try finally")
+_HEAD_WORDS = words("if while for with switch catch")
+_ASSIGN = words("= += -= *= /= %= &= |= ^= **= <<= >>= >>>= &&= ||= ??=")
 
 _ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
 

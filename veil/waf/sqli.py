@@ -37,8 +37,9 @@ the input.
 from __future__ import annotations
 
 from veil.waf.sqltokens import closing_quote, tokens
+from veil.waf.wordsets import words
 
-__all__ = ["detect", "PREFILTER", "MAX_SCAN", "MAX_CHARS", "MAX_TOKENS"]
+__all__ = ["MAX_CHARS", "MAX_SCAN", "MAX_TOKENS", "PREFILTER", "detect"]
 
 #: Characters of a value searched for the quote that starts a quoted context.
 MAX_SCAN = 1024 * 1024
@@ -115,18 +116,18 @@ F_NESTED = 1 << 43         # a function call inside another
 F_PROBE = 1 << 44          # a constant, call or variable among a SELECT's columns
 F_ADMIN_STMT = 1 << 45     # DROP, CREATE, ALTER, TRUNCATE, RENAME, LOAD, GRANT ...
 
-_DANGER_FUNCTIONS = frozenset("""
+_DANGER_FUNCTIONS = words("""
     sleep benchmark pg_sleep load_file extractvalue updatexml xp_cmdshell
     sys_eval sys_exec pg_read_file lo_import randomblob name_const gtid_subset
     geometrycollection multipoint multipolygon multilinestring linestring polygon
     dbms_pipe dbms_lock utl_http utl_inaddr xmltype make_set receive_message
     get_host_name request
-""".split())
-_INFO_FUNCTIONS = frozenset("""
+""")
+_INFO_FUNCTIONS = words("""
     version database user current_user system_user session_user schema db_name
     user_name last_insert_id connection_id
-""".split())
-_COND_FUNCTIONS = frozenset("if iif ifnull nullif elt".split())
+""")
+_COND_FUNCTIONS = words("if iif ifnull nullif elt")
 _CATALOGS = (
     "information_schema", "sysobjects", "syscolumns", "sysusers", "sys.", "mysql.",
     "pg_catalog", "pg_shadow", "pg_user", "all_tables", "all_tab_columns",
@@ -135,11 +136,11 @@ _CATALOGS = (
 _COMPARE = frozenset(["=", "<>", "!=", "<", ">", "<=", ">=", "<=>", "!<", "!>"])
 _COMPARE_WORDS = frozenset(["LIKE", "RLIKE", "REGEXP", "GLOB", "ILIKE", "MATCH"])
 _UNARY_OPS = frozenset(["-", "+", "~", "!"])
-_LITERAL_WORDS = frozenset(
-    "NULL TRUE FALSE UNKNOWN DEFAULT CURRENT_USER CURRENT_DATE CURRENT_TIME "
-    "CURRENT_TIMESTAMP LOCALTIME LOCALTIMESTAMP SESSION_USER SYSTEM_USER UTC_DATE "
-    "UTC_TIME UTC_TIMESTAMP SYSDATE ROWNUM".split()
-)
+_LITERAL_WORDS = words("""
+    NULL TRUE FALSE UNKNOWN DEFAULT CURRENT_USER CURRENT_DATE CURRENT_TIME CURRENT_TIMESTAMP
+    LOCALTIME LOCALTIMESTAMP SESSION_USER SYSTEM_USER UTC_DATE UTC_TIME UTC_TIMESTAMP SYSDATE
+    ROWNUM
+""")
 _LITERAL_KINDS = frozenset("1sSl")
 # Features that decide the verdict whatever follows them.
 _DECISIVE = F_UNION | F_DANGER | F_INTO_FILE
@@ -163,9 +164,9 @@ _OP = (_OPERAND, None, 0, 0)
 _NAMED = {"n": (_TAIL, None, F_ADMIN_STMT, 2), "v": (_TAIL, None, F_ADMIN_STMT, 2),
           "IF": (_TAIL, None, F_ADMIN_STMT, 2), "TABLE": (_TAIL, None, F_ADMIN_STMT, 2),
           "f": (_TAIL, None, F_ADMIN_STMT, 2)}
-_OBJECT = {w: _NAMED for w in (
+_OBJECT = dict.fromkeys(words(
     "TABLE DATABASE SCHEMA VIEW PROCEDURE FUNCTION USER INDEX TRIGGER EVENT LOGIN "
-    "TEMPORARY TABLESPACE ROLE SEQUENCE").split()}
+    "TEMPORARY TABLESPACE ROLE SEQUENCE"), _NAMED)
 # EXEC name: strong when the name is a system procedure (see _parse).
 _EXEC_NAME = (_TAIL, None, 0, 0)
 _SYSTEM_PROCEDURES = ("xp_", "sp_", "master", "dbo.", "sys.", "immediate")
@@ -234,9 +235,8 @@ _CLAUSES: dict[str, dict | tuple] = {
     "OVER": {"(": (_OPERAND, "window", 0, 0)},
     "WITHIN": {"GROUP": {"(": (_OPERAND, "window", 0, 0)}},
 }
-_JOIN_WORDS = frozenset("JOIN INNER CROSS STRAIGHT_JOIN LEFT RIGHT NATURAL ON USING".split())
-_SELECT_CLAUSES = frozenset("FROM WHERE GROUP ORDER HAVING LIMIT OFFSET INTO PROCEDURE FOR "
-                            "LOCK WITH".split())
+_JOIN_WORDS = words("JOIN INNER CROSS STRAIGHT_JOIN LEFT RIGHT NATURAL ON USING")
+_SELECT_CLAUSES = words("FROM WHERE GROUP ORDER HAVING LIMIT OFFSET INTO PROCEDURE FOR LOCK WITH")
 _NOT_OPS = {w: (_OPERAND, None, 0, 0) for w in
             ("LIKE", "RLIKE", "REGEXP", "BETWEEN", "ILIKE", "GLOB")}
 _NOT_OPS["IN"] = {"(": (_OPERAND, "expr", 0, 0)}
@@ -338,9 +338,8 @@ def _parse(toks, quote: str) -> tuple[int, str] | None:
             if union and (kind != "k" or text in _LITERAL_WORDS):
                 # The first item of the SELECT after UNION.
                 union = False
-                if kind in "1sSvf(k" or (kind == "o" and text in "*-+~!"):
-                    flags |= F_UNION
-                elif kind == "n" and lead != "k":
+                column = kind in "1sSvf(k" or (kind == "o" and text in "*-+~!")
+                if column or (kind == "n" and lead != "k"):
                     flags |= F_UNION
             if flags & F_BY:
                 # ORDER BY 1 probes the number of columns; ORDER BY name sorts.
@@ -361,11 +360,10 @@ def _parse(toks, quote: str) -> tuple[int, str] | None:
                     last_name = text.lower().strip("`")
                     if last_name.startswith(_CATALOGS):
                         flags |= F_CATALOG
-                elif kind == "S":
+                elif kind == "S" and (not quote or quote in text[:3]):
                     # Open to the end: the application's closing quote ends
                     # it when it is the same quote.
-                    if not quote or quote in text[:3]:
-                        flags |= F_OPEN_END
+                    flags |= F_OPEN_END
             elif kind == "f":
                 f = _function_flags(text)
                 if stack and stack[-1][0] == "func":
@@ -543,12 +541,7 @@ def _parse(toks, quote: str) -> tuple[int, str] | None:
                     flags |= F_LOGIC
                     state = _OPERAND
                     kind = "&"
-                elif w in _COMPARE_WORDS:
-                    flags |= F_CMP
-                    cmp_left = (prev_kind, prev_text)
-                    state = _OPERAND
-                    kind = "="
-                elif w == "BETWEEN":
+                elif w in _COMPARE_WORDS or w == "BETWEEN":
                     flags |= F_CMP
                     cmp_left = (prev_kind, prev_text)
                     state = _OPERAND
@@ -671,8 +664,7 @@ def _parse(toks, quote: str) -> tuple[int, str] | None:
                 if c:
                     clause = c
                 flags |= f
-                if s > strength:
-                    strength = s
+                strength = max(strength, s)
                 if cmp_save is not None and state == _OPERAND and kind == "k" and \
                         text in ("LIKE", "RLIKE", "REGEXP", "BETWEEN", "ILIKE", "GLOB"):
                     cmp_left = cmp_save
@@ -850,18 +842,18 @@ def _judge(parsed: tuple[int, str] | None, quote: str, paranoia: int) -> str | N
     if flags & F_SUBSELECT and flags & (F_FROM | F_FUNC | F_SYSVAR | F_VAR | F_STAR | F_CATALOG
                                         | F_LITERAL | F_CMP):
         return "subquery"
-    if flags & F_SELECT:
-        # A SELECT of constants, functions or variables probes the server;
-        # SELECT * / columns FROM ... WHERE ... is a query pasted as code.
-        if flags & (F_PROBE | F_SYSVAR | F_CATALOG) and (not dangling or flags & F_FROM):
-            return "select"
+    # A SELECT of constants, functions or variables probes the server;
+    # SELECT * / columns FROM ... WHERE ... is a query pasted as code.
+    if flags & F_SELECT and flags & (F_PROBE | F_SYSVAR | F_CATALOG) and (
+            not dangling or flags & F_FROM):
+        return "select"
     if flags & F_SYSVAR and flags & (F_FUNC | F_CMP | F_LOGIC | F_ARITH) | truncated:
         return "system-variable"
     if flags & F_INFO_CALL and flags & (F_CMP | F_LOGIC | F_ARITH | F_NESTED):
         return "info-function"
 
     # Conditions.
-    if flags & F_TAUTOLOGY and flags & (F_LOGIC | F_CONDITION | F_CLAUSE | F_CLOSE):
+    if flags & F_TAUTOLOGY and flags & (F_LOGIC | F_CLAUSE | F_CLOSE):
         return "tautology"
     if flags & F_CONDITION:
         return "condition"

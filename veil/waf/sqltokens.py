@@ -38,6 +38,8 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 
+from veil.waf.wordsets import words
+
 #: Every keyword the grammar knows, by its category (one character):
 #:   & logic   ! NOT   o word operator   i IN   w BETWEEN   z IS
 #:   l literal   u unary word   U set operation   E SELECT
@@ -71,16 +73,14 @@ KEYWORDS: dict[str, str] = {
 }
 
 #: Keywords that are also function names when a C{(} follows them directly.
-FUNCTION_KEYWORDS = frozenset(
-    "IF LEFT RIGHT REPLACE INSERT MOD MATCH CURRENT_USER CURRENT_DATE CURRENT_TIME "
+FUNCTION_KEYWORDS = words("IF LEFT RIGHT REPLACE INSERT MOD MATCH CURRENT_USER CURRENT_DATE CURRENT_TIME "
     "CURRENT_TIMESTAMP LOCALTIME LOCALTIMESTAMP SESSION_USER SYSTEM_USER UTC_DATE "
-    "UTC_TIME UTC_TIMESTAMP SYSDATE DEFAULT COLLATE BINARY INTERVAL".split()
-)
+    "UTC_TIME UTC_TIMESTAMP SYSDATE DEFAULT COLLATE BINARY INTERVAL")
 
 #: SQL functions (lower case) common in injections.  A name in this set
 #: followed by C{(} is a call even with spaces between, as most SQL
 #: dialects allow; any other word is a call only when C{(} follows at once.
-KNOWN_FUNCTIONS = frozenset("""
+KNOWN_FUNCTIONS = words("""
     abs acos ascii asin atan atan2 avg benchmark bin bit_length cast ceil ceiling
     char char_length character_length charindex chr coalesce concat concat_ws conv
     convert cos cot count crc32 database datalength date day db_name decode degrees
@@ -94,7 +94,7 @@ KNOWN_FUNCTIONS = frozenset("""
     space sqrt strcmp substr substring substring_index sum sys_eval sys_exec
     system_user tan to_base64 trim ucase unhex updatexml upper user user_name
     utl_http utl_inaddr uuid version xmltype if
-""".split())
+""")
 
 
 _TOKEN = re.compile(
@@ -122,7 +122,7 @@ _TOKEN = re.compile(
 )
 
 # Keywords that attackers glue to a number (1UNION SELECT, 1AND 1=1).
-_GLUED = frozenset("UNION AND OR XOR ORDER GROUP HAVING LIMIT SELECT LIKE RLIKE REGEXP DIV".split())
+_GLUED = words("UNION AND OR XOR ORDER GROUP HAVING LIMIT SELECT LIKE RLIKE REGEXP DIV")
 
 _OPEN_PAREN_AFTER = re.compile(r"[ \t\r\n\f\v]*\(")
 
@@ -219,7 +219,7 @@ def tokens(text: str, pos: int = 0, end: int | None = None) -> Iterator[tuple]:
 
 
 _STRING_BODY = {
-    q: re.compile(r"(?:[^%s\\]++|\\.|%s%s)*+%s" % (q, q, q, q), re.DOTALL) for q in "'\""
+    q: re.compile(r"(?:[^Q\\]++|\\.|QQ)*+Q".replace("Q", q), re.DOTALL) for q in "'\""
 }
 
 

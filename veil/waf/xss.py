@@ -51,8 +51,9 @@ import re
 
 from veil.waf import htmltokens, jstokens
 from veil.waf.htmltokens import lower
+from veil.waf.wordsets import words
 
-__all__ = ["detect", "PREFILTER", "MAX_SCAN", "MAX_CHARS"]
+__all__ = ["MAX_CHARS", "MAX_SCAN", "PREFILTER", "detect"]
 
 #: Characters of a value searched for the quote that starts a context.
 MAX_SCAN = 1024 * 1024
@@ -80,28 +81,28 @@ PREFILTER = (
 )
 
 #: Tags that run script or load active content by themselves.
-_DANGEROUS_TAGS = frozenset("""
+_DANGEROUS_TAGS = words("""
     script iframe frame frameset object embed applet base link style xml import bgsound
     isindex layer ilayer portal handler listener animate set animatemotion animatetransform
     vmlframe
-""".split())
+""")
 #: Tags that can, with the right content or attributes; flagged alone from
 #: paranoia 2.
-_SUSPECT_TAGS = frozenset("form meta template plaintext xmp".split())
+_SUSPECT_TAGS = words("form meta template plaintext xmp")
 #: Vocabularies whose elements run script, animate attributes into URLs or
 #: make links wherever they appear.
-_CONTAINERS = frozenset("svg math".split())
-_ACTIVE_NAMESPACES = frozenset("svg math xsl".split())
+_CONTAINERS = words("svg math")
+_ACTIVE_NAMESPACES = words("svg math xsl")
 _LOCAL_NAME = re.compile(r"[a-z0-9_.-]*")
 #: Attributes that hold a URL the browser loads or navigates to.
-_URL_ATTRS = frozenset("""
+_URL_ATTRS = words("""
     href src action formaction data background dynsrc lowsrc poster code codebase cite
     longdesc usemap profile icon manifest archive classid ping folder datasrc xml:base
     xlink:href from to values by srcset
-""".split())
+""")
 _URL_ATTR_SUFFIXES = (":href", "src", "action", "href")
 #: Event handlers, without the "on" (HTML, SVG, and old IE ones attacks use).
-_EVENTS = frozenset("""
+_EVENTS = words("""
     abort activate afterprint afterscriptexecute afterupdate animationcancel animationend
     animationiteration animationstart auxclick beforeactivate beforecopy beforecut
     beforedeactivate beforeeditfocus beforeinput beforematch beforepaste beforeprint
@@ -125,7 +126,7 @@ _EVENTS = frozenset("""
     transitionend transitionrun transitionstart unhandledrejection unload urlflip
     visibilitychange volumechange waiting webkitanimationend webkitanimationiteration
     webkitanimationstart webkittransitionend wheel zoom
-""".split())
+""")
 _EVENT_NAME = re.compile(r"on[a-z]{3,}")
 # A handler that only calls one page function with plain arguments:
 # save(), toggle(this), return check(event, 'x', 2);
@@ -139,8 +140,8 @@ _BARE_NAME = re.compile(r"\s*[\w$.]*\s*")
 _ACTIVE_PI = ("xml-stylesheet", "import", "xml:namespace")
 # Content that starts like a sentence: three words and spaces.
 _PROSE = re.compile(r"\s*([A-Za-z][\w'’-]*)[:,;.]?[ \t]+[A-Za-z][\w'’-]*[:,;.]?[ \t]+[A-Za-z]")
-_CODE_WORDS = frozenset("var let const function return new typeof void throw async await if "
-                        "for while do try class with delete yield".split())
+_CODE_WORDS = words("var let const function return new typeof void throw async await if "
+                        "for while do try class with delete yield")
 # The whole-value CSS reading (a value put in a style attribute).
 _CSS_HINT = re.compile(r"(?i)expression|-moz-binding|behaviou?r")
 _ACTIVE_SCHEMES = ("javascript:", "vbscript:", "livescript:")
@@ -230,7 +231,7 @@ def detect(text: str, paranoia: int = 1) -> str | None:
 
 
 _JS_STRING_BODY = {
-    q: re.compile(r"(?:[^%s\\]++|\\.)*+%s" % (q, q), re.DOTALL) for q in "'\"`"
+    q: re.compile(r"(?:[^Q\\]++|\\.)*+Q".replace("Q", q), re.DOTALL) for q in "'\"`"
 }
 
 
@@ -269,10 +270,10 @@ def _html(text: str, state: str, start: int, paranoia: int, depth: int) -> str |
                 # SVG, MathML, XSLT: script, animation and links inside.
                 return "tag:" + (prefix + ":" if prefix in _ACTIVE_NAMESPACES else "") + local
             name = local
-            if name in _DANGEROUS_TAGS:
-                # The element does something only with attributes or content.
-                if attrs or (paranoia >= 2) or _active_content(name, text, after, end):
-                    return "tag:" + name
+            # The element does something only with attributes or content.
+            if name in _DANGEROUS_TAGS and (
+                    attrs or paranoia >= 2 or _active_content(name, text, after, end)):
+                return "tag:" + name
             if paranoia >= 2 and name in _SUSPECT_TAGS:
                 return "tag:" + name
             fires = any(a == "autofocus" for a, _ in attrs)
