@@ -104,6 +104,13 @@ class HTMLContextTests(SynchronousTestCase):
         self.assertFlags("<iframe src=//evil>", "tag:iframe@html")
         self.assertFlags('<object data="x.swf">', "tag:object@html")
         self.assertFlags("<svg/onload=alert(1)>", "tag:svg@html")
+        self.assertFlags("<svg><a xlink:href=javascript:alert(1)>x</a></svg>", "tag:svg@html")
+        self.assertFlags("<svg>", "tag:svg@html")
+        icon = '<svg width="24" viewBox="0 0 24 24"><path d="M1 2L3 4z"/></svg>'
+        self.assertFlags(icon, None)
+        self.assertFlags(icon, "tag:svg@html", paranoia=2)
+        self.assertFlags('<svg viewBox="0 0 9 9"><path onclick=alert(1) d="M1"/></svg>',
+                         "event:onclick@html")
         self.assertFlags('<v:vmlframe src="x.fml"/>', "tag:vmlframe@html")
         self.assertFlags("<scr\x00ipt>alert(1)</script>", "tag:script@html")
         self.assertFlags('<meta http-equiv="refresh" content="0;url=//evil">', "tag:meta@html")
@@ -126,6 +133,27 @@ class HTMLContextTests(SynchronousTestCase):
         self.assertFlags('<iframe srcdoc="&lt;img src=x onerror=alert(1)&gt;">', "tag:iframe@html")
         self.assertFlags('<p srcdoc="&lt;script&gt;alert(1)&lt;/script&gt;">', "srcdoc@html")
         self.assertFlags("</a onmousemove=alert(1)>", "event:onmousemove@html")
+        self.assertFlags('<x ev:event="load" ev:handler="#x"/>', "event:ev:handler@html")
+
+    def test_style_sheets_and_meta(self) -> None:
+        """A <style> element counts when its CSS runs code, loads more or plays
+        parsing tricks, not as plain CSS in HTML e-mail; a <meta> when it
+        refreshes, sets cookies or picks a charset that hides markup."""
+        self.assertFlags("<style>@import 'x.css';</style>", "tag:style@html")
+        self.assertFlags("<style>li{list-style-image:url(javascript:x)}</style>", "tag:style@html")
+        self.assertFlags('<style type="text/javascript">alert(1)</style>', "tag:style@html")
+        self.assertFlags("<style>#x{font:a[b;c:d;} #y];e:f;{}</style>", "tag:style@html")
+        self.assertFlags("<style>*{color:\\72 ed}</style>", "tag:style@html")
+        self.assertFlags('<style type="text/css"><!-- body { color: #333 } a[href] { x: y } --></style>',
+                         None)
+        self.assertFlags('<meta http-equiv="Content-Type" content="text/html; charset=utf-8">', None)
+        self.assertFlags('<meta charset="UTF-8">', None)
+        self.assertFlags('<meta charset="x-imap4-modified-utf7">', "tag:meta@html")
+        self.assertFlags('<meta http-equiv="Set-Cookie" content="a=b">', "tag:meta@html")
+
+    def test_filter_evasions(self) -> None:
+        """What a filter that deletes <script> leaves behind."""
+        self.assertFlags("<scr<script>ipt>alert(1)</scr</script>ipt>", "tag:script@html")
 
     def test_comments_and_declarations(self) -> None:
         """Conditional comments, bogus comments read on, XML style sheets,
@@ -158,6 +186,7 @@ class OtherContextTests(SynchronousTestCase):
         self.assertEqual(xss.detect("confirm.call(null,1)"), "sink:confirm@js")
         self.assertEqual(xss.detect("eval(atob('YWxlcnQoMSk='))"), "sink:atob@js")
         self.assertEqual(xss.detect("'-alert(1)//"), "sink:alert@js-squote")
+        self.assertEqual(xss.detect('\\";alert(1);//'), "sink:alert@js-dquote")
         self.assertEqual(xss.detect('";document.location="//evil"//'), "sink:location=@js-dquote")
         self.assertEqual(xss.detect("x`;alert(1)//"), "sink:alert@js-backtick")
         self.assertEqual(xss.detect("`${alert(1)}`"), "sink:alert@js")

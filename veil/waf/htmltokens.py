@@ -8,12 +8,13 @@ unquoted), after attribute value, self-closing start tag, markup
 declaration, comment and bogus comment -- and yields what the tree builder
 would get:
 
-    ("tag", name, attrs, end, after)
+    ("tag", name, attrs, end, after, at)
                                  a start or end tag; C{name} in lower case
                                  (ASCII only, as browsers do), C{attrs} a
                                  list of C{(name, value)} with C{value}
                                  C{None} when the attribute has no C{=},
-                                 C{after} the position after its C{>}
+                                 C{after} the position after its C{>}, C{at}
+                                 the position of its name
     ("comment", body, start, bogus)
                                  <!-- body -->, or (C{bogus}) <!body> and
                                  </ body>; C{start} is where C{body} begins
@@ -85,15 +86,16 @@ def tokens(text: str, state: str = DATA, limit: int | None = None,
             if text[pos] == ">":
                 pos += 1
             else:
+                at = pos
                 attrs, pos = _attributes(text, pos, end)
-                yield ("tag", "", attrs, False, pos)
+                yield ("tag", "", attrs, False, pos, at)
         else:
             quote = "'" if state == SQUOTED else '"'
             i = text.find(quote, pos, end)
             if i < 0:
                 return
             attrs, pos = _attributes(text, i + 1, end)
-            yield ("tag", "", attrs, False, pos)
+            yield ("tag", "", attrs, False, pos, i + 1)
     find = text.find
     while pos < end:
         lt = find("<", pos, end)
@@ -109,13 +111,13 @@ def tokens(text: str, state: str = DATA, limit: int | None = None,
             m = _TAG_NAME.match(text, lt + 1 + skip, end)
             name = lower(m.group())
             attrs, pos = _attributes(text, m.end(), end)
-            yield ("tag", name, attrs, False, pos)
+            yield ("tag", name, attrs, False, pos, m.start())
         elif c == "/":
             c2 = text[lt + 2:lt + 3]
             if ("a" <= c2 <= "z" or "A" <= c2 <= "Z") and lt + 2 < end:
                 m = _TAG_NAME.match(text, lt + 2, end)
                 attrs, pos = _attributes(text, m.end(), end)
-                yield ("tag", lower(m.group()), attrs, True, pos)
+                yield ("tag", lower(m.group()), attrs, True, pos, m.start())
             elif c2 == ">":
                 pos = lt + 3
             else:

@@ -230,17 +230,14 @@ def detect(text: str, paranoia: int = 1) -> str | None:
     return None
 
 
-_JS_STRING_BODY = {
-    q: re.compile(r"(?:[^Q\\]++|\\.)*+Q".replace("Q", q), re.DOTALL) for q in "'\"`"
-}
-
-
 def _after_quote(text: str, quote: str) -> int:
-    """Just after the first C{quote} not escaped by a backslash, or -1."""
-    if quote not in text:
-        return -1
-    m = _JS_STRING_BODY[quote].match(text, 0, MAX_SCAN)
-    return m.end() if m else -1
+    """
+    Just after the first C{quote}, or -1.  A backslash before it does not
+    count: a page that escapes quotes but not backslashes turns C{\\"}
+    into C{\\\\"}, which ends its string.
+    """
+    i = text.find(quote, 0, MAX_SCAN)
+    return i + 1 if i >= 0 else -1
 
 
 def _html(text: str, state: str, start: int, paranoia: int, depth: int) -> str | None:
@@ -261,17 +258,29 @@ def _html(text: str, state: str, start: int, paranoia: int, depth: int) -> str |
                 # </a onmousemove=...>: browsers drop an end tag's
                 # attributes, but no honest text has any.
                 name = ""
+            if "<" in name and depth == 0:
+                # <scr<script>ipt>: read on from the inner '<', as what a
+                # filter that deletes tags would leave.
+                inner = _html(text, htmltokens.DATA, tok[5] + name.index("<"), paranoia, depth + 1)
+                if inner:
+                    return inner
             # <scr\0ipt>, <v:vmlframe>, <svg:script>, <script<x>: the local
             # name, as old and XML-minded parsers read it.
             name = name.replace("\x00", "")
             prefix, _, local = name.rpartition(":")
             local = _LOCAL_NAME.match(local).group()
-            if local in _CONTAINERS or prefix in _ACTIVE_NAMESPACES:
+            if (local in _CONTAINERS or prefix in _ACTIVE_NAMESPACES) and not (
+                    local == "svg" and not prefix and paranoia < 2
+                    and _drawing(attrs, text, after, end)):
                 # SVG, MathML, XSLT: script, animation and links inside.
                 return "tag:" + (prefix + ":" if prefix in _ACTIVE_NAMESPACES else "") + local
             name = local
-            # The element does something only with attributes or content.
-            if name in _DANGEROUS_TAGS and (
+            # The element does something only with attributes or content;
+            # a style sheet only when its CSS runs code or loads more.
+            if name == "style":
+                if paranoia >= 2 or _active_style(attrs, text, after, end):
+                    return "tag:style"
+            elif name in _DANGEROUS_TAGS and (
                     attrs or paranoia >= 2 or _active_content(name, text, after, end)):
                 return "tag:" + name
             if paranoia >= 2 and name in _SUSPECT_TAGS:
@@ -283,12 +292,15 @@ def _html(text: str, state: str, start: int, paranoia: int, depth: int) -> str |
                 if not pseudo:
                     # onerror\0=, x:ontimer=: as old and XML browsers read them.
                     aname = aname.replace("\x00", "")
-                    if ":" in aname and "on" in aname:
-                        aname = aname.rpartition(":")[2]
+                    if ":" in aname:
+                        if aname.endswith(":handler"):
+                            return "event:" + aname   # XML Events
+                        if "on" in aname:
+                            aname = aname.rpartition(":")[2]
                 reason = _attribute(aname, value, pseudo, unquoted, paranoia + fires, depth)
                 if reason:
                     return reason
-                if name == "meta" and aname in ("http-equiv", "charset"):
+                if name == "meta" and _active_meta(aname, value, attrs):
                     return "tag:meta"   # refresh, cookies, a UTF-7 page
             if pseudo:
                 # Past the attributes that follow the value: the rest is
@@ -321,16 +333,90 @@ def _html(text: str, state: str, start: int, paranoia: int, depth: int) -> str |
 
 
 def _active_content(name: str, text: str, pos: int, end: int) -> bool:
-    """Whether a script or style element (with no attribute) has content,
-    rather than nothing or prose that mentions the element ("the <script>
-    tag: put it at the end")."""
-    if name != "script" and name != "style":
+    """Whether a script element (with no attribute) has content, rather
+    than nothing or prose that mentions the element ("the <script> tag: put
+    it at the end")."""
+    if name != "script":
         return False
     content = text[pos:min(end, pos + 200)]
     if not content.strip():
         return False
     m = _PROSE.match(content)
     return not (m and lower(m.group(1)) not in _CODE_WORDS)
+
+
+_DRAWING_ATTRS = words("""
+    width height viewbox xmlns version class id fill stroke stroke-width stroke-linecap
+    stroke-linejoin fill-rule clip-rule opacity preserveaspectratio role aria-hidden
+    aria-label focusable x y d cx cy r rx ry x1 x2 y1 y2 points transform offset
+    stop-color stop-opacity gradientunits gradienttransform font-size font-family
+    text-anchor dominant-baseline
+""")
+_DRAWING_TAGS = words("""
+    svg path rect circle ellipse line polyline polygon g defs title desc text tspan
+    lineargradient radialgradient stop clippath mask symbol
+""")
+# What shapes in an icon have no use for: references, styles, entities.
+_NOT_DRAWING = ("url(", "href", "style", "xlink", "&", "data:", "script")
+_TAG_NAMES = re.compile(r"</?([A-Za-z][^\t\n\v\f\r />]*)")
+
+
+def _drawing(attrs: list, text: str, pos: int, end: int) -> bool:
+    """
+    Whether an <svg> element is a plain drawing, as pasted icons are: only
+    presentation attributes, and shapes inside (their own attributes are
+    judged as any other tag's).  A bare <svg>, or one with links, scripts,
+    animations, foreign content or odd attributes, is not.
+    """
+    if any(name not in _DRAWING_ATTRS for name, _ in attrs):
+        return False
+    content = lower(text[pos:min(end, pos + 4096)])
+    close = content.find("</svg")
+    if close < 0:
+        return False
+    content = content[:close]
+    if any(word in content for word in _NOT_DRAWING):
+        return False
+    names = [lower(n) for n in _TAG_NAMES.findall(content)]
+    return bool(names) and all(n in _DRAWING_TAGS for n in names)
+
+
+def _active_style(attrs: list, text: str, pos: int, end: int) -> bool:
+    """Whether a <style> element runs code or loads more: a type other than
+    CSS, a handler, or CSS that does (a plain style sheet, as HTML e-mail
+    carries, does not)."""
+    for name, value in attrs:
+        if name == "type" and value is not None and lower(value.strip()) not in ("", "text/css"):
+            return True
+        if name.startswith("on") and _EVENT_NAME.fullmatch(name):
+            return True
+    close = lower(text[pos:end]).find("</style")
+    sheet = text[pos:end if close < 0 else pos + close]
+    lt = sheet.find("<")
+    if _PROSE.match(sheet) and "{" not in sheet[:lt if lt >= 0 else len(sheet)]:
+        return False   # "a <style> block in the <head>": prose
+    return _css_active(sheet, sheet=True)
+
+
+_SAFE_CHARSETS = re.compile(r"(?:utf-?8|us-ascii|ascii|iso-?8859-\d+|windows-125\d|latin-?1|"
+                            r"shift_jis|euc-jp|euc-kr|gb2312|gbk|gb18030|big5|koi8-[ru])")
+
+
+def _active_meta(name: str, value: str, attrs: list) -> bool:
+    """Whether a <meta> attribute makes the page refresh, set cookies or
+    decode itself in a charset that hides markup (UTF-7 and the like)."""
+    value = lower(_unescape(value)).strip()
+    if name == "http-equiv":
+        if value in ("refresh", "set-cookie", "link", "default-style"):
+            return True
+        if value == "content-type":
+            content = next((lower(v) for n, v in attrs if n == "content" and v), "")
+            charset = content.partition("charset=")[2].strip(" ;\"'")
+            return bool(charset) and not _SAFE_CHARSETS.fullmatch(charset)
+        return False
+    if name == "charset":
+        return not _SAFE_CHARSETS.fullmatch(value.strip("\"'"))
+    return False
 
 
 def _jsfuck(value: str) -> bool:
@@ -448,15 +534,21 @@ def _url(value: str) -> str | None:
     return None
 
 
-def _css_active(css: str, whole: bool = False) -> bool:
+def _css_active(css: str, whole: bool = False, sheet: bool = False) -> bool:
     """
-    Whether CSS (a style attribute or element) runs code or loads a
-    document.  A C{whole} value read as CSS must do so with one of the
-    words L{_CSS_HINT} finds in the raw text (not with C{@import} or a
-    C{javascript:} URL, which prose about CSS mentions).
+    Whether CSS runs code or loads a document.  For a style attribute,
+    brackets, escapes, comments or markup count too (a declaration list
+    has no use for them); a style C{sheet} has them by nature.  A C{whole}
+    value read as CSS must do so with one of the words L{_CSS_HINT} finds
+    in the raw text (not with C{@import} or a C{javascript:} URL, which
+    prose about CSS mentions).
     """
     if whole:
         checks = _CSS_CODE
+    elif sheet:
+        if _sheet_odd(css):
+            return True
+        checks = _CSS_ACTIVE
     elif _CSS_ODD.search(css):
         # Brackets, escapes, comments, markup in a style attribute: what
         # CSS injection and filter evasion use, and plain styling does not.
@@ -468,6 +560,31 @@ def _css_active(css: str, whole: bool = False) -> bool:
     if "/*" in css:
         css = _CSS_COMMENT.sub("", css)
     return bool(checks.search(lower(css)))
+
+
+_SHEET_ODD = re.compile(r"[\\<\x00-\x08\x0b\x0e-\x1f\ufffd]")
+_OPENERS = {"{": "}", "[": "]", "(": ")"}
+_CLOSERS = frozenset("}])")
+
+
+def _sheet_odd(css: str) -> bool:
+    """Whether a style sheet has what CSS parsing tricks use: escapes,
+    markup or controls inside, or brackets that do not nest (HTML e-mail's
+    <!-- ... --> around the whole sheet is allowed)."""
+    css = css.strip()
+    css = css.removeprefix("<!--")
+    css = css.removesuffix("-->")
+    if _SHEET_ODD.search(css):
+        return True
+    if "/*" in css:
+        css = _CSS_COMMENT.sub("", css)
+    stack = []
+    for c in css:
+        if c in _OPENERS:
+            stack.append(_OPENERS[c])
+        elif c in _CLOSERS and (not stack or stack.pop() != c):
+            return True
+    return bool(stack)
 
 
 def _css_char(hexdigits: str) -> str:
