@@ -71,6 +71,8 @@ class TokenizerTests(SynchronousTestCase):
         self.assertEqual(list(tokens("/*!50000union*/ 1*/2")),
                          [("!", "/*!"), ("k", "UNION"), ("1", "1"), ("o", "*"), ("o", "/"),
                           ("1", "2")])
+        # A version has five or six digits; other digits are content.
+        self.assertEqual(list(tokens("/*!1 union*/")), [("!", "/*!"), ("1", "1"), ("k", "UNION")])
 
     def test_whitespace_and_others(self) -> None:
         """NUL and U+FFFD separate tokens as whitespace does; anything else
@@ -113,6 +115,8 @@ class AsIsContextTests(SynchronousTestCase):
         self.assertFlags("1) or (1=1", "tautology")
         self.assertFlags("AND 1=1", "tautology")
         self.assertFlags("1 and 1 not between 0 and 1", "tautology")
+        self.assertFlags("HOPE AND (8)=(3)", "tautology")
+        self.assertFlags("456 + ASCII(SUBSTRING(passwd,1,1))-10", "extraction")
 
     def test_stacked_and_statements(self) -> None:
         """A statement after ';' (or after an operand, as T-SQL allows)."""
@@ -167,6 +171,9 @@ class QuotedContextTests(SynchronousTestCase):
             "x'; select null,password from users; ": "stacked@squote",
             "x' or 1 --": "boolean@squote",
             "x' WAITFOR DELAY '0:0:5'--": "stacked@squote",
+            "x' or name LIKE('%a%')--": "boolean@squote",
+            "1' IN BOOLEAN MODE) RLIKE (SELECT (CASE WHEN (1=1) THEN 1 ELSE 0x28 END))#":
+                "subquery@squote",
             "AAAA' UNION SELECT username || ':' || password FROM users": "union@squote",
         }
         for text, rule in cases.items():

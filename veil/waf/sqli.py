@@ -115,6 +115,7 @@ F_INFO_CALL = 1 << 42      # version(), user(), database() ... called with no ar
 F_NESTED = 1 << 43         # a function call inside another
 F_PROBE = 1 << 44          # a constant, call or variable among a SELECT's columns
 F_ADMIN_STMT = 1 << 45     # DROP, CREATE, ALTER, TRUNCATE, RENAME, LOAD, GRANT ...
+F_EXTRACT = 1 << 46        # ascii(), substring(), char(), hex() ...
 
 _DANGER_FUNCTIONS = words("""
     sleep benchmark pg_sleep load_file extractvalue updatexml xp_cmdshell
@@ -128,6 +129,13 @@ _INFO_FUNCTIONS = words("""
     user_name last_insert_id connection_id
 """)
 _COND_FUNCTIONS = words("if iif ifnull nullif elt")
+# Functions that take strings apart or build them from codes.
+_EXTRACT_FUNCTIONS = words("""
+    ascii ord substring substr mid char chr hex unhex bin conv concat concat_ws group_concat
+    length char_length left right
+""")
+# Functions of ordinary queries, not of probes (SELECT COUNT(*) FROM logs).
+_AGGREGATES = words("count sum avg min max")
 _CATALOGS = (
     "information_schema", "sysobjects", "syscolumns", "sysusers", "sys.", "mysql.",
     "pg_catalog", "pg_shadow", "pg_user", "all_tables", "all_tab_columns",
@@ -240,7 +248,10 @@ _SELECT_CLAUSES = words("FROM WHERE GROUP ORDER HAVING LIMIT OFFSET INTO PROCEDU
 _NOT_OPS = {w: (_OPERAND, None, 0, 0) for w in
             ("LIKE", "RLIKE", "REGEXP", "BETWEEN", "ILIKE", "GLOB")}
 _NOT_OPS["IN"] = {"(": (_OPERAND, "expr", 0, 0)}
-_IN = {"(": (_OPERAND, "expr", 0, 0)}
+_IN = {"(": (_OPERAND, "expr", 0, 0),
+       # MATCH (...) AGAINST ('x' IN BOOLEAN MODE): ends a parenthesis.
+       "BOOLEAN": {"MODE": (_AFTER, None, 0, 0)},
+       "NATURAL": {"LANGUAGE": {"MODE": (_AFTER, None, 0, 0)}}}
 _TOP = {"1": (_OPERAND, "select", 0, 0), "(": (_OPERAND, "expr", 0, 0)}
 
 
@@ -331,8 +342,8 @@ def _parse(toks, quote: str) -> tuple[int, str] | None:
                 flags |= F_TAUTOLOGY
             elif cmp_left[0] in _LITERAL_KINDS or (cmp_left[0] == "k" and cmp_left[1] in _LITERAL_WORDS):
                 flags |= F_CMP_LIT
-            if kind != "o" or text not in "-+~":  # a sign: the operand follows
-                cmp_left = None
+            if kind != "(" and (kind != "o" or text not in "-+~"):
+                cmp_left = None   # (after a sign or a '(', the operand follows)
 
         if state == _OPERAND:
             if union and (kind != "k" or text in _LITERAL_WORDS):
@@ -368,7 +379,7 @@ def _parse(toks, quote: str) -> tuple[int, str] | None:
                 f = _function_flags(text)
                 if stack and stack[-1][0] == "func":
                     flags |= F_NESTED
-                if clause == "select":
+                if clause == "select" and text not in _AGGREGATES:
                     flags |= F_PROBE
                 cond = text in _COND_FUNCTIONS
                 conds += cond
@@ -507,6 +518,9 @@ def _parse(toks, quote: str) -> tuple[int, str] | None:
                     clause, has_select = frame[1], frame[2]
                     conds -= frame[3]
                     flags |= frame[4]
+                    if frame[0] == "group" and prev2_kind == "(" and prev_kind in _LITERAL_KINDS:
+                        # (8) = 3: a literal in parentheses is a literal.
+                        kind, text = prev_kind, prev_text
                 else:
                     flags |= F_CLOSE
                     clause = "expr"
@@ -626,6 +640,15 @@ def _parse(toks, quote: str) -> tuple[int, str] | None:
                 else:
                     error = True
                     break
+            elif kind == "f" and text in ("like", "glob", "regexp"):
+                # x LIKE('a%'): the operator, glued to a parenthesis.
+                flags |= F_CMP
+                cmp_left = (prev_kind, prev_text)
+                stack.append(["group", clause, has_select, False, 0])
+                clause = "expr"
+                has_select = False
+                state = _OPERAND
+                kind = "="
             else:
                 error = True
                 break
@@ -785,6 +808,8 @@ def _function_flags(name: str) -> int:
         return F_FUNC | F_DANGER
     if base in _INFO_FUNCTIONS:
         return F_FUNC | F_INFO
+    if base in _EXTRACT_FUNCTIONS:
+        return F_FUNC | F_EXTRACT
     return F_FUNC
 
 
@@ -851,6 +876,9 @@ def _judge(parsed: tuple[int, str] | None, quote: str, paranoia: int) -> str | N
         return "system-variable"
     if flags & F_INFO_CALL and flags & (F_CMP | F_LOGIC | F_ARITH | F_NESTED):
         return "info-function"
+    if flags & F_EXTRACT and flags & F_ARITH and lead in "1(" and not dangling:
+        # 456 + ASCII(SUBSTRING(passwd,1,1)) - 10: a column read char by char.
+        return "extraction"
 
     # Conditions.
     if flags & F_TAUTOLOGY and flags & (F_LOGIC | F_CLAUSE | F_CLOSE):

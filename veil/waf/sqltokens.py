@@ -73,7 +73,7 @@ KEYWORDS: dict[str, str] = {
 }
 
 #: Keywords that are also function names when a C{(} follows them directly.
-FUNCTION_KEYWORDS = words("IF LEFT RIGHT REPLACE INSERT MOD MATCH CURRENT_USER CURRENT_DATE CURRENT_TIME "
+FUNCTION_KEYWORDS = words("IF LEFT RIGHT REPLACE INSERT MOD MATCH LIKE GLOB REGEXP CURRENT_USER CURRENT_DATE CURRENT_TIME "
     "CURRENT_TIMESTAMP LOCALTIME LOCALTIMESTAMP SESSION_USER SYSTEM_USER UTC_DATE "
     "UTC_TIME UTC_TIMESTAMP SYSDATE DEFAULT COLLATE BINARY INTERVAL")
 
@@ -100,7 +100,7 @@ KNOWN_FUNCTIONS = words("""
 _TOKEN = re.compile(
     r"""
     (?P<ws>[\s\x00\ufffd]+)
-  | (?P<xopen>/\*!\d*)
+  | (?P<xopen>/\*!(?:\d{5,6})?)
   | (?P<xclose>\*/)
   | (?P<block>/\*(?:.*?\*/)?)
   | (?P<line>--|\#)
