@@ -244,6 +244,7 @@ HTML_FRAGMENTS = [
     "vbscript:", "data:", "data:text/html,", "expression(", "behavior:url(", "-moz-binding:",
     "x", "1", "(", ")", ";", "\\u0061", "alert", "eval", "location", "cookie", "![]", "+[]",
     "[", "]", "{", "}", "${", "\x00", "\x0b", "\t", "\n", "\ufffd", "İ", "\u212a",
+    "-moz-", "binding:", "behavior:", "url(", "\\7a", "\\72", "\\65 ", ":", "x:",
 ]
 
 

@@ -72,9 +72,9 @@ _URL_GAP = r"(?:[\x00-\x1f]|\xef\xbf\xbd)*"
 #: with character references (C{&#...}, C{&name;}).  The JavaScript
 #: readings need a sink's or target's name, a C{\\u} escape that spells
 #: one, or JSFuck's C{![]}/C{+[]}; the whole-value CSS reading one of the
-#: words of L{_CSS_HINT}.
+#: words in L{_CSS_WORDS}.
 PREFILTER = (
-    r"(?i)<|\\u|&#|&[a-z][a-z0-9]*;|!\[\]|\+\[\]|expression|-moz-binding|behaviou?r|"
+    r"(?i)<|\\u|&#|&[a-z][a-z0-9]*;|!\[\]|\+\[\]|expression|binding|behavio|"
     r"on[a-z]+" + _HTML_SPACE + "=|style" + _HTML_SPACE + "=|"
     + _URL_GAP.join("script:") + "|" + _URL_GAP.join("data:") + "|"
     r"(?:" + _SINK_NAMES + ")"
@@ -143,7 +143,7 @@ _PROSE = re.compile(r"\s*([A-Za-z][\w'’-]*)[:,;.]?[ \t]+[A-Za-z][\w'’-]*[:,;
 _CODE_WORDS = words("var let const function return new typeof void throw async await if "
                         "for while do try class with delete yield")
 # The whole-value CSS reading (a value put in a style attribute).
-_CSS_HINT = re.compile(r"(?i)expression|-moz-binding|behaviou?r")
+_CSS_WORDS = ("expression", "binding", "behavio")
 _ACTIVE_SCHEMES = ("javascript:", "vbscript:", "livescript:")
 _SAFE_DATA = ("data:image/png", "data:image/gif", "data:image/jpeg", "data:image/jpg",
               "data:image/webp", "data:image/bmp", "data:image/avif", "data:image/x-icon",
@@ -204,8 +204,7 @@ def detect(text: str, paranoia: int = 1) -> str | None:
     reason = _url(value)
     if reason:
         return reason + "@url"
-    if ("expression" in low or "binding" in low or "behavio" in low) \
-            and _css_active(head, whole=True):
+    if any(word in low for word in _CSS_WORDS) and _css_active(head, whole=True):
         return "style@css"
     if _jsfuck(value):
         return "jsfuck@js"
@@ -539,7 +538,7 @@ def _css_active(css: str, whole: bool = False, sheet: bool = False) -> bool:
     Whether CSS runs code or loads a document.  For a style attribute,
     brackets, escapes, comments or markup count too (a declaration list
     has no use for them); a style C{sheet} has them by nature.  A C{whole}
-    value read as CSS must do so with one of the words L{_CSS_HINT} finds
+    value read as CSS must do so with one of the words L{_CSS_WORDS} shows
     in the raw text (not with C{@import} or a C{javascript:} URL, which
     prose about CSS mentions).
     """
