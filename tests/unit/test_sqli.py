@@ -13,7 +13,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from veil.waf import sqli
 from veil.waf.sqltokens import closing_quote, tokens
 
-PROPERTY = settings(max_examples=400, derandomize=True, deadline=None, database=None)
+PROPERTY = settings(max_examples=600, derandomize=True, deadline=None, database=None)
 
 
 def kinds(text: str) -> str:

@@ -13,7 +13,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from veil.waf import htmltokens, jstokens, xss
 
-PROPERTY = settings(max_examples=400, derandomize=True, deadline=None, database=None)
+PROPERTY = settings(max_examples=600, derandomize=True, deadline=None, database=None)
 
 
 def tags(text: str, state: str = htmltokens.DATA) -> list:
@@ -245,6 +245,7 @@ HTML_FRAGMENTS = [
     "x", "1", "(", ")", ";", "\\u0061", "alert", "eval", "location", "cookie", "![]", "+[]",
     "[", "]", "{", "}", "${", "\x00", "\x0b", "\t", "\n", "\ufffd", "İ", "\u212a",
     "-moz-", "binding:", "behavior:", "url(", "\\7a", "\\72", "\\65 ", ":", "x:",
+    "&lt", "&gt", "&amp", "srcdoc", "title", "autofocus", "onfocus",
 ]
 
 
@@ -304,6 +305,7 @@ class PrefilterTests(SynchronousTestCase):
     def test_flagged_examples(self) -> None:
         """Attack examples of these tests match."""
         for text in ['" onmouseover\x0b="alert(1)', "j\tava\nscript:alert(1)",
+                     '" srcdoc="&ltscript src=//evil/x.js&gt&lt/script&gt',
                      "&#106;avascript:alert(1)", "\\u0061lert(1)", "+!![]+[]",
                      "<svg onload=alert(1)>", "x:expression(alert(1))"]:
             self.check(text)

@@ -72,9 +72,10 @@ _URL_GAP = r"(?:[\x00-\x1f]|\xef\xbf\xbd)*"
 #: with character references (C{&#...}, C{&name;}).  The JavaScript
 #: readings need a sink's or target's name, a C{\\u} escape that spells
 #: one, or JSFuck's C{![]}/C{+[]}; the whole-value CSS reading one of the
-#: words in L{_CSS_WORDS}.
+#: words in L{_CSS_WORDS}.  An C{srcdoc} holds HTML whose C{<} may be a
+#: character reference without its C{;}, so the word itself is listed.
 PREFILTER = (
-    r"(?i)<|\\u|&#|&[a-z][a-z0-9]*;|!\[\]|\+\[\]|expression|binding|behavio|"
+    r"(?i)<|\\u|&#|&[a-z][a-z0-9]*;|!\[\]|\+\[\]|expression|binding|behavio|srcdoc|"
     r"on[a-z]+" + _HTML_SPACE + "=|style" + _HTML_SPACE + "=|"
     + _URL_GAP.join("script:") + "|" + _URL_GAP.join("data:") + "|"
     r"(?:" + _SINK_NAMES + ")"
@@ -466,10 +467,10 @@ def _attribute(name: str, value: str, pseudo: bool, unquoted: bool, paranoia: in
         reason = _url(decoded)
         if reason:
             return "url:" + name
-    if depth == 0 and "<" in decoded:
+    if depth == 0 and "<" in value:
         # Markup inside a value: what a browser that misreads the quotes
         # (or a page that copies the value into HTML) would see.
-        return _html(decoded, htmltokens.DATA, decoded.find("<"), paranoia, depth + 1)
+        return _html(value, htmltokens.DATA, value.find("<"), paranoia, depth + 1)
     return None
 
 
