@@ -8,19 +8,30 @@ L{detect} reads the text in each of these three I{contexts}: as it is, and
 from just after the first unescaped C{'} and C{"} (the quote that would close
 the application's string), with that string as the first operand.
 
-Each reading is parsed by a small grammar of SQL fragments (L{_parse}): an
-expression that may close parentheses it did not open, continue with
-clauses (C{UNION SELECT}, C{ORDER BY}, C{LIMIT}, C{INTO OUTFILE}, ...), stack
-further statements after C{;} and end in a comment or an open string.  Text
-that is not such a fragment is not an injection in that context: natural
-language fails within a few tokens ("select the best union of colors" fails
-at C{union of}, "O'Reilly" at the name after the string, "Take a left (1
-mile)" at C{left}).  A fragment that parses is then judged by what it does
-(L{_judge}): a set operation, a stacked statement, a sub-query, a time or
-file function, a boolean condition that tests constants, a clause after a
-literal, or a break out of the quotes that ends in a comment or re-opens
-the application's quote.  Plain expressions ("1-2", "black and white",
-"1950 or 1960") parse but do nothing, and are let through.
+Each reading is parsed by a small grammar of SQL fragments (L{_parse}, a
+state machine over the tokens of L{veil.waf.sqltokens}): an expression that
+may close parentheses it did not open, continue with clauses (C{UNION
+SELECT}, C{ORDER BY}, C{LIMIT}, C{INTO OUTFILE}, ...), stack further
+statements after C{;} (or after an operand, as T-SQL allows) and end in a
+comment or an open string.  Natural language stops being such a fragment
+within a few tokens ("select the best union of colors" at C{union of},
+"O'Reilly" at the name after the string, "Take a left (1 mile)" at
+C{left}).  Where a text stops being SQL, what it showed before still
+counts, without the rules that need an ending: C{1 union select 1,2 from
+x where y} followed by junk is still a UNION.
+
+The features of the fragment are then judged (L{_judge}): a set operation,
+a stacked or standalone statement that changes or probes the server, a
+time, file or error-based function, a sub-query, a SELECT of constants or
+system variables, a boolean that tests constants or calls, a clause after
+a literal, arithmetic over string functions, or a break-out of the quotes
+that ends in a comment or re-opens the application's quote.  Plain
+expressions ("1-2", "black and white", "1950 or 1960") and ordinary queries
+pasted as code (C{SELECT * FROM t WHERE ...}, C{INSERT INTO t VALUES
+(?)}) parse but are let through.  Paranoia 2 and above (the engine's
+levels 3 and 4 behave as 2) also flag the weaker shapes: a boolean or a
+clause after a plain word, a bare SELECT ... FROM, a literal and a comment,
+any quote break-out with an operator.
 
 L{PREFILTER} is a regular expression that every text L{detect} flags
 matches; the engine scans values with it (compiled with hyperscan) and calls
@@ -257,13 +268,13 @@ _TOP = {"1": (_OPERAND, "select", 0, 0), "(": (_OPERAND, "expr", 0, 0)}
 
 def detect(text: str, paranoia: int = 1) -> str | None:
     """
-    Whether C{text} is a SQL injection: a short reason (the rule that fired
-    and the context, e.g. C{"union@squote"}) if it is, else C{None}.
+    Whether C{text} is a SQL injection: a short reason -- the rule that
+    fired and the context, C{"union@squote"}, C{"tautology@as-is"} -- if it
+    is, else C{None}.  Never raises.
 
     C{paranoia} 1 (the default) flags only fragments that do something
-    ordinary text does not; 2 and above also flag weaker shapes (a boolean
-    or a clause after a plain name, a bare C{SELECT ... FROM}, a literal
-    followed by a comment).
+    ordinary text does not; 2 and above also flag weaker shapes (see the
+    module docstring).
     """
     reason = _judge(_parse(tokens(text, 0, MAX_CHARS), ""), "", paranoia)
     if reason:

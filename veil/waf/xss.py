@@ -6,16 +6,21 @@ of these places; L{detect} reads the text as each of them:
 
   - I{HTML text}: the text is tokenized as a browser would
     (L{veil.waf.htmltokens}); it is an attack when it makes a tag that runs
-    script or loads active content (C{script}, C{iframe}, C{object},
-    C{embed}, C{base}, C{link}, C{style}, SVG animation, ...), an event
-    handler attribute (C{onerror=}), an attribute whose URL has an active
-    scheme (C{javascript:}, C{vbscript:}, C{data:text/html}), a C{style}
-    with CSS that runs code (C{expression()}, C{behavior}, C{-moz-binding},
-    C{@import}), an C{srcdoc} that is itself an attack, an SVG or MathML element (they
-    carry script, animations into URLs and links), or an IE
-    conditional comment or XML processing instruction that carries one.
-    Comments are read again from inside (a browser would hide them; a value
-    that hides a tag in a comment is up to something).
+    script or loads active content (C{script} with code, C{iframe},
+    C{object}, C{embed}, C{base}, C{link}, SVG animation, ... with
+    attributes), an event handler attribute (C{onerror=}), an attribute
+    whose URL has an active scheme (C{javascript:}, C{vbscript:},
+    C{data:text/html}) however it is written, CSS that runs code or plays
+    parser tricks (C{expression()}, C{behavior}, C{-moz-binding},
+    C{@import}, escapes and stray brackets in a C{style} attribute), an
+    C{srcdoc} that is itself an attack, an SVG (other than a plain drawing)
+    or MathML element, a C{<meta>} that refreshes, sets cookies or switches
+    to a charset that hides markup, a document type with an internal
+    subset, an XML style sheet, or an IE conditional comment that carries
+    one.  Comments are read again from inside (a browser would hide them;
+    a value that hides a tag in a comment is up to something), as are bogus
+    comments and tag names with a C{<} in them (what filters that delete
+    tags leave behind).
   - I{inside an attribute value} (unquoted, single- or double-quoted): from
     where the value leaves its quotes, the attributes that follow are judged
     as above (an event handler here must be a known event name, since the
@@ -33,8 +38,9 @@ src="cat.jpg">}, C{<span style="color: red">}, as are "<3", "a < b",
 handler that calls one page function with plain arguments
 (C{onclick="save()"}, as in a question about HTML) is flagged only from
 paranoia 2 (unless C{autofocus} fires it unasked), as are C{<form>},
-C{<template>} and a C{<meta>} that sets neither C{http-equiv} nor
-C{charset}.  Inline SVG pasted into a form is flagged at paranoia 1.
+C{<template>}, any C{style} and SVG drawings (shapes only, as pasted
+icons are).  A C{<style>} sheet is flagged at paranoia 1 only when its CSS
+runs code, loads more or plays parser tricks, so that HTML e-mail passes.
 
 L{PREFILTER} is a regular expression that every text L{detect} flags
 matches; the engine scans values with it and calls L{detect} on hits only.
@@ -174,9 +180,13 @@ _QUOTES = (("'", "squote"), ('"', "dquote"), ("`", "backtick"))
 
 def detect(text: str, paranoia: int = 1) -> str | None:
     """
-    Whether C{text} is an XSS attack: a short reason (what was found and in
-    which context, e.g. C{"tag:script@html"}, C{"event:onerror@attr-dquote"},
-    C{"sink:alert@js-squote"}) if it is, else C{None}.
+    Whether C{text} is an XSS attack: a short reason -- what was found and
+    in which reading, C{"tag:script@html"}, C{"event:onerror@attr-dquote"},
+    C{"sink:alert@js-squote"} -- if it is, else C{None}.  Never raises.
+
+    C{paranoia} 1 (the default) lets plain markup through (see the module
+    docstring); 2 and above (the engine's 3 and 4 behave as 2) also flag
+    any event handler, any C{style}, SVG drawings, forms and templates.
     """
     lt = text.find("<", 0, MAX_SCAN)
     if lt >= 0:
