@@ -214,6 +214,8 @@ class NaturalLanguageTests(SynchronousTestCase):
         "Please select 2 items", "use python", "exec noun", "Done; go home",
         "BLUE BROWN -BABY -TODDLER -DRESSES' --INFANT -CHILD -KID",
         "FOO BAR'# BLAH", "DRESS WITH HAT 18';", "I' IS NOT A PLASTIC BAG",
+        "3 - 2 -- easy", "(a) or b -- whichever is cheaper", "'Hello' -- she said",
+        "'Yes' or 'No'?", "\"1\" = \"1\"", "20% off (limited time) -- today only",
     ]
 
     CODE: ClassVar[list[str]] = [

@@ -901,7 +901,10 @@ def _judge(parsed: tuple[int, str] | None, quote: str, paranoia: int) -> str | N
             return "boolean"
         if quote == "'" and flags & (F_LITERAL | F_ARITH | F_CMP) and not flags & (F_DANGLING | F_ERROR):
             return "boolean"
-        if flags & (_TRUNCATED | F_OPEN_END) and (quote == "'" or flags & (F_GROUP | F_CLOSE)):
+        if quote == "'" and flags & (_TRUNCATED | F_OPEN_END):
+            return "boolean"
+        if flags & (F_GROUP | F_CLOSE) and (
+                flags & F_OPEN_END or flags & _TRUNCATED and flags & F_SHORT_COMMENT):
             return "boolean"
     if flags & F_CASE and not dangling:
         return "case"
@@ -921,7 +924,9 @@ def _judge(parsed: tuple[int, str] | None, quote: str, paranoia: int) -> str | N
             return "quote-break"
         if truncated and (flags & F_SHORT_COMMENT or flags & F_CLOSE):
             return "quote-comment"
-    if strong_lead and flags & F_COMMENT and (
+    # An expression cut off by an empty comment ("1 * 1/*"); "3 - 2 -- easy"
+    # is a remark.
+    if strong_lead and flags & F_COMMENT and flags & F_SHORT_COMMENT and (
             flags & (F_CMP | F_GROUP | F_CLOSE | F_FUNC) or flags & F_ARITH and not flags & F_NAME):
         return "comment"
     if lead in "1v" and flags & F_COMMENT and flags & F_SHORT_COMMENT \
