@@ -163,6 +163,9 @@ _LITERAL_WORDS = words("""
 _LITERAL_KINDS = frozenset("1sSl")
 # Features that decide the verdict whatever follows them.
 _DECISIVE = F_UNION | F_DANGER | F_INTO_FILE
+# What makes a sub-query an attack (see _judge), whatever follows.
+_SUBQUERY_EVIDENCE = (F_FROM | F_FUNC | F_SYSVAR | F_VAR | F_STAR | F_CATALOG | F_LITERAL
+                      | F_CMP)
 
 # Parser states.
 _OPERAND = 0   # an operand is expected
@@ -331,7 +334,8 @@ def _parse(toks, quote: str) -> tuple[int, str] | None:
             continue
         last_comment = ""
         count += 1
-        if count > MAX_TOKENS or flags & _DECISIVE or (strength == 2 and flags & F_STACKED):
+        if count > MAX_TOKENS or flags & _DECISIVE or (strength == 2 and flags & F_STACKED) \
+                or (flags & F_SUBSELECT and flags & _SUBQUERY_EVIDENCE):
             # Past the limit, or nothing that follows can change the verdict.
             break
         if not lead:
@@ -875,8 +879,7 @@ def _judge(parsed: tuple[int, str] | None, quote: str, paranoia: int) -> str | N
         return "function"
 
     # Queries.
-    if flags & F_SUBSELECT and flags & (F_FROM | F_FUNC | F_SYSVAR | F_VAR | F_STAR | F_CATALOG
-                                        | F_LITERAL | F_CMP):
+    if flags & F_SUBSELECT and flags & _SUBQUERY_EVIDENCE:
         return "subquery"
     # A SELECT of constants, functions or variables probes the server;
     # SELECT * / columns FROM ... WHERE ... is a query pasted as code.
