@@ -151,6 +151,10 @@ class SiteAuthorizationTests(TestCase):
             self.assertNotIn(reply.code, (401, 403, 404), f"{method} {path}")
         sites = (await admin.api("GET", "/api/v1/sites")).json()["items"]
         self.assertEqual([(s["domain"], s["role"]) for s in sites], [("shop.example.com", None)])
+        writes = [r for r in site_requests(running, site_id) if r[0].spec.write]
+        overrides = await running.audit("authz.admin_override")
+        self.assertEqual(len(overrides), len(writes))
+        self.assertEqual({o[1] for o in overrides}, {str(site_id)})
 
     async def test_tokens(self) -> None:
         """

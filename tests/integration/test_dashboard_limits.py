@@ -166,3 +166,33 @@ class SignInLimitTests(TestCase):
                                                   "password": "nope" * 4})
             codes.append(reply.code)
         self.assertEqual(codes, [401] * 10 + [429])
+
+
+class CleanUpTests(TestCase):
+    """The auth clean-up job deletes what has expired, and nothing else."""
+
+    timeout = 60
+
+    async def test_clean_up(self) -> None:
+        """Idle sessions, old links and drained buckets go; live ones stay."""
+        running = await start_dashboard(self)
+        accounts = running.accounts
+        await accounts.create_setup_link()
+        await running.user("kim@example.com")
+        stale = await running.sign_in("kim@example.com")
+        running.clock.advance(29 * 60)
+        live = await running.sign_in("kim@example.com")
+        await accounts.limiter.hit(Limit("drained", (Tier(5, 10.0),)), "x", accounts.now())
+        running.clock.advance(2 * 60)
+        await accounts.limiter.hit(Limit("fresh", (Tier(5, 600.0),)), "x", accounts.now())
+        removed = await accounts.store.clean_up(accounts.now(), accounts.idle)
+        self.assertEqual(removed["sessions"], 1)
+        self.assertEqual(removed["links"], 0)
+        buckets = await running.db.query("test.buckets", "SELECT key FROM rate_limits")
+        self.assertEqual([k.split(":")[0] for (k,) in buckets], ["fresh"])
+        self.assertEqual((await stale.api("GET", "/api/v1/me")).code, 401)
+        self.assertEqual((await live.api("GET", "/api/v1/me")).code, 200)
+        running.clock.advance(86400 + 3600)
+        removed = await accounts.store.clean_up(accounts.now(), accounts.idle)
+        self.assertEqual(removed["links"], 1)
+        self.assertEqual(removed["sessions"], 1)

@@ -17,8 +17,10 @@ from twisted.internet.testing import EventLoggingObserver
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import TestCase
 
+from tests.integration.test_dashboard_sessions import _cookie
 from tests.support.dashboard import PASSWORD, Browser, Running, start_dashboard
 from tests.support.smtp import SmtpServer
+from veil.auth.accounts import Client
 
 LINK = re.compile(r"(http://127\.0\.0\.1:\d+)(/login/magic\?token=[A-Za-z0-9_-]{43})")
 SETUP = re.compile(r"/setup\?token=[A-Za-z0-9_-]{43}")
@@ -90,6 +92,32 @@ class PasswordTests(TestCase):
         self.assertEqual((await second.api("GET", "/api/v1/me")).code, 401)
         await running.sign_in("lin@example.com", new)
         self.assertEqual(len(await running.audit("auth.password_changed")), 1)
+
+
+    async def test_first_password(self) -> None:
+        """
+        An account without a password sets one without a current password,
+        within ten minutes of signing in; later it must sign in again first.
+        """
+        running = await start_dashboard(self)
+        user = await running.user("nopass@example.com", password=None)
+        grant = await running.accounts.grant(user, "magic_link", Client("127.0.0.1"))
+        browser = running.browser()
+        browser.cookies.set_cookie(_cookie("veil_session", grant.token))
+        page = await browser.get("/account")
+        self.assertIn("Set a password", page.text)
+        self.assertNotIn('name="current"', page.text)
+        running.clock.advance(11 * 60)
+        late = await browser.form("/account/password", {"new": PASSWORD, "confirm": PASSWORD})
+        self.assertEqual(late.code, 403)
+        self.assertIn("Sign out and in again", late.text)
+        fresh = await running.accounts.grant(user, "magic_link", Client("127.0.0.1"))
+        browser = running.browser()
+        browser.cookies.set_cookie(_cookie("veil_session", fresh.token))
+        await browser.get("/account")
+        ok = await browser.form("/account/password", {"new": PASSWORD, "confirm": PASSWORD})
+        self.assertEqual(ok.code, 303)
+        await running.sign_in("nopass@example.com")
 
 
 class SetupTests(TestCase):

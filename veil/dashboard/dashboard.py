@@ -482,6 +482,12 @@ class Dashboard:
             if not principal.user.is_admin:
                 raise not_found()
             role = "owner"
+            if call.route.write:
+                # An administrator changing a site it is not a member of.
+                await self.services.accounts.store.audit(
+                    "authz.admin_override", actor=principal.user.id, target_type="site",
+                    target_id=str(site_id), ip=call.client.ip,
+                    detail={"route": f"{call.route.method} {call.route.path}"})
         if ROLES.index(role) < ROLES.index(access.role):
             raise HttpError("forbidden", f"Your role on this site ({role}) does not allow"
                             " this.", status=403)
