@@ -8,6 +8,8 @@ and a disabled user's sessions ending at once.
 from __future__ import annotations
 
 import psycopg
+from psycopg import sql
+from twisted.internet import threads
 from twisted.trial.unittest import TestCase
 
 from tests.support.dashboard import PASSWORD, Browser, Running, start_dashboard
@@ -200,3 +202,33 @@ def _cookie(name: str, value: str):
 
     return Cookie(0, name, value, None, False, "127.0.0.1", False, False, "/", True, False,
                   None, False, None, None, {})
+
+
+class NotifyTests(TestCase):
+    """Ending a session or revoking a token is announced, for live streams to close."""
+
+    timeout = 60
+
+    async def test_channels(self) -> None:
+        """Signing out notifies veil_sessions with the session's id; revoking, veil_api_tokens."""
+        running = await start_dashboard(self)
+        await running.user(EMAIL)
+        browser = await running.sign_in(EMAIL)
+        [session] = (await browser.api("GET", "/api/v1/sessions")).json()["items"]
+        token = (await browser.api("POST", "/api/v1/tokens", {"name": "x"})).json()
+        await running.accounts.flush_token_uses()
+        conn = psycopg.connect(running.conninfo, autocommit=True)
+        self.addCleanup(conn.close)
+        for channel in ("veil_sessions", "veil_api_tokens"):
+            conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
+        await running.browser().api("GET", "/api/v1/me", token=token["token"])
+        await running.accounts.flush_token_uses()
+        await browser.api("DELETE", f"/api/v1/tokens/{token['id']}")
+        await browser.form("/logout", {})
+
+        def collect() -> list[tuple[str, str]]:
+            return [(n.channel, n.payload) for n in conn.notifies(timeout=2.0)]
+
+        received = await threads.deferToThread(collect)
+        self.assertEqual(received, [("veil_api_tokens", token["id"]),
+                                    ("veil_sessions", session["id"])])

@@ -185,6 +185,8 @@ class SetupTests(TestCase):
              "differ"),
             ({"email": "root@", "password": PASSWORD, "password_confirm": PASSWORD},
              "e-mail address like"),
+            ({"email": "Operator@veil.invalid", "password": PASSWORD,
+              "password_confirm": PASSWORD}, "reserved"),
         ):
             reply = await browser.form("/setup", {"token": token, **fields})
             self.assertEqual(reply.code, 422, fields)

@@ -39,7 +39,7 @@ from veil.auth.credentials import (
     new_secret,
     pkce_challenge,
 )
-from veil.auth.emails import email_ref, normalise_email
+from veil.auth.emails import InvalidEmail, email_ref, normalise_email
 from veil.auth.github import GithubClient, GithubError
 from veil.auth.passwords import PasswordHasher, PasswordRules
 from veil.auth.ratelimit import Limit, RateLimiter
@@ -55,6 +55,7 @@ from veil.auth.store import (
 from veil.config import AuthConfig
 from veil.errors import VeilError
 from veil.mail import Mailer, compose
+from veil.store.admin import OPERATOR_EMAIL
 
 _log = Logger()
 
@@ -105,6 +106,12 @@ class Client:
 
     ip: str | None
     user_agent: str | None = None
+
+
+def _need_cookies(pre_session: str | None) -> None:
+    if not pre_session:
+        raise SignInRefused("cookies_needed", "Signing in needs cookies: allow them for this"
+                            " site and reload the page.", status=400)
 
 
 def _user_agent(text: str | None) -> str | None:
@@ -296,6 +303,8 @@ class Accounts:
         if not looks_like_secret(token):
             raise SetupUnavailable("This setup link is not valid.")
         address = normalise_email(email)
+        if address.casefold() == OPERATOR_EMAIL:
+            raise InvalidEmail("This address is reserved for the command line's account.")
         self.rules.check(password, address)
         hashed = await self.hasher.hash(password)
         user = await self.store.use_setup_token(digest(token), address, hashed, self.now(),
@@ -314,6 +323,7 @@ class Accounts:
         if not self.config.magic_links:
             raise SignInRefused("magic_links_disabled", "Sign-in by e-mail is turned off.",
                                 status=404)
+        _need_cookies(pre_session)
         await self._limit(ratelimit.MAGIC_LINK_IP, ratelimit.ip_bucket(client.ip or "-"),
                           "magic_link", client)
         address = normalise_email(email)
@@ -406,6 +416,7 @@ class Accounts:
         if self.github is None:
             raise SignInRefused("github_disabled", "Sign-in with GitHub is not set up.",
                                 status=404)
+        _need_cookies(pre_session)
         await self._limit(ratelimit.GITHUB_IP, ratelimit.ip_bucket(client.ip or "-"), "github",
                           client)
         state, verifier = new_secret(), new_secret()
