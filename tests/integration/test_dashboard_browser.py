@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -41,7 +42,7 @@ class BrowserTests(TestCase):
 
     async def start_veil(self) -> tuple[Veil, int]:
         data_dir = Path(tempfile.mkdtemp(prefix="veil-browser-"))
-        self.addCleanup(lambda: __import__("shutil").rmtree(data_dir, ignore_errors=True))
+        self.addCleanup(shutil.rmtree, data_dir, True)
         port = free_port()
         env = {
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": str(REPO),
@@ -181,13 +182,12 @@ def _first_run(link: str, base: str) -> list[tuple[str, str]]:
 def _cross_site(link: str, base: str, evil: str) -> dict[str, Any]:
     """Run in a thread: signed in, visit another origin whose form posts to Veil."""
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
 
     with chromium.chromium() as driver:
         _setup(driver, link)
         driver.get(evil)
         driver.find_element(By.ID, "go").click()
-        from selenium.webdriver.support.ui import WebDriverWait
-
         WebDriverWait(driver, 30).until(lambda d: d.current_url.startswith(base))
         # SameSite=Lax keeps the cookie off a cross-site POST, and without
         # a session or a token nothing happens; either way: an error page.
