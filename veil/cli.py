@@ -6,6 +6,7 @@ The C{veil} command: operator tasks beside the running service.
     veil sites add DOMAIN --origin URL        add a site ([--verified] [--mode] [--allow-plain-http])
     veil sites list [--json]                  every site
     veil sites remove DOMAIN                  delete a site and everything that belongs to it
+    veil sites verify DOMAIN                  check the site's DNS now ("Check now")
     veil decisions add IP|CIDR --for 1h       ban (or --type block|throttle|…) an address or network
     veil decisions list [--site D] [--all]    current decisions
     veil decisions remove ID                  delete a decision
@@ -41,7 +42,7 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import react
 
 from veil import config as veil_config
-from veil.commands import decisions, maintenance, sites
+from veil.commands import decisions, maintenance, sites, waf
 from veil.commands import tokens, users
 from veil.commands.base import Handler, Stores
 from veil.errors import StoreUnavailable, VeilError
@@ -145,6 +146,7 @@ def _job(target: Target, handler: Handler, args: argparse.Namespace, env: Env) -
                       statement_timeout=database.statement_timeout,
                       application_name="veil-cli")
         db.start()
+        args.loaded_config = target.config
         try:
             return await handler(Stores.on(db), args, env.out)
         except StoreUnavailable as e:
@@ -202,7 +204,7 @@ def migrate(args: argparse.Namespace, env: Env) -> int:
 
 
 #: The groups of store commands, each a module with C{register(commands)}.
-GROUPS = (sites, decisions, maintenance, users, tokens)
+GROUPS = (sites, decisions, maintenance, waf, users, tokens)
 
 
 def _parser() -> argparse.ArgumentParser:

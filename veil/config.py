@@ -156,6 +156,61 @@ def _optional_hostname(value: object) -> str | None:
     return text
 
 
+def _items(value: object) -> list[str]:
+    """A TOML list, or a comma-separated string, as its non-empty items."""
+    items = value if isinstance(value, list) else _text(value).split(",")
+    return [str(item).strip() for item in items if str(item).strip()]
+
+
+def _resolvers(value: object) -> tuple[tuple[str, int], ...]:
+    """
+    DNS resolvers as C{host:port} (the port defaults to 53; an IPv6 address
+    with a port goes in brackets, C{[2001:db8::53]:53}); empty: the
+    system's, from C{/etc/resolv.conf}.
+    """
+    servers = []
+    for item in _items(value):
+        host, port = item, "53"
+        if item.startswith("["):
+            host, bracket, rest = item[1:].partition("]")
+            if not bracket or (rest and not rest.startswith(":")):
+                raise ValueError(f"{item!r}: write an IPv6 resolver as [2001:db8::53]:53")
+            port = rest[1:] or "53"
+        elif item.count(":") == 1:
+            host, _, port = item.partition(":")
+        try:
+            if "%" in host:
+                raise ValueError(host)
+            address = ipaddress.ip_address(host)
+        except ValueError:
+            raise ValueError(f"{item!r}: a resolver is an IP address with an optional"
+                             " port, like 127.0.0.1:5353") from None
+        if not port.isdigit() or not 1 <= int(port) <= 65535:
+            raise ValueError(f"{item!r}: the port must be a number from 1 to 65535")
+        servers.append((address.compressed, int(port)))
+    return tuple(servers)
+
+
+def _addresses(value: object) -> tuple[str, ...]:
+    addresses = []
+    for item in _items(value):
+        try:
+            addresses.append(ipaddress.ip_address(item).compressed)
+        except ValueError:
+            raise ValueError(f"{item!r} is not an IPv4 or IPv6 address") from None
+    return tuple(dict.fromkeys(addresses))
+
+
+def _hostnames(value: object) -> tuple[str, ...]:
+    names = []
+    for item in _items(value):
+        name = _optional_hostname(item)
+        if name is None or "." not in name:
+            raise ValueError(f"{item!r} is not a domain name like letsencrypt.org")
+        names.append(name)
+    return tuple(dict.fromkeys(names))
+
+
 def _fraction(low: float, high: float) -> Callable[[object], float]:
     def parse(value: object) -> float:
         if isinstance(value, str):
@@ -301,6 +356,20 @@ KEYS: tuple[Key, ...] = (
     Key("acme.eab_kid", _optional_text, "", "external account binding key id"),
     Key("acme.eab_hmac_key", _optional_text, "", "external account binding key (base64url)"),
     Key("acme.challenges", _challenges, "tls-alpn-01,http-01", "challenge types, preferred first"),
+    Key("dns.resolvers", _resolvers, "",
+        "DNS resolvers for onboarding checks, host:port, comma-separated (default: the"
+        " system's, from /etc/resolv.conf)"),
+    Key("dns.proxy_cname", _optional_hostname, "",
+        "the host name sites point their CNAME at (this Veil's public name)"),
+    Key("dns.proxy_addresses", _addresses, "",
+        "this Veil's public IPv4/IPv6 addresses, for apex domains (A/AAAA)"),
+    Key("dns.caa_identifiers", _hostnames, "",
+        "CAA issuer names of the certificate authority (default: from tls.mode and"
+        " acme.directory_url)"),
+    Key("dns.timeout", _seconds(0.1, 30), 2.0, "seconds to wait for one DNS answer"),
+    Key("dns.attempts", _integer(1, 5), 2, "tries per resolver before the next one"),
+    Key("dns.check_interval", _seconds(1, 3600), 10.0,
+        "how often the DNS worker looks for pending sites that are due"),
     Key("processes.workers", process_count, 1,
         "Veil processes sharing the ports: a number, or auto for one per CPU"),
     Key("processes.stop_timeout", _seconds(1, 3600), 30.0,
@@ -393,6 +462,25 @@ class WorkersConfig:
 
 
 @attrs.frozen
+class DnsConfig:
+    """
+    Onboarding by DNS.
+
+    @ivar resolvers: C{(address, port)} pairs; empty for the system's.
+    @ivar caa_identifiers: the CA's CAA issuer names as configured; empty
+        for the default of C{tls.mode} (see L{veil.dns.caa.ca_identifiers}).
+    """
+
+    resolvers: tuple[tuple[str, int], ...] = ()
+    proxy_cname: str | None = None
+    proxy_addresses: tuple[str, ...] = ()
+    caa_identifiers: tuple[str, ...] = ()
+    timeout: float = 2.0
+    attempts: int = 2
+    check_interval: float = 10.0
+
+
+@attrs.frozen
 class ProcessesConfig:
     workers: int
     stop_timeout: float
@@ -453,6 +541,7 @@ class Config:
     workers: WorkersConfig
     processes: ProcessesConfig = ProcessesConfig(workers=1, stop_timeout=30.0)
     origin_ca_bundle: Path | None = None
+    dns: DnsConfig = DnsConfig()
     auth: AuthConfig = AuthConfig()
     github: GithubConfig = GithubConfig()
     smtp: SmtpConfig = SmtpConfig()
@@ -545,6 +634,11 @@ def load(path: str | None = None, environ: Mapping[str, str] | None = None) -> C
             base64.urlsafe_b64decode(values["acme.eab_hmac_key"] + "==")
         except (ValueError, binascii.Error):
             raise ConfigError(path, "acme.eab_hmac_key", "is not base64url") from None
+    if values["dns.proxy_cname"] is not None and re.fullmatch(r"[0-9.]+",
+                                                              values["dns.proxy_cname"]):
+        raise ConfigError(path, "dns.proxy_cname",
+                          "is an IP address; a CNAME needs a host name (put addresses in"
+                          " dns.proxy_addresses)")
     if values["tls.secrets_key"]:
         try:
             raw = base64.b64decode(values["tls.secrets_key"], validate=True)
@@ -616,6 +710,15 @@ def load(path: str | None = None, environ: Mapping[str, str] | None = None) -> C
         ),
         origin_ca_bundle=(Path(values["edge.origin_ca_bundle"])
                           if values["edge.origin_ca_bundle"] else None),
+        dns=DnsConfig(
+            resolvers=values["dns.resolvers"],
+            proxy_cname=values["dns.proxy_cname"],
+            proxy_addresses=values["dns.proxy_addresses"],
+            caa_identifiers=values["dns.caa_identifiers"],
+            timeout=values["dns.timeout"],
+            attempts=values["dns.attempts"],
+            check_interval=values["dns.check_interval"],
+        ),
         auth=AuthConfig(
             public_url=values["auth.public_url"],
             session_idle_timeout=values["auth.session_idle_timeout"],

@@ -46,8 +46,10 @@ from veil.store.db import Database
 from veil.store.listener import ListenerService
 from veil.store.locks import LockSession
 from veil.store.migrate import migrate
+from veil.store.policies import PolicyStore, PolicyTable
 from veil.store.requestlog import RequestLog
 from veil.workers.base import PeriodicWorker
+from veil.workers.dns import DnsVerifier, dns_worker
 from veil.workers.maintenance import partition_worker, session_cleanup_worker
 
 _log = Logger()
@@ -93,6 +95,8 @@ class VeilService(Service):
 
     @ivar dashboard_port: the listening port of the dashboard, once bound.
     @ivar db: the L{Database}, once start-up has reached it.
+    @ivar dns: onboarding by DNS (L{DnsVerifier}: "Check now", origin
+        proposals, DNS instructions), once start-up has reached the database.
     """
 
     name = "veil"
@@ -115,7 +119,11 @@ class VeilService(Service):
         self.request_log: RequestLog | None = None
         self.hub = Hub(reactor, metrics=self.metrics)
         self.peers: PeerFeed | None = None
+        #: Every site's WAF policy (L{veil.store.policies.PolicyTable}): the
+        #: proxy calls C{policies.get(site_id)} per request.
+        self.policies: PolicyTable | None = None
         self.workers: list[PeriodicWorker] = []
+        self.dns: DnsVerifier | None = None
         self.dashboard_port: Any = None
         self.dashboard: Dashboard | None = None
         self.accounts: Any = None
@@ -231,13 +239,19 @@ class VeilService(Service):
         self.peers = PeerFeed(self.hub, db, self.listener, self.reactor, metrics=self.metrics)
         self.peers.startService()
         self.readiness.detail = "loading sites, certificates and decisions"
+        policies = self.policies = PolicyTable(PolicyStore(db), self.reactor)
+        policies.subscribe(self.listener)
+        await policies.reload()
         edge_workers = await self.edge.start(db, locks, self.listener, self.request_log.append)
         if not role.is_main:
             sockets = role.sockets
             self.edge.bind(lambda name, factory: adopt(self.reactor, sockets[name], factory))
         self.listener.startService()
         workers = config.workers
+        self.dns = DnsVerifier.from_config(config, db, self.reactor)
         self.workers = edge_workers + [
+            dns_worker(self.dns, locks, self.reactor, every=config.dns.check_interval),
+            policies.refresher(every=60.0),
             partition_worker(db, locks, self.reactor, workers.partition_retention_months,
                              every=workers.partition_interval),
             session_cleanup_worker(db, locks, self.reactor,

@@ -148,7 +148,7 @@ class Edge:
             store=store, issuer=issuer, policy=policy, locks=locks, sites=site_store,
             clock=self.reactor, metrics=self.metrics, responder=self.responder,
             key_type=config.tls.key_type, cache_size=config.tls.cache_size)
-        listener.subscribe("veil_certificates", resolver.certificate_changed, resolver.reload)
+        resolver.follow(listener)
         self.resolver = resolver
 
         decisions = DecisionTable(DecisionStore(db), self.reactor)
@@ -169,12 +169,13 @@ class Edge:
         settings.on_change(lambda table: setattr(proxy, "maintenance", table.maintenance))
         self._router.proxy = proxy
         return [
-            PeriodicWorker("settings-table", settings.reload, self.reactor, every=60.0),
-            PeriodicWorker("decision-table", decisions.reload, self.reactor, every=60.0),
+            settings.refresher(every=60.0),
+            decisions.refresher(every=60.0),
             PeriodicWorker("decision-expiry", decisions.prune, self.reactor, every=5.0),
             renewal_worker(store, resolver, sites, locks, self.reactor, config.dashboard_host,
                            config.tls.renew_fraction, config.tls.renewal_interval),
-            PeriodicWorker("site-table", sites.reload, self.reactor, every=60.0),
+            sites.refresher(every=60.0),
+            resolver.refresher(every=3600.0),
         ]
 
     def _issuer(self, store: CertificateStore) -> Issuer:
