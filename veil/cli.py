@@ -44,6 +44,7 @@ from twisted.internet.task import react
 
 from veil import config as veil_config
 from veil.commands import decisions, maintenance, sites, waf
+from veil.commands import tokens, users
 from veil.commands.base import Handler, Stores
 from veil.errors import StoreUnavailable, VeilError
 from veil.store.db import Database
@@ -231,7 +232,7 @@ def migrate(args: argparse.Namespace, env: Env) -> int:
 
 
 #: The groups of store commands, each a module with C{register(commands)}.
-GROUPS = (sites, decisions, maintenance, waf)
+GROUPS = (sites, decisions, maintenance, waf, users, tokens)
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -245,6 +245,46 @@ def _optional_email(value: object) -> str | None:
     return text
 
 
+def _optional_url(value: object) -> str | None:
+    """
+    An C{https://} URL, or C{http://} on a loopback host (tests, a local
+    mail or identity server); no path beyond C{/}, no query.
+    """
+    text = _text(value).strip().rstrip("/")
+    if not text:
+        return None
+    match = re.fullmatch(r"(https?)://(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+)(:[0-9]{1,5})?(/[^\s?#]*)?", text)
+    if match is None:
+        raise ValueError(f"{text!r} is not an http(s):// URL")
+    if match.group(1) == "http" and not _is_loopback(match.group(2)):
+        raise ValueError(f"{text!r}: plain http:// is allowed only for a loopback host")
+    return text
+
+
+def _is_loopback(host: str) -> bool:
+    host = host.strip("[]").lower()
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _optional_host(value: object) -> str | None:
+    text = _text(value).strip().lower().rstrip(".")
+    if not text:
+        return None
+    try:
+        ipaddress.ip_address(text.strip("[]"))
+        return text.strip("[]")
+    except ValueError:
+        pass
+    if not _HOSTNAME.match(text):
+        raise ValueError(f"{text!r} is not a host name or address")
+    return text
+
+
 def _challenges(value: object) -> tuple[str, ...]:
     items = value if isinstance(value, list) else _text(value).split(",")
     names = tuple(str(item).strip().lower() for item in items if str(item).strip())
@@ -340,6 +380,28 @@ KEYS: tuple[Key, ...] = (
         "how often partition maintenance runs"),
     Key("workers.session_cleanup_interval", _seconds(10, 86400), 3600.0,
         "how often expired sessions are deleted"),
+    Key("auth.public_url", _optional_url, "",
+        "the dashboard's URL as users reach it, for links in mail and the GitHub callback"
+        " (default: https://dashboard.host, else the dashboard port's address)"),
+    Key("auth.session_idle_timeout", _seconds(60, 30 * 86400), 1800.0,
+        "a session unused this long ends (seconds)"),
+    Key("auth.session_lifetime", _seconds(300, 365 * 86400), 43200.0,
+        "a session ends this long after sign-in, used or not (seconds)"),
+    Key("auth.magic_links", _boolean, True, "allow sign-in by a link sent by e-mail"),
+    Key("github.client_id", _optional_text, "", "GitHub OAuth app client id (sign-in with GitHub)"),
+    Key("github.client_secret", _optional_text, "", "GitHub OAuth app client secret"),
+    Key("github.base_url", _optional_url, "https://github.com", "GitHub's web address"),
+    Key("github.api_url", _optional_url, "https://api.github.com", "GitHub's API address"),
+    Key("smtp.host", _optional_host, "", "mail server; empty: mail goes to data_dir/outbox"),
+    Key("smtp.port", _integer(1, 65535), 587, "mail server port"),
+    Key("smtp.starttls", _boolean, True,
+        "require STARTTLS (false is allowed only for a loopback mail server)"),
+    Key("smtp.username", _optional_text, "", "mail server user name (empty: no AUTH)"),
+    Key("smtp.password", _optional_text, "", "mail server password"),
+    Key("smtp.sender", _optional_email, "", "From address of Veil's mail"),
+    Key("smtp.ca_bundle", _optional_path, "", "PEM roots trusted for the mail server"
+        " (default: the system's)"),
+    Key("smtp.timeout", _seconds(1, 600), 30.0, "give up on the mail server after this long"),
 )
 
 _BY_NAME = {key.name: key for key in KEYS}
@@ -425,6 +487,44 @@ class ProcessesConfig:
 
 
 @attrs.frozen
+class AuthConfig:
+    """Sign-in and sessions (C{auth.*})."""
+
+    public_url: str | None = None
+    session_idle_timeout: float = 1800.0
+    session_lifetime: float = 43200.0
+    magic_links: bool = True
+
+
+@attrs.frozen
+class GithubConfig:
+    """Sign-in with GitHub (C{github.*}); off unless both client values are set."""
+
+    client_id: str | None = None
+    client_secret: str | None = None
+    base_url: str = "https://github.com"
+    api_url: str = "https://api.github.com"
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.client_id and self.client_secret)
+
+
+@attrs.frozen
+class SmtpConfig:
+    """Outgoing mail (C{smtp.*}); with no host, mail is written to C{data_dir/outbox}."""
+
+    host: str | None = None
+    port: int = 587
+    starttls: bool = True
+    username: str | None = None
+    password: str | None = None
+    sender: str | None = None
+    ca_bundle: Path | None = None
+    timeout: float = 30.0
+
+
+@attrs.frozen
 class Config:
     """The whole, validated configuration."""
 
@@ -442,6 +542,9 @@ class Config:
     processes: ProcessesConfig = ProcessesConfig(workers=1, stop_timeout=30.0)
     origin_ca_bundle: Path | None = None
     dns: DnsConfig = DnsConfig()
+    auth: AuthConfig = AuthConfig()
+    github: GithubConfig = GithubConfig()
+    smtp: SmtpConfig = SmtpConfig()
 
     @property
     def uses_embedded_database(self) -> bool:
@@ -544,6 +647,20 @@ def load(path: str | None = None, environ: Mapping[str, str] | None = None) -> C
         if len(raw) != 32:
             raise ConfigError(path, "tls.secrets_key", "must be 32 bytes in base64")
 
+    if values["auth.session_idle_timeout"] > values["auth.session_lifetime"]:
+        raise ConfigError(path, "auth.session_idle_timeout", "is longer than auth.session_lifetime")
+    if bool(values["github.client_id"]) != bool(values["github.client_secret"]):
+        raise ConfigError(path, "github.client_secret",
+                          "github.client_id and github.client_secret go together")
+    if values["smtp.host"] is not None:
+        if not values["smtp.starttls"] and not _is_loopback(values["smtp.host"]):
+            raise ConfigError(path, "smtp.starttls",
+                              "may be false only for a mail server on loopback")
+        if bool(values["smtp.username"]) != bool(values["smtp.password"]):
+            raise ConfigError(path, "smtp.password", "smtp.username and smtp.password go together")
+        if values["smtp.sender"] is None:
+            raise ConfigError(path, "smtp.sender", "is required when smtp.host is set")
+
     return Config(
         source=path,
         data_dir=Path(values["data_dir"]).absolute(),
@@ -601,5 +718,27 @@ def load(path: str | None = None, environ: Mapping[str, str] | None = None) -> C
             timeout=values["dns.timeout"],
             attempts=values["dns.attempts"],
             check_interval=values["dns.check_interval"],
+        ),
+        auth=AuthConfig(
+            public_url=values["auth.public_url"],
+            session_idle_timeout=values["auth.session_idle_timeout"],
+            session_lifetime=values["auth.session_lifetime"],
+            magic_links=values["auth.magic_links"],
+        ),
+        github=GithubConfig(
+            client_id=values["github.client_id"],
+            client_secret=values["github.client_secret"],
+            base_url=values["github.base_url"] or "https://github.com",
+            api_url=values["github.api_url"] or "https://api.github.com",
+        ),
+        smtp=SmtpConfig(
+            host=values["smtp.host"],
+            port=values["smtp.port"],
+            starttls=values["smtp.starttls"],
+            username=values["smtp.username"],
+            password=values["smtp.password"],
+            sender=values["smtp.sender"],
+            ca_bundle=Path(values["smtp.ca_bundle"]) if values["smtp.ca_bundle"] else None,
+            timeout=values["smtp.timeout"],
         ),
     )

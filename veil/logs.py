@@ -20,15 +20,66 @@ import functools
 import hashlib
 import ipaddress
 import logging
+import re
 import sys
 from typing import Any
 
 from twisted.logger import ILogObserver, Logger, LogLevel, jsonFileLogObserver
+from zope.interface import implementer
 
 
 def json_observer() -> ILogObserver:
-    """A log observer writing JSON lines to standard output."""
-    return jsonFileLogObserver(sys.stdout)
+    """A log observer writing JSON lines to standard output, redacted (L{redact})."""
+    return RedactingObserver(jsonFileLogObserver(sys.stdout))
+
+
+#: What never belongs in a log: e-mail addresses, API and GitHub tokens,
+#: bearer credentials.  A backstop: code logs pseudonyms and ids instead.
+_SECRETS = (
+    (re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}"), "[email]"),
+    (re.compile(r"veil_pat_[A-Za-z0-9_-]+"), "veil_pat_[redacted]"),
+    (re.compile(r"\bgh[pousr]_[A-Za-z0-9_]{20,}"), "gh_[redacted]"),
+    (re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]+"), r"\1 [redacted]"),
+)
+_SECRET_KEYS = re.compile(r"(?i)^(password|passwd|secret|token|cookie|authorization|"
+                          r"csrf_token|client_secret|api_token)$")
+
+
+def redact_text(text: str) -> str:
+    """C{text} with e-mail addresses and tokens masked."""
+    for pattern, replacement in _SECRETS:
+        text = pattern.sub(replacement, text)
+    return text
+
+
+def redact(event: dict[str, Any]) -> dict[str, Any]:
+    """
+    The event with secret-looking fields masked (a copy when anything
+    changed): fields named like a secret, and e-mail addresses and tokens
+    inside any text field.
+    """
+    changed: dict[str, Any] = {}
+    for key, value in event.items():
+        if not isinstance(value, str) or key in ("log_format", "log_namespace", "log_level"):
+            continue
+        if _SECRET_KEYS.match(key):
+            changed[key] = "[redacted]"
+            continue
+        cleaned = redact_text(value)
+        if cleaned != value:
+            changed[key] = cleaned
+    return {**event, **changed} if changed else event
+
+
+@implementer(ILogObserver)
+class RedactingObserver:
+    """Passes every event to C{observer} through L{redact}."""
+
+    def __init__(self, observer: ILogObserver) -> None:
+        self._observer = observer
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        self._observer(redact(event))
 
 
 def fingerprint(secret: str | bytes) -> str:

@@ -28,8 +28,13 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from veil import __version__
+from veil.auth.runtime import auth_workers, make_accounts
 from veil.config import Config
 from veil.dashboard.app import DashboardApp, Readiness
+from veil.dashboard.dashboard import Dashboard
+from veil.dashboard.handlers import NAV, groups
+from veil.dashboard.services import Services
+from veil.dashboard.web import Mounted
 from veil.errors import StoreUnavailable, VeilError
 from veil.live.hub import Hub
 from veil.live.peers import PeerFeed
@@ -120,6 +125,8 @@ class VeilService(Service):
         self.workers: list[PeriodicWorker] = []
         self.dns: DnsVerifier | None = None
         self.dashboard_port: Any = None
+        self.dashboard: Dashboard | None = None
+        self.accounts: Any = None
         self.edge: Any = None
         self._starting: Deferred[None] | None = None
 
@@ -151,8 +158,15 @@ class VeilService(Service):
         self._bound = True
         from veil.edge.service import Edge
 
-        dashboard = DashboardApp(self.readiness, self.worker_status, self.metrics)
-        self.edge = Edge(self.config, self.reactor, self.metrics, dashboard.resource())
+        operational = DashboardApp(self.readiness, self.worker_status, self.metrics).resource()
+        services = Services(self.config, clock=self.reactor, reactor=self.reactor)
+        self.dashboard = Dashboard(services, groups(services), nav=NAV, mounted=[
+            (Mounted("/health", "Liveness, version and every worker's status"), operational),
+            (Mounted("/ready", "200 once Veil serves and its database answers"), operational),
+            (Mounted("/metrics", "Prometheus metrics"), operational),
+        ])
+        dashboard = self.dashboard.resource()
+        self.edge = Edge(self.config, self.reactor, self.metrics, dashboard)
         if not self.role.is_main:
             # A child listens once it can serve (in _start): until then new
             # connections wait in the queue the main process keeps open.
@@ -160,7 +174,8 @@ class VeilService(Service):
         self.listeners = Listeners(self.reactor, self.config, self.config.processes.workers,
                                    self.role.sockets)
         try:
-            self.dashboard_port = self.listeners.listen("dashboard", dashboard.site())
+            self.dashboard_port = self.listeners.listen(
+                "dashboard", self.dashboard.site(clock=self.reactor))
             host = self.dashboard_port.getHost()
             _log.info("Dashboard on http://{address}:{port}/", address=host.host, port=host.port)
             self.edge.bind(self.listeners.listen)
@@ -221,6 +236,7 @@ class VeilService(Service):
         locks = self.locks = LockSession(conninfo, self.reactor,
                                          connect_timeout=config.database.connect_timeout)
         locks.start()
+        await self._start_accounts(db)
         self.listener = ListenerService(conninfo, self.reactor,
                                         connect_timeout=config.database.connect_timeout)
         self.request_log = RequestLog(
@@ -248,6 +264,8 @@ class VeilService(Service):
                              every=workers.partition_interval),
             session_cleanup_worker(db, locks, self.reactor,
                                    every=workers.session_cleanup_interval),
+            *auth_workers(self.accounts, locks, self.reactor,
+                          cleanup_every=workers.session_cleanup_interval),
         ]
         for worker in self.workers:
             worker.startService()
@@ -266,6 +284,22 @@ class VeilService(Service):
             os.write(role.control_fd, b"READY\n")
         notify("READY=1")
         _log.info("Veil {version} ready", version=__version__)
+
+    async def _start_accounts(self, db: Database) -> None:
+        """Accounts for the dashboard; on first run, the setup link in the log."""
+        bound = None if self.dashboard_port is None else self.dashboard_port.getHost().port
+        accounts = self.accounts = make_accounts(self.config, self.reactor, db, bound_port=bound)
+        await accounts.start()
+        assert self.dashboard is not None
+        self.dashboard.services.accounts = accounts
+        self.dashboard.services.db = db
+        if self.role.is_main:
+            link = await accounts.create_setup_link()
+            if link is not None:
+                _log.warn(
+                    "No account exists yet. Create the first administrator within one hour"
+                    " at {setup_link} (or run: veil users add EMAIL --admin --password-stdin)",
+                    setup_link=link)
 
     async def _start_group(self, conninfo: str) -> None:
         config, role = self.config, self.role
@@ -346,6 +380,8 @@ class VeilService(Service):
             await self.listener.stopService()
         if self.request_log is not None:
             await self.request_log.stopService()
+        if self.accounts is not None:
+            await self.accounts.stop()
         if self.locks is not None:
             await self.locks.close()
         if self.db is not None:
