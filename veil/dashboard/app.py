@@ -12,8 +12,9 @@ the background (one check at a time), so the next probe sees the recovery;
 otherwise it pings through the pool, which takes at most
 C{min(2 s, database.connect_timeout)} when the database has just gone away.
 
-These endpoints are probed over and over (load balancers, Prometheus), so
-their requests write no access line to the log (L{DashboardSite}).
+These endpoints are probed over and over (load balancers, Prometheus): like
+every request on the dashboard port, they write no access line to the log
+(L{veil.dashboard.dashboard.dashboard_site}).
 """
 
 from __future__ import annotations
@@ -28,17 +29,12 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource
-from twisted.web.server import Site
 
 from veil import __version__
 from veil.errors import StoreUnavailable
 from veil.metrics import Registry
 
 _log = Logger()
-
-
-#: The operational endpoints: probed over and over, so never in the access log.
-PROBES = frozenset({b"/health", b"/ready", b"/metrics"})
 
 
 class Readiness:
@@ -119,10 +115,6 @@ class DashboardApp:
     def resource(self) -> IResource:
         return self.app.resource()
 
-    def site(self) -> Site:
-        """The dashboard port's site, on L{resource}."""
-        return DashboardSite(self.resource())
-
     @staticmethod
     def _json(request: IRequest, status: int, body: dict[str, Any]) -> bytes:
         request.setResponseCode(status)
@@ -172,19 +164,3 @@ class DashboardApp:
     def metrics(self, request: IRequest) -> bytes:
         request.setHeader(b"content-type", b"text/plain; version=0.0.4")
         return self._metrics.render().encode("utf-8")
-
-
-class DashboardSite(Site):
-    """
-    The dashboard port's twisted.web site: no tracebacks in responses, and
-    no access line for the operational endpoints (L{PROBES}), which load
-    balancers and Prometheus request every few seconds.
-    """
-
-    displayTracebacks = False
-    noisy = False
-
-    def log(self, request: IRequest) -> None:
-        if request.path in PROBES:
-            return
-        super().log(request)
