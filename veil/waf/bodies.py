@@ -178,6 +178,10 @@ def _form(body: Body, data: bytes, params: dict[str, str]) -> None:
         return
     if parse_pairs(text, body.args):
         body.anomalies.append((LIMITS, "body"))
+    # The whole form as well, as the query is inspected whole (uri): a
+    # payload with & in it is split across arguments.
+    if "&" in text:
+        body.text = text
     if has_invalid_escape(text):
         body.anomalies.append((BAD_URLENCODING, "body"))
 

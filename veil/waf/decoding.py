@@ -53,7 +53,7 @@ def text_of(data: bytes) -> str:
 def _unescape(match: re.Match[str]) -> str:
     escaped = match.group()
     if escaped[1] in "uU":
-        return chr(int(escaped, 0))
+        return chr(int(escaped[2:], 16))  # noqa: FURB166 - %u, not 0x
     return text_of(bytes.fromhex(escaped.replace("%", "")))
 
 

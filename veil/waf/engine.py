@@ -124,7 +124,8 @@ class Engine:
                 usable.append(rule)
             else:
                 self.unavailable.append(Unavailable(rule, reason))
-                log.warning("WAF rule {rule_id} is not available: {reason}", rule_id=rule.id,
+                log.warn("WAF rule {rule_id} is not available: {reason}",  # noqa: G010 - Twisted
+                         rule_id=rule.id,
                          reason=reason)
         self._plan = self._compile(usable)
 

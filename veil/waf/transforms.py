@@ -45,11 +45,23 @@ def urldecode(text: str) -> str:
     return text
 
 
+#: How many times C{htmldecode} decodes a value at most.
+HTMLDECODE_PASSES = 2
+
+
 def htmldecode(text: str) -> str:
-    """HTML character references (C{&lt;}, C{&#60;}, C{&#x3c;}, with or without C{;})."""
-    if "&" not in text:
-        return text
-    return html.unescape(text)
+    """
+    HTML character references (C{&lt;}, C{&#60;}, C{&#x3c;}, with or
+    without C{;}), decoded twice at most (C{&amp;lt;} is C{<}).
+    """
+    for _ in range(HTMLDECODE_PASSES):
+        if "&" not in text:
+            return text
+        decoded = html.unescape(text)
+        if decoded == text:
+            return text
+        text = decoded
+    return text
 
 
 _JS_ESCAPE = re.compile(
@@ -73,7 +85,7 @@ def jsdecode(text: str) -> str:
 
 _B64_TOKEN = re.compile(r"(?<![A-Za-z0-9+/=_-])[A-Za-z0-9+/_-]{8,}={0,2}(?![A-Za-z0-9+/=_-])")
 _B64_URLSAFE = str.maketrans("-_", "+/")
-_TEXT_SPACE = str.maketrans("", "", "\t\r\n")
+_TEXT_SPACE = str.maketrans("", "", "\t\r\n\x00")
 
 
 def _b64_text(token: str) -> str | None:
@@ -165,11 +177,21 @@ def htmlcomments(text: str) -> str:
     return _HTML_COMMENTS.sub("", text)
 
 
+_INVISIBLE = re.compile("[\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180b-\u180f"
+                        "\u200b-\u200f\u202a-\u202e\u2060-\u206f\u3164\ufe00-\ufe0f"
+                        "\ufeff\uffa0\ufff0-\ufff8]")
+
+
 def nfkc(text: str) -> str:
-    """Unicode NFKC: full-width, compatibility and ligature forms as their plain characters."""
+    """
+    Unicode NFKC (full-width, compatibility and ligature forms as their
+    plain characters), and invisible characters removed (zero-width
+    spaces and joiners, the byte order mark, soft hyphens, bidirectional
+    controls).
+    """
     if text.isascii():
         return text
-    return unicodedata.normalize("NFKC", text)
+    return _INVISIBLE.sub("", unicodedata.normalize("NFKC", text))
 
 
 _BRACES = re.compile(r"\{([^{}\s,\x1e]+(?:,[^{}\s,\x1e]*)+)\}")
