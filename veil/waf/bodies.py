@@ -41,9 +41,10 @@ MALFORMED_MULTIPART = "multipart"
 BAD_URLENCODING = "urlencoding"
 LIMITS = "limits"
 TYPE_MISMATCH = "mismatch"
+MULTIPART_EVASION = "multipart-evasion"
 
 ANOMALIES = (MALFORMED_JSON, MALFORMED_XML, MALFORMED_MULTIPART, BAD_URLENCODING, LIMITS,
-             TYPE_MISMATCH)
+             TYPE_MISMATCH, MULTIPART_EVASION)
 
 # Body kinds.
 FORM = "form"
@@ -178,10 +179,11 @@ def _form(body: Body, data: bytes, params: dict[str, str]) -> None:
         return
     if parse_pairs(text, body.args):
         body.anomalies.append((LIMITS, "body"))
-    # The whole form as well, as the query is inspected whole (uri): a
-    # payload with & in it is split across arguments.
+    # The whole form as well (with + as the space it stands for), as the
+    # query is inspected whole (uri): a payload with & in it is split
+    # across arguments.
     if "&" in text:
-        body.text = text
+        body.text = text.replace("+", " ")
     if has_invalid_escape(text):
         body.anomalies.append((BAD_URLENCODING, "body"))
 
@@ -458,12 +460,24 @@ def _part_headers(raw: bytes) -> dict[str, str] | None:
     return headers
 
 
+#: The character sets browsers send form parts in.
+_PLAIN_CHARSETS = frozenset({"utf-8", "utf8", "us-ascii", "ascii", "iso-8859-1", "latin1",
+                             "iso-8859-15", "windows-1252"})
+
+#: Characters that have no business in a part's name or file name: they
+#: make parsers that split the header naively disagree on the field.
+_EVASIVE = re.compile(r'[;="\\\r\n\x00]')
+
+
 def _part(body: Body, headers: dict[str, str], content: bytes) -> None:
     disposition = headers.get("content-disposition")
     if disposition is None:
         body.anomalies.append((MALFORMED_MULTIPART, "body"))
         return
     _, params = split_content_type(disposition)
+    if any(_EVASIVE.search(params.get(key) or "") for key in ("name", "filename")) \
+            or disposition.lower().count("name=") > 2:
+        body.anomalies.append((MULTIPART_EVASION, "body"))
     name = params.get("name")
     if name is None:
         body.anomalies.append((MALFORMED_MULTIPART, "body"))
@@ -478,8 +492,11 @@ def _part(body: Body, headers: dict[str, str], content: bytes) -> None:
         if head:
             body.contents.append((name, text_of(head)))
     else:
-        body.args.append((name, _decoded(content, split_content_type(
-            headers.get("content-type", ""))[1])))
+        part_params = split_content_type(headers.get("content-type", ""))[1]
+        charset = part_params.get("charset", "").lower()
+        if charset and charset not in _PLAIN_CHARSETS:
+            body.anomalies.append((MULTIPART_EVASION, "body"))
+        body.args.append((name, _decoded(content, part_params)))
 
 
 # -- no Content-Type -----------------------------------------------------------------------
