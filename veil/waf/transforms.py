@@ -65,19 +65,24 @@ def htmldecode(text: str) -> str:
 
 
 _JS_ESCAPE = re.compile(
-    r"\\(?:u\{([0-9A-Fa-f]{1,6})\}|u([0-9A-Fa-f]{4})|x([0-9A-Fa-f]{2})|([^\w\s\x1e]))")
+    r"\\(?:u\{([0-9A-Fa-f]{1,6})\}|u([0-9A-Fa-f]{4})|x([0-9A-Fa-f]{2})|([^\w\s\x1e])|([nr0])(?![\w]))")
+_JS_LETTERS = {"n": "\n", "r": "\r", "0": "\x00"}
 
 
 def _js_unescape(match: re.Match[str]) -> str:
     code = match.group(1) or match.group(2) or match.group(3)
     if code is None:
-        return match.group(4)
+        return match.group(4) or _JS_LETTERS[match.group(5)]
     number = int(code, 16)
     return chr(number) if number <= 0x10FFFF else match.group()
 
 
 def jsdecode(text: str) -> str:
-    """JavaScript/JSON escapes: C{\\u0027}, C{\\u{27}}, C{\\x27}, and C{\\/}-style escaped punctuation."""
+    """
+    JavaScript/JSON escapes: C{\\u0027}, C{\\u{27}}, C{\\x27}, C{\\/}-style
+    escaped punctuation, and C{\\n}, C{\\r}, C{\\0} where no letter follows
+    (so that C{C:\\new\\temp} stays a Windows path).
+    """
     if "\\" not in text:
         return text
     return _JS_ESCAPE.sub(_js_unescape, text)
@@ -195,16 +200,17 @@ def nfkc(text: str) -> str:
 
 
 _BRACES = re.compile(r"\{([^{}\s,\x1e]+(?:,[^{}\s,\x1e]*)+)\}")
-_SHELL_QUOTING = re.compile(r"""['"^]|\\(?=[^\x1e])|\$[@*]|\$\d|\$\{\s*\}""")
+_SHELL_QUOTING = re.compile(r"""['"^]|\\(?=[^\x1e])|\$[@*#?!$_-]|\$\d|\$\{\s*\}""")
 _SHELL_IFS = re.compile(r"\$\{?IFS\}?")
 
 
 def shellquotes(text: str) -> str:
     """
     Shell and C{cmd.exe} quoting that hides command names: quotes and
-    backslashes (C{c''at}, C{c\\at}), empty expansions (C{$@}, C{$1},
-    C{${}}), carets (C{w^hoami}), C{$IFS} as a space and brace lists as
-    words (C{{cat,/etc/passwd}}).
+    backslashes (C{c''at}, C{c\\at}), special parameters that expand to
+    nothing in an attack (C{$@}, C{$*}, C{$?}, C{$!}, C{$_}, C{$1}, C{${}}),
+    carets (C{w^hoami}), C{$IFS} as a space and brace lists as words
+    (C{{cat,/etc/passwd}}).
     """
     if "IFS" in text:
         text = _SHELL_IFS.sub(" ", text)
