@@ -70,12 +70,19 @@ class _Action:
 
 @attrs.define(eq=False)
 class _Group:
-    """The rules of one transformation chain at one paranoia level."""
+    """The rules of one transformation chain that read the same values."""
 
     chain: tuple[str, ...]
     spec: Spec
     db: Any
     actions: list[_Action]
+    #: The index of C{spec} among the plan's specs.
+    spec_id: int = 0
+    #: (text id, transformation) from the joined values (no
+    #: transformation) to the whole chain; a text id names one (spec,
+    #: chain prefix), so groups share the transformations they have in
+    #: common.
+    steps: tuple[tuple[int, Any], ...] = ()
 
 
 @attrs.define(eq=False)
@@ -91,6 +98,12 @@ class _Plan:
     anomaly_rules: dict[str, list[Rule]]
     #: The C{and} conditions of the rules that have them.
     conditions: dict[int, tuple[Condition, ...]]
+    #: The groups that read whole collections or the method: every request.
+    always: list[_Group] = attrs.Factory(list)
+    #: The groups that read named headers only, by header name: only when
+    #: the request has one of them.
+    by_header: dict[str, list[_Group]] = attrs.Factory(dict)
+    specs: int = 0
 
 
 @attrs.frozen
@@ -137,7 +150,17 @@ class Engine:
     # -- compiling -----------------------------------------------------------------------
 
     def _compile(self, rules: Sequence[Rule]) -> _Plan:
-        chains: dict[tuple[tuple[str, ...], bool], list[Rule]] = {}
+        """
+        Broad rules (those that read whole collections) are grouped by
+        chain and all read one buffer of every value any of them reads, so
+        the values are gathered and joined once per request and chains
+        that share a prefix share its transformations.  Narrow rules (those
+        that read named members only, such as C{headers:content-type}, or
+        the method) are grouped by chain and members: their buffers are a
+        value or two, and a member the request does not have costs nothing.
+        """
+        broad: dict[tuple[str, ...], list[Rule]] = {}
+        narrow: dict[tuple[tuple[str, ...], Spec], list[Rule]] = {}
         python_rules: list[Rule] = []
         anomaly_rules: dict[str, list[Rule]] = {}
         for rule in rules:
@@ -146,30 +169,47 @@ class Engine:
                     anomaly_rules.setdefault(kind, []).append(rule)
             elif rule.operator == "num":
                 python_rules.append(rule)
+            elif _narrow(rule):
+                narrow.setdefault((rule.transforms, _spec([rule])), []).append(rule)
             else:
-                chains.setdefault((rule.transforms, _narrow(rule)), []).append(rule)
-        groups = [self._group(chain, members) for (chain, _), members in chains.items()]
+                broad.setdefault(rule.transforms, []).append(rule)
+        everything = _spec([r for members in broad.values() for r in members])
+        groups = [self._group(chain, everything, members) for chain, members in broad.items()]
+        groups += [self._group(chain, spec, members)
+                   for (chain, spec), members in narrow.items()]
+        groups = [g for g in groups if g.db is not None]
         conditions = {r.id: r.conditions for r in rules if r.conditions}
-        return _Plan(groups, python_rules, anomaly_rules, conditions)
+        plan = _Plan(groups, python_rules, anomaly_rules, conditions)
+        spec_ids: dict[Spec, int] = {}
+        text_ids: dict[tuple[int, tuple[str, ...]], int] = {}
+        for group in groups:
+            group.spec_id = spec_ids.setdefault(group.spec, len(spec_ids))
+            steps = []
+            for length in range(len(group.chain) + 1):
+                key = (group.spec_id, group.chain[:length])
+                text_id = text_ids.setdefault(key, len(text_ids))
+                steps.append((text_id, TRANSFORMS[group.chain[length - 1]] if length else None))
+            group.steps = tuple(steps)
+            if all(collection == "headers" and names is not None
+                   for collection, names in group.spec):
+                for _, names in group.spec:
+                    for name in sorted(names or ()):
+                        plan.by_header.setdefault(name, []).append(group)
+            else:
+                plan.always.append(group)
+        plan.specs = len(spec_ids)
+        return plan
 
-    def _group(self, chain: tuple[str, ...], rules: list[Rule]) -> _Group:
-        wanted: dict[str, frozenset[str] | None] = {}
+    def _group(self, chain: tuple[str, ...], spec: Spec, rules: list[Rule]) -> _Group:
         expressions: list[bytes] = []
         flags: list[int] = []
         actions: list[_Action] = []
         for rule in rules:
-            for collection, names in rule.collections().items():
-                if collection in wanted and wanted[collection] is None or names is None:
-                    wanted[collection] = None
-                else:
-                    wanted[collection] = (wanted.get(collection) or frozenset()) | names
             for expression, flag, action in self._patterns(rule):
                 expressions.append(expression)
                 flags.append(flag)
                 actions.append(action)
-        spec = tuple(sorted(wanted.items(), key=lambda item: item[0]))
         return _Group(chain, spec, self._database(expressions, flags, actions), actions)
-
 
     def _patterns(self, rule: Rule) -> Iterable[tuple[bytes, int, _Action]]:
         base = hyperscan.HS_FLAG_DOTALL | (0 if rule.case else hyperscan.HS_FLAG_CASELESS)
@@ -281,15 +321,21 @@ class _Scan:
         self.request = request
         self.paranoia = paranoia
         self.explain = explain
-        self.gathered: dict[Spec, tuple[list[str], list[Part], list[int]]] = {}
-        self.texts: dict[tuple[Spec, tuple[str, ...]], str] = {}
+        self.gathered: dict[int, tuple[list[str], list[Part], list[int]]] = {}
+        self.texts: dict[int, str] = {}
         self.matches: list[Match] = []
         self.seen: set[tuple[int, str]] = set()
 
     def run(self, plan: _Plan) -> tuple[Match, ...]:
-        for group in plan.groups:
-            if group.db is not None:
-                self._scan(group)
+        for group in plan.always:
+            self._scan(group)
+        if plan.by_header:
+            done: set[int] = set()
+            for name in self.request.header_index:
+                for group in plan.by_header.get(name, ()):
+                    if id(group) not in done:
+                        done.add(id(group))
+                        self._scan(group)
         paranoia = self.paranoia
         if plan.anomaly_rules:
             for kind, target in self.request.anomalies:
@@ -309,44 +355,53 @@ class _Scan:
 
     # -- values and transformations ------------------------------------------------------
 
-    def _gather(self, spec: Spec) -> tuple[list[str], list[Part], list[int]]:
-        found = self.gathered.get(spec)
+    def _gather(self, group: _Group) -> tuple[list[str], list[Part], list[int]]:
+        found = self.gathered.get(group.spec_id)
         if found is None:
             values: list[str] = []
             parts: list[Part] = []
             starts: list[int] = []
             request = self.request
-            for collection, names in spec:
+            for collection, names in group.spec:
                 for part in request.parts(collection, names):
                     if part.values:
                         starts.append(len(values))
                         parts.append(part)
                         values.extend(part.values)
-            found = self.gathered[spec] = (values, parts, starts)
+            found = self.gathered[group.spec_id] = (values, parts, starts)
         return found
 
-    def _text(self, spec: Spec, chain: tuple[str, ...], values: list[str]) -> str:
-        key = (spec, chain)
-        text = self.texts.get(key)
+    def _text(self, group: _Group, values: list[str]) -> str:
+        texts = self.texts
+        steps = group.steps
+        last = len(steps) - 1
+        text = texts.get(steps[last][0])
         if text is not None:
             return text
-        if not chain:
+        done = last - 1
+        while done >= 0 and steps[done][0] not in texts:
+            done -= 1
+        if done < 0:
             text = SEP.join(values)
             if text.count(SEP) != len(values) - 1:
                 text = SEP.join(v.replace(SEP, SEP_STANDIN) for v in values)
+            texts[steps[0][0]] = text
+            done = 0
         else:
-            text = apply_joined(TRANSFORMS[chain[-1]], self._text(spec, chain[:-1], values),
-                                len(values) - 1)
-        self.texts[key] = text
+            text = texts[steps[done][0]]
+        separators = len(values) - 1
+        for text_id, transform in steps[done + 1:]:
+            text = apply_joined(transform, text, separators)
+            texts[text_id] = text
         return text
 
     # -- scanning ------------------------------------------------------------------------
 
     def _scan(self, group: _Group) -> None:
-        values, parts, starts = self._gather(group.spec)
+        values, parts, starts = self._gather(group)
         if not values:
             return
-        text = self._text(group.spec, group.chain, values)
+        text = self._text(group, values)
         data = text.encode("utf-8", "surrogatepass")
         hits: list[tuple[int, int]] = []
         group.db.scan(data, match_event_handler=_collect, context=hits)
@@ -471,6 +526,18 @@ def _test(condition: Condition, value: str) -> bool:
 
 
 # -- patterns ------------------------------------------------------------------------------
+
+
+def _spec(rules: Iterable[Rule]) -> Spec:
+    """The collections (all members, or the named ones) that C{rules} read, in a stable order."""
+    wanted: dict[str, frozenset[str] | None] = {}
+    for rule in rules:
+        for collection, names in rule.collections().items():
+            if collection in wanted and wanted[collection] is None or names is None:
+                wanted[collection] = None
+            else:
+                wanted[collection] = (wanted.get(collection) or frozenset()) | names
+    return tuple(sorted(wanted.items(), key=lambda item: item[0]))
 
 
 def _narrow(rule: Rule) -> bool:

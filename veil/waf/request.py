@@ -65,6 +65,7 @@ class Request:
         "_body",
         "_content_type",
         "_cookies",
+        "_header_index",
         "_header_text",
         "_headers",
         "_media",
@@ -86,6 +87,7 @@ class Request:
         self.complete = complete
         self._content_type = content_type
         self._header_text: list[tuple[str, str]] | None = None
+        self._header_index: dict[str, list[str]] | None = None
         self._query: str | None = None
         self._path: str | None = None
         self._query_args: list[tuple[str, str]] | None = None
@@ -137,12 +139,20 @@ class Request:
                                  for name, value in self._headers]
         return self._header_text
 
+    @property
+    def header_index(self) -> dict[str, list[str]]:
+        """The header values by lower-cased name."""
+        if self._header_index is None:
+            index: dict[str, list[str]] = {}
+            for key, value in self.headers:
+                index.setdefault(key, []).append(value)
+            self._header_index = index
+        return self._header_index
+
     def header(self, name: str) -> str | None:
         """The first value of header C{name} (lower case), or L{None}."""
-        for key, value in self.headers:
-            if key == name:
-                return value
-        return None
+        values = self.header_index.get(name)
+        return values[0] if values else None
 
     @property
     def cookies(self) -> list[tuple[str, str]]:
@@ -270,7 +280,8 @@ def _headers(request: Request, names: frozenset[str] | None) -> list[Part]:
     if names is None:
         pairs = [(k, v) for k, v in request.headers if k != "cookie"]
     else:
-        pairs = [(k, v) for k, v in request.headers if k in names]
+        index = request.header_index
+        pairs = [(k, v) for k in names if k in index for v in index[k]]
     return [Part([v for _, v in pairs], ["headers:" + k for k, _ in pairs])] if pairs else []
 
 

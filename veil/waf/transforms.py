@@ -49,15 +49,27 @@ def urldecode(text: str) -> str:
 HTMLDECODE_PASSES = 2
 
 
+#: A character reference: numeric with or without C{;}, named with C{;} or
+#: one of the few that browsers decode without it.
+_CHARREF = re.compile(r"&(?:#[0-9]{1,8};?|#[xX][0-9a-fA-F]{1,7};?|[A-Za-z][A-Za-z0-9]{1,31};"
+                      r"|(?:lt|gt|amp|quot|nbsp|AMP|LT|GT|QUOT)(?![A-Za-z0-9;]))")
+
+
+def _charref(match: re.Match[str]) -> str:
+    return html.unescape(match.group())
+
+
 def htmldecode(text: str) -> str:
     """
-    HTML character references (C{&lt;}, C{&#60;}, C{&#x3c;}, with or
-    without C{;}), decoded twice at most (C{&amp;lt;} is C{<}).
+    HTML character references (C{&lt;}, C{&#60;}, C{&#x3c;}, C{&colon;}),
+    decoded twice at most (C{&amp;lt;} is C{<}).  Named references need
+    their C{;} except the few browsers decode without one (C{&lt}), so
+    query strings (C{&para=1}) are left alone.
     """
     for _ in range(HTMLDECODE_PASSES):
         if "&" not in text:
             return text
-        decoded = html.unescape(text)
+        decoded = _CHARREF.sub(_charref, text)
         if decoded == text:
             return text
         text = decoded
@@ -88,7 +100,7 @@ def jsdecode(text: str) -> str:
     return _JS_ESCAPE.sub(_js_unescape, text)
 
 
-_B64_TOKEN = re.compile(r"(?<![A-Za-z0-9+/=_-])[A-Za-z0-9+/_-]{8,}={0,2}(?![A-Za-z0-9+/=_-])")
+_B64_TOKEN = re.compile(r"[A-Za-z0-9+/_-]{8,}={0,2}")
 _B64_URLSAFE = str.maketrans("-_", "+/")
 _TEXT_SPACE = str.maketrans("", "", "\t\r\n\x00")
 
@@ -136,8 +148,9 @@ def _b64_replace(match: re.Match[str]) -> str:
 def base64(text: str) -> str:
     """
     Each run of 8 or more Base64 characters (standard or URL-safe, padding
-    optional) that decodes to printable UTF-8 text is replaced by that
-    text; anything else (binary, hashes, ordinary words) is left alone.
+    optional, a leading C{/} allowed as in a path) that decodes to
+    printable UTF-8 text is replaced by that text; anything else (binary,
+    hashes, ordinary words) is left alone.
     """
     if len(text) < 8:
         return text
@@ -200,7 +213,8 @@ def nfkc(text: str) -> str:
 
 
 _BRACES = re.compile(r"\{([^{}\s,\x1e]+(?:,[^{}\s,\x1e]*)+)\}")
-_SHELL_QUOTING = re.compile(r"""['"^]|\\(?=[^\x1e])|\$[@*#?!$_-]|\$\d|\$\{\s*\}""")
+_QUOTES = str.maketrans("", "", "'\"^")
+_SHELL_QUOTING = re.compile(r"""\\(?=[^\x1e])|\$[@*#?!$_-]|\$\d|\$\{\s*\}""")
 _SHELL_IFS = re.compile(r"\$\{?IFS\}?")
 
 
@@ -216,7 +230,11 @@ def shellquotes(text: str) -> str:
         text = _SHELL_IFS.sub(" ", text)
     if "{" in text and "," in text:
         text = _BRACES.sub(lambda m: m.group(1).replace(",", " "), text)
-    return _SHELL_QUOTING.sub("", text)
+    if "'" in text or '"' in text or "^" in text:
+        text = text.translate(_QUOTES)
+    if "\\" in text or "$" in text:
+        text = _SHELL_QUOTING.sub("", text)
+    return text
 
 
 def slashes(text: str) -> str:
