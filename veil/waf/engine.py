@@ -312,6 +312,14 @@ def _collect(ident: int, start: int, end: int, flags: int, hits: list[tuple[int,
     return len(hits) >= MAX_HITS
 
 
+def _run(db: Any, data: bytes, hits: list[tuple[int, int]]) -> None:
+    """Scan C{data}, collecting (pattern id, end offset) into C{hits}, at most L{MAX_HITS}."""
+    try:
+        db.scan(data, match_event_handler=_collect, context=hits)
+    except hyperscan.ScanTerminated:
+        pass  # MAX_HITS reached: what was found is judged
+
+
 class _Scan:
     """One request's inspection: the joined buffers and their transformations."""
 
@@ -404,7 +412,7 @@ class _Scan:
         text = self._text(group, values)
         data = text.encode("utf-8", "surrogatepass")
         hits: list[tuple[int, int]] = []
-        group.db.scan(data, match_event_handler=_collect, context=hits)
+        _run(group.db, data, hits)
         if not hits:
             return
         single = len(values) == 1
@@ -437,7 +445,7 @@ class _Scan:
                     inside = confirmed[index] = set()
                     alone = data[bounds[index]:bounds[index + 1] - 1]
                     alone_hits: list[tuple[int, int]] = []
-                    group.db.scan(alone, match_event_handler=_collect, context=alone_hits)
+                    _run(group.db, alone, alone_hits)
                     inside.update(i for i, _ in alone_hits)
                 if ident not in inside:
                     continue

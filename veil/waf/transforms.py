@@ -171,8 +171,7 @@ def compress(text: str) -> str:
 
 
 _SQL_COMMENTS = re.compile(
-    r"/\*!(?:\d{5,6})?|/\*[^\x1e]*?\*/|/\*[^\x1e]*$|\*/|--[^\x1e\n]*|#[^\x1e\n]*",
-    re.MULTILINE)
+    r"/\*!(?:\d{5,6})?|/\*[^\x1e]*?\*/|/\*[^\x1e]*(?=\x1e|$)|\*/|--[^\x1e\n]*|#[^\x1e\n]*")
 
 
 def sqlcomments(text: str) -> str:
@@ -185,7 +184,7 @@ def sqlcomments(text: str) -> str:
     return _SQL_COMMENTS.sub(" ", text)
 
 
-_HTML_COMMENTS = re.compile(r"<!--[^\x1e]*?-->|<!--[^\x1e]*$", re.MULTILINE)
+_HTML_COMMENTS = re.compile(r"<!--[^\x1e]*?-->|<!--[^\x1e]*(?=\x1e|$)")
 
 
 def htmlcomments(text: str) -> str:
