@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import codecs
 import re
+from urllib.parse import unquote_to_bytes
 
 _ESCAPES = re.compile(r"(?:%[0-9A-Fa-f]{2})+|%[uU][0-9A-Fa-f]{4}")
 _INVALID_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2}|[uU][0-9A-Fa-f]{4})")
@@ -67,6 +68,11 @@ def percent_decode(text: str, plus: bool = False) -> str:
         text = text.replace("+", " ")
     if "%" not in text:
         return text
+    if "%u" not in text and "%U" not in text:
+        try:
+            return text_of(unquote_to_bytes(text))
+        except UnicodeEncodeError:
+            pass  # a lone surrogate (from JSON): decode escape by escape
     return _ESCAPES.sub(_unescape, text)
 
 

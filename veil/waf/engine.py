@@ -51,7 +51,11 @@ MAX_HITS = 4096
 #: How much of a transformed value C{explain} shows.
 EXPLAIN_CHARS = 200
 
-_SEP_RX = re.compile(re.escape(SEP.encode()))
+_SEP_BYTE = SEP.encode()
+_SEP_RX = re.compile(re.escape(_SEP_BYTE))
+#: Up to this many matches in a scan are placed by counting separators;
+#: more, by listing them once.
+_FEW_HITS = 16
 _DIRECT, _CONFIRM, _DETECT = 0, 1, 2
 
 Spec = tuple[tuple[str, frozenset[str] | None], ...]
@@ -415,25 +419,29 @@ class _Scan:
         _run(group.db, data, hits)
         if not hits:
             return
+        actions = group.actions
+        paranoia = self.paranoia
+        hits = [hit for hit in hits if actions[hit[0]].rule.paranoia <= paranoia]
+        if not hits:
+            return
         single = len(values) == 1
         if single:
             located = {(ident, 0) for ident, _ in hits}
-            bounds = [0, len(data)]
+            bounds = [0, len(data) + 1]
+        elif len(hits) <= _FEW_HITS:
+            # A match that ends on a separator ends its value (C{$} matches
+            # the separator): it belongs to the value before.
+            located = {(ident, data.count(_SEP_BYTE, 0, end - 1)) for ident, end in hits}
+            bounds = []
         else:
             separators = [m.start() for m in _SEP_RX.finditer(data)]
             bounds = [0, *(s + 1 for s in separators), len(data) + 1]
-            located = set()
-            for ident, end in hits:
-                # A match that ends on a separator ends its value (C{$}
-                # matches the separator): it belongs to the value before.
-                located.add((ident, bisect_left(separators, end - 1)))
+            located = {(ident, bisect_left(separators, end - 1)) for ident, end in hits}
         pieces: list[str] | None = None
         confirmed: dict[int, set[int]] = {}
         for ident, index in sorted(located, key=lambda item: (item[1], item[0])):
-            action = group.actions[ident]
+            action = actions[ident]
             rule = action.rule
-            if rule.paranoia > self.paranoia:
-                continue
             part_index = bisect_right(starts, index) - 1
             part = parts[part_index]
             targets = [t for t in part.names_of(index - starts[part_index]) if rule.selects(t)]
@@ -443,7 +451,7 @@ class _Scan:
                 inside = confirmed.get(index)
                 if inside is None:
                     inside = confirmed[index] = set()
-                    alone = data[bounds[index]:bounds[index + 1] - 1]
+                    alone = _value_bytes(data, index, bounds)
                     alone_hits: list[tuple[int, int]] = []
                     _run(group.db, alone, alone_hits)
                     inside.update(i for i, _ in alone_hits)
@@ -509,6 +517,17 @@ class _Scan:
         return result != condition.negate
 
 
+def _value_bytes(data: bytes, index: int, bounds: list[int]) -> bytes:
+    """The bytes of value C{index} of a joined buffer (C{bounds}: where each starts, if listed)."""
+    if bounds:
+        return data[bounds[index]:bounds[index + 1] - 1]
+    start = 0
+    for _ in range(index):
+        start = data.index(_SEP_BYTE, start) + 1
+    stop = data.find(_SEP_BYTE, start)
+    return data[start:] if stop < 0 else data[start:stop]
+
+
 def _chain(transforms: tuple[str, ...], value: str) -> str:
     for name in transforms:
         value = TRANSFORMS[name](value)
@@ -548,14 +567,20 @@ def _spec(rules: Iterable[Rule]) -> Spec:
     return tuple(sorted(wanted.items(), key=lambda item: item[0]))
 
 
+#: Collections whose values are few and short: a rule that reads only
+#: these gets a buffer of its own.
+_SMALL = ("method", "args_names", "cookies_names")
+
+
 def _narrow(rule: Rule) -> bool:
     """
-    Whether a rule reads only named members (C{headers:content-type}) or
-    the method: such rules share a small buffer of just those values
-    rather than the buffer of everything, which their presence patterns
-    (C{^\\s*\\S}) would match value by value.
+    Whether a rule reads only named members (C{headers:content-type}), the
+    method or parameter names: such rules share small buffers of just those
+    values rather than the buffer of everything, which their patterns
+    (C{^\\s*\\S}, a parameter called C{session}) would match in other
+    values only to be filtered out.
     """
-    return all(s.name is not None or s.collection == "method"
+    return all(s.name is not None or s.collection in _SMALL
                for s in rule.targets if not s.negated)
 
 

@@ -179,8 +179,9 @@ def sqlcomments(text: str) -> str:
     SQL comments (C{/* */}, C{--}, C{#}) as a space; the content of
     MySQL's executable comments (C{/*!50000union*/}) is kept.
     """
-    if "/*" not in text and "--" not in text and "#" not in text and "*/" not in text:
-        return text
+    if "/*" not in text and "--" not in text and "#" not in text:
+        # A stray */ (as in Accept: */*) is all there is, or nothing.
+        return text.replace("*/", " ") if "*/" in text else text
     return _SQL_COMMENTS.sub(" ", text)
 
 
