@@ -12,6 +12,8 @@ The C{veil} command: operator tasks beside the running service.
     veil decisions remove ID                  delete a decision
     veil maintenance on|off [--site DOMAIN]   the maintenance switch, cluster-wide or per site
     veil maintenance status [--site DOMAIN]
+    veil waf check [--site DOMAIN] FILE|-     explain the WAF's verdict on a raw HTTP request
+    veil waf rules [--class C] [--json]       the signature rules
 
 Every command takes C{--config PATH} (or C{VEIL_CONFIG}) and the C{VEIL_*}
 overrides.  The store commands connect to C{database.url}, or without one to
@@ -43,8 +45,7 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import react
 
 from veil import config as veil_config
-from veil.commands import decisions, maintenance, sites, waf
-from veil.commands import tokens, users
+from veil.commands import decisions, maintenance, sites, tokens, users, waf, wafcheck
 from veil.commands.base import Handler, Stores
 from veil.errors import StoreUnavailable, VeilError
 from veil.store.db import Database
@@ -232,7 +233,7 @@ def migrate(args: argparse.Namespace, env: Env) -> int:
 
 
 #: The groups of store commands, each a module with C{register(commands)}.
-GROUPS = (sites, decisions, maintenance, waf, users, tokens)
+GROUPS = (sites, decisions, maintenance, waf, wafcheck, users, tokens)
 
 
 def _parser() -> argparse.ArgumentParser:

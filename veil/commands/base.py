@@ -58,7 +58,17 @@ def store_command(parser: argparse.ArgumentParser, handler: Handler,
 
 def group(commands: argparse._SubParsersAction, name: str, help: str,
           dest: str = "action", metavar: str = "ACTION") -> argparse._SubParsersAction:
-    """Add the command group C{name} and return its subcommands."""
+    """
+    The subcommands of the command group C{name}, added if it is not there
+    yet: several modules may add subcommands to one group (C{veil waf}),
+    and the first to register gives the group its help.
+    """
+    existing = commands.choices.get(name)
+    if existing is not None:
+        for action in existing._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                return action
+        raise ValueError(f"command {name!r} exists and is not a group")
     return commands.add_parser(name, help=help).add_subparsers(
         dest=dest, required=True, metavar=metavar)
 
