@@ -119,7 +119,8 @@ class ProxyFactory(Factory):
                  sni: str | None = None, inspect: Callable[[Exchange], Verdict | None] | None = None,
                  trust_request_id: bool = False, header_timeout: float = 15.0,
                  body_timeout: float = 30.0, idle_timeout: float = 60.0,
-                 pipeline_buffer: int = 64 * 1024, retry_after: int = 120) -> None:
+                 pipeline_buffer: int = 64 * 1024, retry_after: int = 120,
+                 send_timeout: float = 60.0) -> None:
         self.clock = reactor
         self.sites = sites
         self.origins = origins
@@ -132,6 +133,7 @@ class ProxyFactory(Factory):
         self.header_timeout = header_timeout
         self.body_timeout = body_timeout
         self.idle_timeout = idle_timeout
+        self.send_timeout = send_timeout
         self.pipeline_buffer = pipeline_buffer
         self.retry_after = b"%d" % retry_after
         self.request_id = RequestIds()
@@ -259,6 +261,10 @@ class ProxyProtocol(Protocol):
         self._seen = 0
         self._body_at = 0.0
         self._body_timer = False
+        #: The exchange whose response the client stopped taking, and
+        #: when it gives up on the client (see L{Exchange.send_stalled}).
+        self.stalled: Exchange | None = None
+        self._stall_at = 0.0
 
     # -- connection --------------------------------------------------------------
 
@@ -469,6 +475,14 @@ class ProxyProtocol(Protocol):
 
     def expired(self) -> None:
         """The deadline has passed (the factory's L{Deadlines} says so)."""
+        stalled = self.stalled
+        if stalled is not None:
+            if self.f.clock.seconds() >= self._stall_at:
+                self.stalled = None
+                self.f.rejected.inc(status="send_timeout")
+                stalled._abort_both()
+                return
+            self.deadline = self._stall_at
         if self._stopped:
             return
         ex = self._reading
@@ -527,14 +541,14 @@ class Exchange:
         "method",
         "named",
         "origin_ms",
-        "out",
         "origin_ts",
+        "out",
         "p",
         "page",
         "pending",
         "pending_size",
-        "producing",
         "producer_wanted",
+        "producing",
         "raw_host",
         "request_id",
         "retried",
@@ -927,6 +941,23 @@ class Exchange:
             self._abort_both()
             return
         self._fail_page(504 if kind == TIMEOUT else 502)
+
+    def send_stalled(self) -> None:
+        """
+        The client stopped taking the response (its transport paused the
+        origin connection): it has C{send_timeout} seconds to take more.
+        """
+        p = self.p
+        p._stall_at = p.f.clock.seconds() + p.f.send_timeout
+        p.stalled = self
+        if not p.deadline or p.deadline > p._stall_at:
+            p.deadline = p._stall_at
+
+    def send_resumed(self) -> None:
+        """The client takes the response again."""
+        p = self.p
+        if p.stalled is self:
+            p.stalled = None
 
     # -- ending ----------------------------------------------------------------------
 
