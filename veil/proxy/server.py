@@ -32,6 +32,7 @@ connection down for shut-down.
 
 from __future__ import annotations
 
+import os
 from collections import deque
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -48,12 +49,23 @@ from zope.interface import implementer
 
 from veil.deadlines import Deadlines
 from veil.edge.plain import normalize_host, split_target
+from veil.logs import Throttle, redact_ip
 from veil.metrics import Registry
 from veil.proxy import pages
 from veil.proxy.headers import (
+    CONNECTION,
+    CONTENT_LENGTH,
+    HOST,
+    REQUEST_ID,
+    TRANSFER_ENCODING,
+    UPGRADE,
+    USER_AGENT,
+    VIA,
     RequestIds,
+    classify,
     connection_tokens,
     request_head,
+    request_kinds,
     response_head,
 )
 from veil.proxy.upstream import TIMEOUT, OriginConnection, OriginPool
@@ -75,6 +87,33 @@ _CHUNKED_END = b"0\r\n\r\n"
 _HTML = b"text/html; charset=utf-8"
 #: Seconds L{veil.edge.service.Edge.stop} lets connections finish their exchanges.
 DRAIN_TIMEOUT = 10.0
+#: The methods a 405 says Veil forwards (TRACE only for the sites that allow it).
+_ALLOW = b"Allow: GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS\r\n"
+#: Bytes of a request's start kept to check its request line (see _line_ok).
+_LINE_MAX = MAX_URL + 64
+
+_hosts: dict[bytes, str | None] = {}
+
+
+def _host(value: bytes) -> str | None:
+    """
+    L{normalize_host}, with the port (when there is one) at most 65535;
+    remembered, like it (at most 4,096 values).
+    """
+    try:
+        return _hosts[value]
+    except KeyError:
+        pass
+    host = normalize_host(value)
+    if host is not None and b":" in value and not value.endswith(b"]"):
+        port = value.rpartition(b":")[2]
+        if port and int(port) > 65535:
+            host = None
+    if len(value) <= 262:
+        if len(_hosts) >= 4096:
+            _hosts.clear()
+        _hosts[value] = host
+    return host
 
 #: A page the proxy answers itself: status, body, extra header lines and,
 #: optionally, a content type (HTML by default).
@@ -120,7 +159,7 @@ class ProxyFactory(Factory):
                  trust_request_id: bool = False, header_timeout: float = 15.0,
                  body_timeout: float = 30.0, idle_timeout: float = 60.0,
                  pipeline_buffer: int = 64 * 1024, retry_after: int = 120,
-                 send_timeout: float = 60.0) -> None:
+                 send_timeout: float = 60.0, via: str | None = None) -> None:
         self.clock = reactor
         self.sites = sites
         self.origins = origins
@@ -137,6 +176,13 @@ class ProxyFactory(Factory):
         self.pipeline_buffer = pipeline_buffer
         self.retry_after = b"%d" % retry_after
         self.request_id = RequestIds()
+        #: This Veil's pseudonym in C{Via} (the same on all its processes,
+        #: see L{veil.proxy.setup.via_name}): a request that already
+        #: carries it has come back (508).
+        self.via = (via or f"veil-{os.urandom(4).hex()}").encode("ascii")
+        self._via_lower = self.via.lower()
+        self.via_line = b"Via: 1.1 " + self.via + b"\r\n"
+        self._throttle = Throttle(reactor, 60.0)
         self.requests = metrics.counter("veil_proxy_requests_total", "Requests proxied or answered")
         self.rejected = metrics.counter("veil_proxy_rejected_total",
                                         "Malformed requests refused, by status")
@@ -155,6 +201,22 @@ class ProxyFactory(Factory):
         p = ProxyProtocol(self, self.sni)
         p.factory = self
         return p
+
+    def loops(self, via: bytes) -> bool:
+        """Whether a C{Via} value names this Veil (C{protocol pseudonym [comment]}, listed)."""
+        mine = self._via_lower
+        for entry in via.split(b","):
+            parts = entry.split(None, 2)
+            if len(parts) >= 2 and parts[1].lower() == mine:
+                return True
+        return False
+
+    def refused(self, kind: str, text: str, client_ip: str, **fields: Any) -> None:
+        """
+        Log a refused request: at most one line a minute per C{kind}, with
+        the number held back; the client's network only, never its address.
+        """
+        self._throttle.emit(_log.warn, kind, text, network=redact_ip(client_ip), **fields)
 
     def for_sni(self, name: str) -> Factory:
         """A factory for TLS connections whose SNI name is C{name} (lower-case)."""
@@ -250,6 +312,21 @@ class ProxyProtocol(Protocol):
         self._reading: Exchange | None = None
         self._url: list[bytes] = []
         self._headers: list[tuple[bytes, bytes]] = []
+        # Where the request being parsed starts, to check its request line
+        # (see _line_ok): the current read; the offset in it where the
+        # request starts (-1: in an earlier read, or not known); its bytes
+        # from there (at least the request line, once complete; None: not
+        # known), and whether more reads may add to the line; the read
+        # where its head ended; the body bytes this read gave it; the
+        # request that ended in this read, if one did.
+        self._chunk = b""
+        self._start = -1
+        self._line: bytes | None = None
+        self._line_open = False
+        self._line_chunk = b""
+        self._head_read = b""
+        self._body_here = 0
+        self._ended: Exchange | None = None
         self._head_size = 0
         self._in_head = False
         self._reject = 400
@@ -288,6 +365,20 @@ class ProxyProtocol(Protocol):
                 self._seen += len(data)
                 if self._seen > 2 * MAX_HEAD + 65536:
                     raise _Reject(431)
+                if self._line_open:
+                    line = self._line = self._line + data[:_LINE_MAX]
+                    self._line_open = b"\n" not in line and len(line) < _LINE_MAX
+                self._start = -1
+            elif self._reading is None:
+                # Between requests: the next one starts here.
+                self._line = data
+                self._line_open = True
+                self._start = 0
+            else:
+                self._start = -1
+            self._chunk = data
+            self._ended = None
+            self._body_here = 0
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as e:
             self._upgrade(data[e.args[0]:])
@@ -302,7 +393,8 @@ class ProxyProtocol(Protocol):
                              Failure(ctx) if isinstance(ctx, BaseException) else None)
                 self._refuse(400)
         except httptools.HttpParserError as e:
-            _log.debug("Malformed request from {ip}: {error}", ip=self.client_ip, error=str(e))
+            self.f.refused("malformed", "Refused malformed requests ({error}): answered 400"
+                           "{suppressed_text}", self.client_ip, error=str(e))
             self._refuse(400)
         except Exception:  # noqa: BLE001 - a bug: never raise into the reactor
             _log.failure("Proxy request handling failed")
@@ -361,7 +453,10 @@ class ProxyProtocol(Protocol):
         self._seen = 0
         self._head_size = 0
         self._url = []
-        self._headers = []
+        if self._headers:
+            self._headers = []  # the previous request's trailers
+        if self._ended is not None:
+            self._follows(self._ended)
         if not self.queue:
             self._arm(self.f.header_timeout)
 
@@ -381,8 +476,15 @@ class ProxyProtocol(Protocol):
     def on_headers_complete(self) -> None:
         self._in_head = False
         parser = self._parser
-        ex = Exchange(self, parser.get_method(), b"".join(self._url), self._headers)
+        method, url = parser.get_method(), b"".join(self._url)
+        ex = Exchange(self, method, url, self._headers)
+        # Trailer fields after a chunked body go to a list of their own,
+        # dropped: never into the head that is forwarded.
+        self._headers = []
         self._reading = ex
+        self._head_read = self._chunk
+        if not self._line_ok(method, url):
+            raise _Reject(400)
         if parser.get_http_version() == "1.0":
             ex.http10 = True
         elif parser.get_http_version() != "1.1":
@@ -404,10 +506,12 @@ class ProxyProtocol(Protocol):
 
     def on_body(self, data: bytes) -> None:
         self._body_at = self.f.clock.seconds()
+        self._body_here += len(data)
         self._reading.request_body(data)
 
     def on_message_complete(self) -> None:
         ex, self._reading = self._reading, None
+        self._ended = ex
         if ex is not None:
             ex.request_end()
         if self._body_timer:
@@ -458,13 +562,61 @@ class ProxyProtocol(Protocol):
         if len(self.queue) == 1:
             ex.start()
 
+    def _follows(self, prev: Exchange) -> None:
+        """
+        A request starts in the read where C{prev} ended: find where, from
+        how C{prev} was framed, for L{_line_ok}.
+        """
+        chunk = self._chunk
+        end = -1
+        if not prev.chunked_in:
+            if self._head_read is not chunk:
+                # Its head ended in an earlier read: this read began with its body.
+                end = self._body_here
+            elif self._start >= 0:
+                # Its head is in this read (llhttp wants CRLF line ends).
+                first = self._start
+                while chunk[first] == 13 or chunk[first] == 10:
+                    first += 1
+                head_end = chunk.find(b"\r\n\r\n", first)
+                if head_end >= 0:
+                    end = head_end + 4 + self._body_here
+        self._start = end
+        self._line = None if end < 0 else chunk[end:end + _LINE_MAX]
+        self._line_open = True
+        self._line_chunk = chunk
+
+    def _line_ok(self, method: bytes, url: bytes) -> bool:
+        """
+        Whether the request line had single spaces, which llhttp does not
+        check: C{METHOD SP target SP HTTP/1.x}.
+        """
+        line = self._line
+        if line is None:
+            # Where it started is not known (after a chunked request in the
+            # same read): look for it as it should be in that read.
+            chunk = self._line_chunk
+            if chunk is not self._chunk:
+                chunk = chunk[-_LINE_MAX:] + self._chunk[:_LINE_MAX]
+            return method + b" " + url + b" HTTP/" in chunk
+        start = 0
+        if line[0] == 13 or line[0] == 10:
+            start = len(line) - len(line.lstrip(b"\r\n"))  # blank lines first
+        m = start + len(method)
+        u = m + 1 + len(url)
+        try:
+            return line[m] == 32 and line[m + 1] != 32 and line[u] == 32 and line[u + 1] != 32
+        except IndexError:
+            return False
+
     def _upgrade(self, rest: bytes) -> None:
+        # llhttp stops at an upgrade request: nothing after it is parsed.
         self._stopped = True
         ex = self.queue[-1] if self.queue else None
-        if ex is None or ex.upgrade is None:
+        if ex is None:
             self.transport.loseConnection()
             return
-        if rest:
+        if ex.upgrade is not None and rest:
             ex.early.append(rest)
 
     def _arm(self, seconds: float) -> None:
@@ -496,7 +648,6 @@ class ProxyProtocol(Protocol):
             if left > 0.001:
                 self.deadline = now + left
                 return
-            _log.debug("Request body from {ip} stalled", ip=self.client_ip)
             if ex in self.queue:
                 self._refuse(408)
             else:
@@ -604,55 +755,90 @@ class Exchange:
     def prepare(self, upgrade: bool) -> None:
         """Validate the head and decide: a page, or the site's origin."""
         f = self.p.f
-        hosts = []
+        kinds = request_kinds
+        host_value = None
         te = None
-        conn_values = []
+        conn_values = None
         upgrade_value = None
         request_id = None
+        loop = False
         for name, value in self.headers:
-            lower = name.lower()
-            if lower == b"host":
-                hosts.append(value)
-            elif lower == b"content-length":
+            kind = kinds.get(name)
+            if kind is None:
+                kind = classify(name)
+            if not kind:
+                continue
+            if kind == HOST:
+                if host_value is not None:
+                    raise _Reject(400)
+                host_value = value
+            elif kind == CONTENT_LENGTH:
                 self.length_in = int(value)
-            elif lower == b"transfer-encoding":
+            elif kind == TRANSFER_ENCODING:
                 if te is not None:
                     raise _Reject(400)
                 te = value
-            elif lower == b"connection":
-                conn_values.append(value)
-            elif lower == b"user-agent":
+            elif kind == CONNECTION:
+                conn_values = [value] if conn_values is None else [*conn_values, value]
+            elif kind == USER_AGENT:
                 self.user_agent = value[:512].decode("utf-8", "replace")
-            elif lower == b"upgrade":
+            elif kind == UPGRADE:
                 upgrade_value = value
-            elif lower == b"x-request-id" and f.trust_request_id and 0 < len(value) <= 128:
-                request_id = value.decode("ascii", "replace")
+            elif kind == REQUEST_ID:
+                if f.trust_request_id and 0 < len(value) <= 128:
+                    request_id = value.decode("ascii", "replace")
+            elif kind == VIA and f.loops(value):
+                loop = True
         self.request_id = request_id or f.request_id()
         self.rid = self.request_id.encode("ascii", "replace")
         if te is not None:
             if te.strip().lower() != b"chunked" or self.length_in >= 0:
                 raise _Reject(400)
             self.chunked_in = True
-        if not self.chunked_in and self.length_in <= 0:
+        has_body = self.chunked_in or self.length_in > 0
+        if not has_body:
             self.body_done = True
-        if conn_values:
+        if conn_values is not None:
             self.named = connection_tokens(conn_values)
-        if self.method == b"CONNECT" or len(hosts) != 1:
+        if self.method == b"CONNECT" or host_value is None:
             raise _Reject(400)
-        split = split_target(self.target)
-        if split is None:
+        target = self.target
+        split = split_target(target)
+        if split is None or b"#" in target:
             raise _Reject(400)
         authority, self.target = split
-        host = normalize_host(authority if authority is not None else hosts[0])
-        if host is None or (authority is not None and normalize_host(hosts[0]) is None):
+        if authority is None:
+            host = _host(host_value)
+            self.raw_host = host_value
+        else:
+            # RFC 9112 3.2.2: the target's authority replaces Host (which
+            # must still be valid), and its scheme must be the connection's.
+            if target[:target.index(b":")].lower() != self.p.proto:
+                raise _Reject(400)
+            host = _host(authority) if _host(host_value) is not None else None
+            self.raw_host = authority
+        if host is None:
             raise _Reject(400)
         self.host = host
-        self.raw_host = hosts[0]
         if upgrade and upgrade_value is not None:
-            self.upgrade = upgrade_value
+            if has_body:
+                # Its body would become the start of the tunnel.
+                raise _Reject(400)
+            if b"websocket" in connection_tokens((upgrade_value,)):
+                self.upgrade = b"websocket"
+            else:
+                # Not tunnelled (an h2c tunnel would carry requests nobody
+                # inspects): answered as a plain request, then the close,
+                # since the parser stops at an upgrade.
+                self.keep_alive = False
         sni = self.p.sni
         if sni is not None and host != sni:
             self.page = (421, pages.MISDIRECTED, b"")
+            return
+        if loop:
+            f.refused("loop", "Refused looping requests (this Veil's Via came back): "
+                              "answered 508{suppressed_text}", self.p.client_ip)
+            self.page = (508, pages.LOOP, b"")
             return
         site = self.site = f.sites(host)
         route = self.p.route
@@ -665,6 +851,8 @@ class Exchange:
                          + b"\r\n")
         elif site.status not in LIVE_STATUSES:
             self.page = (503, pages.setup(site.domain, site.status), b"Retry-After: 60\r\n")
+        elif self.method == b"TRACE" and not site.allow_trace:
+            self.page = (405, pages.METHOD_NOT_ALLOWED, _ALLOW)
         elif f.inspect is not None:
             verdict = f.inspect(self)
             if verdict is not None:
@@ -756,7 +944,7 @@ class Exchange:
             head = request_head(self.method, self.target, self.headers, self.named,
                                 client_ip=self.p.client_ip_b, proto=self.p.proto,
                                 host=self.raw_host, request_id=self.rid, body=framing,
-                                upgrade=self.upgrade)
+                                upgrade=self.upgrade, via=self.p.f.via_line)
             data = [head]
             data += self.pending
             self.pending = []
