@@ -123,8 +123,14 @@ def get(path: str, host: str = "app.test", extra: str = "") -> bytes:
     return f"GET {path} HTTP/1.1\r\nHost: {host}\r\n{extra}\r\n".encode()
 
 
-def site(domain: str, upstream: str, *, status: str = "live", maintenance: bool = False) -> Site:
-    return Site(uuid.uuid4(), domain, upstream, status, "block", 1, maintenance, False, True)
+def site(domain: str, upstream: str, *, status: str = "live", maintenance: bool = False,
+         max_body_size: int = 4 * 1024 ** 3) -> Site:
+    """
+    A live site for the proxy tests; it accepts bodies of up to 4 GiB (the
+    streaming tests send 1 GiB), where the default is 100 MiB.
+    """
+    return Site(uuid.uuid4(), domain, upstream, status, "block", 1, maintenance, False, True,
+                max_body_size=max_body_size)
 
 
 def rss_kib() -> int:

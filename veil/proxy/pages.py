@@ -86,6 +86,11 @@ def bad_gateway(request_id: str) -> bytes:
                  "answered incorrectly.", _with_id(request_id))
 
 
+def origin_busy(request_id: str) -> bytes:
+    return _page("Origin busy", "The site's origin server is handling as many requests as it "
+                 "may; please try again shortly.", _with_id(request_id))
+
+
 def gateway_timeout(request_id: str) -> bytes:
     return _page("Gateway timeout", "The site's origin server did not answer in time.",
                  _with_id(request_id))
