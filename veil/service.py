@@ -157,6 +157,7 @@ class VeilService(Service):
         self.dashboard_port = self.listeners.listen("dashboard", site)
         host = self.dashboard_port.getHost()
         _log.info("Dashboard on http://{address}:{port}/", address=host.host, port=host.port)
+        self.edge.origin_policy.add_listeners([host])  # never an origin
         self.edge.bind(self.listeners.listen)
 
     def startService(self) -> None:

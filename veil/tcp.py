@@ -152,7 +152,14 @@ class _Connector(tcp.Connector):
 
 
 class Refused(error.ConnectError):
-    """The guard refused to connect to this address."""
+    """The guard refused to connect to C{address} on C{port}, for C{reason}."""
+
+    def __init__(self, address: str, port: int, reason: str) -> None:
+        super().__init__(f"{address} port {port}", reason)
+        self.address, self.port, self.reason = address, port, reason
+
+    def __str__(self) -> str:
+        return f"{self.address} port {self.port} is {self.reason}"
 
 
 @implementer(IReactorTCP, IReactorTime, IReactorPluggableNameResolver)
@@ -173,7 +180,7 @@ class TCPConnector:
         if self._guard is not None:
             reason = self._guard(host, port)
             if reason is not None:
-                raise Refused(f"{host} port {port}", reason)
+                raise Refused(host, port, reason)
         connector = _Connector(host, port, factory, timeout, bindAddress, self._reactor)
         connector.connect()
         return connector

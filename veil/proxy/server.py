@@ -1248,7 +1248,7 @@ class Exchange:
             f.origin_errors.inc(kind="refused")
             f.warn("refused", self.host, "Refused to connect to the origin of {host}: "
                    "{error}; answered 502{suppressed_text}", host=self.host,
-                   error=failure.value.osError)
+                   error=str(failure.value))
             self._fail_page(502)
             return
         f.origin_errors.inc(kind="connect")
