@@ -36,13 +36,13 @@ Each client address may have at most C{client_requests} requests holding
 (or waiting for) an origin connection at once (429 beyond), so that a few
 clients cannot take every connection of an origin's pool.
 
-Timeouts, all on one timer per connection: C{header_timeout} for a request
+Timeouts, on one timer per connection: C{header_timeout} for a request
 head; for a request body, C{body_timeout} without a byte and a minimum
 average rate (C{body_min_rate} bytes a second after C{body_grace} seconds),
 not counting the time Veil itself stopped reading (then 408, or an abort
 once the response has started; the origin connection is dropped);
-C{send_timeout} while the client takes none of a response; C{idle_timeout}
-between requests.  L{ProxyFactory.drain} winds every connection down for
+C{idle_timeout} between requests; and, on the origin connection's timer,
+C{send_timeout} while the client takes none of a response.  L{ProxyFactory.drain} winds every connection down for
 shut-down.
 """
 
@@ -251,7 +251,7 @@ class ProxyFactory(Factory):
         self.maintenance = False
         #: The live client connections, whose time-outs it watches.
         self.deadlines = Deadlines(reactor, Deadlines.tick_for(
-            header_timeout, body_timeout, idle_timeout, body_grace, send_timeout))
+            header_timeout, body_timeout, idle_timeout, body_grace))
         self.connections: set[ProxyProtocol] = self.deadlines.items  # type: ignore[assignment]
         self.draining = False
         self._drained: list[Deferred[None]] = []
@@ -361,6 +361,16 @@ class _SNIFactory(Factory):
 class ProxyProtocol(Protocol):
     """One client connection: parses requests and runs their exchanges in order."""
 
+    # Slots: attribute access stays fast however many there are (an
+    # instance dictionary past 30 keys loses CPython's inline values).
+    __slots__ = (
+        "_body_at", "_body_base", "_body_chunk", "_body_ex", "_body_timer", "_chunk", "_due",
+        "_ended", "_excused_at", "_head_size", "_headers", "_in_head", "_line", "_line_chunk",
+        "_lingering", "_parser", "_paused", "_rate_at", "_reading", "_reject", "_seen",
+        "_start", "_start_chunk", "_stopped", "_url", "client_ip", "client_ip_b", "deadline",
+        "f", "gone", "load", "proto", "queue", "route", "sni", "tunnel",
+    )
+
     def __init__(self, factory: ProxyFactory, sni: str | None, proto: bytes | None = None,
                  route: Callable[[Exchange, Site | None], bool] | None = None) -> None:
         self.f = factory
@@ -377,20 +387,21 @@ class ProxyProtocol(Protocol):
         self._url: list[bytes] = []
         self._headers: list[tuple[bytes, bytes]] = []
         # Where the request being parsed starts, to check its request line
-        # (see _line_ok): the current read; the offset in it where the
-        # request starts (-1: in an earlier read, or not known); its bytes
-        # from there (at least the request line, once complete; None: not
-        # known), and whether more reads may add to the line; the read
-        # where its head ended; the body bytes this read gave it; the
-        # request that ended in this read, if one did.
+        # (see _line_ok): the current read; the request's bytes from its
+        # start (the request line, once complete), or None when that is not
+        # known, and then the read it started in; the request that ended
+        # in this read, if one did; for a request that starts after another
+        # in the same read (see _follows): its offset and read; and the
+        # request whose body this read began in, and its length then.
         self._chunk = b""
-        self._start = -1
         self._line: bytes | None = None
-        self._line_open = False
         self._line_chunk = b""
-        self._head_read = b""
-        self._body_here = 0
         self._ended: Exchange | None = None
+        self._start = -1
+        self._start_chunk = b""
+        self._body_ex: Exchange | None = None
+        self._body_base = 0
+        self._body_chunk = b""
         self._head_size = 0
         self._in_head = False
         self._reject = 400
@@ -414,10 +425,6 @@ class ProxyProtocol(Protocol):
         #: [requests holding or waiting for an origin connection,
         #: connections] of this client's address (the factory's C{loads}).
         self.load = [0, 1]
-        #: The exchange whose response the client stopped taking, and
-        #: when it gives up on the client (see L{Exchange.send_stalled}).
-        self.stalled: Exchange | None = None
-        self._stall_at = 0.0
 
     # -- connection --------------------------------------------------------------
 
@@ -447,20 +454,19 @@ class ProxyProtocol(Protocol):
                 self._seen += len(data)
                 if self._seen > 2 * MAX_HEAD + 65536:
                     raise _Reject(431)
-                if self._line_open:
-                    line = self._line = self._line + data[:_LINE_MAX]
-                    self._line_open = b"\n" not in line and len(line) < _LINE_MAX
-                self._start = -1
+                line = self._line
+                if line is not None and len(line) < _LINE_MAX and b"\n" not in line:
+                    self._line = line + data[:_LINE_MAX]  # a request line in pieces
             elif self._reading is None:
                 # Between requests: the next one starts here.
                 self._line = data
-                self._line_open = True
-                self._start = 0
             else:
-                self._start = -1
+                # In a body: how much of it came before this read.
+                reading = self._body_ex = self._reading
+                self._body_base = reading.bytes_in
+                self._body_chunk = data
             self._chunk = data
             self._ended = None
-            self._body_here = 0
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as e:
             self._upgrade(data[e.args[0]:])
@@ -582,8 +588,17 @@ class ProxyProtocol(Protocol):
         # dropped: never into the head that is forwarded.
         self._headers = []
         self._reading = ex
-        self._head_read = self._chunk
-        if not self._line_ok(method, url):
+        # The request line had single spaces (llhttp does not check):
+        # METHOD SP target SP HTTP/1.x.
+        # With one space after the method, the target starts right after it;
+        # with one after the target, "HTTP/" starts one further.
+        m = len(method)
+        try:
+            line = self._line
+            odd = line[m + len(url) + 2] != 72 or line[m + 1] == 32
+        except (TypeError, IndexError):  # not known (None), or not all here
+            odd = True
+        if odd and not self._line_ok(method, url):
             raise _Reject(400)
         if parser.get_http_version() == "1.0":
             ex.http10 = True
@@ -608,7 +623,6 @@ class ProxyProtocol(Protocol):
 
     def on_body(self, data: bytes) -> None:
         self._body_at = self.f.clock.seconds()
-        self._body_here += len(data)
         self._reading.request_body(data)
 
     def on_message_complete(self) -> None:
@@ -692,20 +706,26 @@ class ProxyProtocol(Protocol):
         chunk = self._chunk
         end = -1
         if not prev.chunked_in:
-            if self._head_read is not chunk:
-                # Its head ended in an earlier read: this read began with its body.
-                end = self._body_here
-            elif self._start >= 0:
-                # Its head is in this read (llhttp wants CRLF line ends).
-                first = self._start
-                while chunk[first] == 13 or chunk[first] == 10:
-                    first += 1
-                head_end = chunk.find(b"\r\n\r\n", first)
-                if head_end >= 0:
-                    end = head_end + 4 + self._body_here
+            if self._body_ex is prev and self._body_chunk is chunk:
+                # This read began in its body.
+                end = prev.bytes_in - self._body_base
+            else:
+                if self._line is chunk:
+                    start = 0
+                elif self._start_chunk is chunk:
+                    start = self._start
+                else:
+                    start = -1  # its head began in an earlier read
+                if start >= 0:
+                    # Its head and body are in this read (llhttp wants CRLF line ends).
+                    while chunk[start] == 13 or chunk[start] == 10:
+                        start += 1
+                    head_end = chunk.find(b"\r\n\r\n", start)
+                    if head_end >= 0:
+                        end = head_end + 4 + prev.bytes_in
         self._start = end
+        self._start_chunk = chunk
         self._line = None if end < 0 else chunk[end:end + _LINE_MAX]
-        self._line_open = True
         self._line_chunk = chunk
 
     def _line_ok(self, method: bytes, url: bytes) -> bool:
@@ -743,14 +763,10 @@ class ProxyProtocol(Protocol):
 
     def _arm(self, seconds: float) -> None:
         """The header, idle or body timer: due in C{seconds}."""
-        due = self._due = self.f.clock.seconds() + seconds
-        if self.stalled is not None and self._stall_at < due:
-            due = self._stall_at
-        self.deadline = due
+        self._due = self.deadline = self.f.clock.seconds() + seconds
 
     def _disarm(self) -> None:
-        self._due = 0.0
-        self.deadline = 0.0 if self.stalled is None else self._stall_at
+        self._due = self.deadline = 0.0
 
     def expired(self) -> None:
         """The deadline has passed (the factory's L{Deadlines} says so)."""
@@ -761,15 +777,6 @@ class ProxyProtocol(Protocol):
                 self.transport.loseConnection()
             else:
                 self.deadline = self._due
-            return
-        stalled = self.stalled
-        if stalled is not None and now >= self._stall_at - 0.001:
-            # The client has taken none of the response for send_timeout.
-            self.stalled = None
-            f.rejected.inc(status="send_timeout")
-            f.refused("send-timeout", "Gave up on clients that stopped reading their "
-                      "responses{suppressed_text}", self.client_ip)
-            stalled._abort_both()
             return
         due = self._due
         if due and now >= due - 0.001 and not self._stopped:
@@ -787,10 +794,7 @@ class ProxyProtocol(Protocol):
                 return
             else:
                 self._due = 0.0
-        due = self._due
-        if self.stalled is not None and (not due or self._stall_at < due):
-            due = self._stall_at
-        self.deadline = due
+        self.deadline = self._due
 
     def _body_due(self, ex: Exchange, now: float) -> float:
         """When the body being read times out: no byte for body_timeout, or below the rate."""
@@ -1464,22 +1468,21 @@ class Exchange:
             return
         self._fail_page(504 if kind == TIMEOUT else 502)
 
-    def send_stalled(self) -> None:
+    def send_stalled(self) -> float:
         """
         The client stopped taking the response (its transport paused the
-        origin connection): it has C{send_timeout} seconds to take more.
+        origin connection): the seconds it has to take more (the origin
+        connection keeps the time, see L{OriginConnection.pauseProducing}).
         """
-        p = self.p
-        p._stall_at = p.f.clock.seconds() + p.f.send_timeout
-        p.stalled = self
-        if not p.deadline or p.deadline > p._stall_at:
-            p.deadline = p._stall_at
+        return self.p.f.send_timeout
 
-    def send_resumed(self) -> None:
-        """The client takes the response again."""
-        p = self.p
-        if p.stalled is self:
-            p.stalled = None
+    def send_timed_out(self) -> None:
+        """The client has taken none of the response for C{send_timeout}: drop both sides."""
+        f = self.p.f
+        f.rejected.inc(status="send_timeout")
+        f.refused("send-timeout", "Gave up on clients that stopped reading their "
+                  "responses{suppressed_text}", self.client_ip)
+        self._abort_both()
 
     # -- ending ----------------------------------------------------------------------
 
@@ -1555,7 +1558,10 @@ class Exchange:
         if self.ended:
             return
         self.ended = True
-        if self.loaded or self.charged or self.hold_paused:
+        if self.loaded:
+            self.loaded = False
+            self.p.load[0] -= 1
+        if self.charged or self.hold_paused:
             self._let_go()
         self._log()
         self.p.finished(self)

@@ -103,8 +103,8 @@ class Listener(TypingProtocol):
     def origin_done(self) -> None: ...
     def origin_upgraded(self, conn: OriginConnection, rest: bytes) -> None: ...
     def origin_failed(self, kind: str, conn: OriginConnection | None) -> None: ...
-    def send_stalled(self) -> None: ...
-    def send_resumed(self) -> None: ...
+    def send_stalled(self) -> float: ...
+    def send_timed_out(self) -> None: ...
 
 
 class OriginKey(NamedTuple):
@@ -189,16 +189,26 @@ class OriginConnection(Protocol):
     One HTTP/1.1 connection to an origin, carrying one exchange at a time.
 
     A connection goes back to the pool only when its response ended exactly
-    at a message boundary (see L{_reusable}); once there, it is handed out
+    at a message boundary (see L{_ended_exactly}); once there, it is handed out
     again only if nothing has arrived from the origin meanwhile (L{quiet}).
 
     @ivar reused: whether it has served a request before this one.
     """
 
+    # Slots: attribute access stays fast however many there are (see
+    # veil.proxy.server.ProxyProtocol).
+    __slots__ = (
+        "_chunked", "_counted_out", "_data", "_done", "_fd", "_got", "_head_len", "_head_only",
+        "_headers", "_in_head", "_interim", "_keep", "_length", "_parser", "_reason",
+        "_responded", "_seen", "_status", "_tls", "closed", "deadline", "idle_since", "key",
+        "last_headers", "listener", "paused", "pool", "reused", "tunnel",
+    )
+
     def __init__(self, pool: OriginPool, key: OriginKey) -> None:
         self.pool = pool
         self.key = key
         self.reused = False
+        self._counted_out = False
         self.listener: Listener | None = None
         self.idle_since = 0.0
         self.closed = False
@@ -208,8 +218,9 @@ class OriginConnection(Protocol):
         #: When the response head is due (clock seconds), or 0.0 (watched
         #: by the pool's L{Deadlines}).
         self.deadline = 0.0
-        #: The socket, to look for unread bytes (-1: not a socket).
+        #: The socket, to look for unread bytes (-1: not a socket); TLS over it.
         self._fd = -1
+        self._tls = False
         self._head_only = False
         self._responded = False
         self._headers: list[tuple[bytes, bytes]] = []
@@ -224,8 +235,12 @@ class OriginConnection(Protocol):
         self._interim = False
         #: The complete response leaves the connection open.
         self._keep = False
-        #: The last body bytes the parser gave, for L{_reusable}.
-        self._last = b""
+        #: Bytes of the current response received so far, and the length of
+        #: its head when that is known (it began at the start of a read and
+        #: ended in it), to tell whether it ended exactly (see dataReceived).
+        self._got = 0
+        self._head_len = 0
+        self._data = b""
         self._in_head = True
         self._seen = 0
         self.last_headers: list[tuple[bytes, bytes]] = []
@@ -241,6 +256,7 @@ class OriginConnection(Protocol):
             self._fd = (inner if inner is not None else transport).fileno()
         except (AttributeError, OSError):
             self._fd = -1
+        self._tls = self._fd >= 0 and self.key.scheme == "https"
 
     def send(self, listener: Listener, data: list[bytes], head_only: bool,
              complete: bool = True) -> None:
@@ -287,18 +303,22 @@ class OriginConnection(Protocol):
     # -- IPushProducer, for the client transport ------------------------------
 
     def pauseProducing(self) -> None:
+        # The client takes no more for now: it has its listener's
+        # send_stalled() seconds to go on (this connection's timer, free
+        # once the response head is in).
         self.paused = True
         self.transport.pauseProducing()
         listener = self.listener
-        if listener is not None:
-            listener.send_stalled()
+        if listener is not None and not self.deadline:
+            pool = self.pool
+            self.deadline = pool.clock.seconds() + listener.send_stalled()
+            pool.heads.add(self)
 
     def resumeProducing(self) -> None:
         self.paused = False
         self.transport.resumeProducing()
-        listener = self.listener
-        if listener is not None:
-            listener.send_resumed()
+        if self.deadline:
+            self._cancel_timer()  # (a send stall's: paused only once the head is in)
 
     def stopProducing(self) -> None:
         self.abort()
@@ -316,10 +336,12 @@ class OriginConnection(Protocol):
             return
         self._responded = True
         try:
+            self._got += len(data)
             if self._in_head:
                 self._seen += len(data)
                 if self._seen > _MAX_HEAD_BYTES:
                     raise _HeadTooLarge()
+                self._data = data
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as upgrade:
             if (self._status == 101 and self.listener is listener
@@ -348,7 +370,13 @@ class OriginConnection(Protocol):
             self._fail(INVALID)
             return
         if self._done:
-            self._finish(self._reusable(data))
+            if not self._keep:
+                self._finish(False)
+            elif self._length > 0 and not self._chunked:
+                # Its length is known: every byte received was its head or body.
+                self._finish(self._head_len > 3 and self._got == self._head_len + self._length)
+            else:
+                self._finish(self._ended_exactly(data))
         elif self.listener is listener:
             listener.origin_flush()
 
@@ -374,11 +402,6 @@ class OriginConnection(Protocol):
 
     # -- httptools callbacks -------------------------------------------------
 
-    def on_message_begin(self) -> None:
-        if self._done:
-            # More after a complete response: stop parsing it.
-            raise _Stray()
-
     def on_status(self, reason: bytes) -> None:
         self._reason += reason
 
@@ -392,6 +415,9 @@ class OriginConnection(Protocol):
             raise _HeadTooLarge()
 
     def on_headers_complete(self) -> None:
+        if self._done:
+            # Another head after a complete response: stop parsing it.
+            raise _Stray()
         status = self._status = self._parser.get_status_code()
         headers, reason = self._headers, self._reason or b"Unknown"
         self._headers, self._reason = [], b""
@@ -417,6 +443,10 @@ class OriginConnection(Protocol):
             self.listener.origin_interim(status, reason, headers)
             return
         self._cancel_timer()
+        data = self._data
+        if self._seen == len(data):
+            # The head began with this read (llhttp wants CRLF line ends).
+            self._head_len = data.find(b"\r\n\r\n") + 4
         head_only = self._head_only
         length = 0 if head_only or status == 204 or status == 304 else self._length
         self.listener.origin_head(status, reason, headers, length, self._chunked)
@@ -427,56 +457,47 @@ class OriginConnection(Protocol):
     def on_body(self, data: bytes) -> None:
         listener = self.listener
         if listener is not None and not self._done:
-            self._last = data
             listener.origin_body(data)
 
     def on_message_complete(self) -> None:
         self._in_head = True
         self._seen = 0
-        if self._status >= 200:
+        status = self._status
+        if status >= 200:
             self._done = True
-            # Asked now: the parser forgets once it has moved on.
-            self._keep = self._parser.should_keep_alive()
+            # Whether the connection may serve again: a final response of a
+            # length of its own (not to a HEAD, which is done at its head;
+            # not a 204 or 304; no 1xx before it), not ending the
+            # connection.  Asked now: the parser forgets once it moves on.
+            self._keep = (not self._interim and not self._head_only and status != 204
+                          and status != 304 and self._parser.should_keep_alive())
 
     # -- internals -------------------------------------------------------------
 
-    def _reusable(self, data: bytes) -> bool:
+    def _ended_exactly(self, data: bytes) -> bool:
         """
-        Whether the response that C{data} completed leaves the connection
-        fit for another exchange: a final response of a length of its own
-        (not to a HEAD, not a 204 or 304, no 1xx before it, not ending the
-        connection) that ended exactly at the end of C{data}.
-
-        Any other byte after it would have started a message (and stopped
-        the parser, see L{on_message_begin}); CR and LF are what the parser
-        skips silently between messages, so a C{data} ending in one is
-        checked against how the response ends.
+        Whether the response that C{data} completed, with an empty or
+        chunked body, ended exactly at its end: nothing after it in the same
+        read.  (A complete head after it stops the parser at once, see
+        L{on_headers_complete}; what else could follow is told here.  A
+        response with a length is told by counting, see L{dataReceived}.)
         """
-        status = self._status
-        if (self._head_only or self._interim or status == 204 or status == 304
-                or not self._keep):
-            return False
-        last = data[-1]
-        if last != 10 and last != 13:
-            return True
-        if self._length > 0 and not self._chunked:
-            # It ends with its last body byte: C{data} ends with the bytes
-            # the parser gave last, unless CR/LF followed them (a tail of
-            # CR/LF only cannot tell, and counts as not reusable).
-            tail = self._last[-64:]
-            return data.endswith(tail) and bool(tail.strip(b"\r\n"))
-        # An empty or chunked body: it ends with the CR LF CR LF of its
-        # head or of its last chunk (or trailers), after another byte.
-        return len(data) >= 5 and data.endswith(b"\r\n\r\n") and data[-5] not in b"\r\n"
+        # An empty or chunked body: it ends with the CR LF CR LF of its head
+        # or of its last chunk (or trailers), after another byte.  Anything
+        # else after it would either end otherwise, or be a complete head.
+        return (len(data) >= 5 and data[-4:] == b"\r\n\r\n" and data[-5] != 10
+                and data[-5] != 13)
 
     def _finish(self, reusable: bool) -> None:
         listener = self.listener
         self.listener = None
+        if self.deadline:
+            self._cancel_timer()
         self._in_head = True
         self._seen = 0
         self._status, self._length, self._chunked = 0, -1, False
         self._done = self._interim = self._keep = False
-        self._last = b""
+        self._got = self._head_len = 0
         self.reused = True
         if listener is not None and not listener.body_done:
             # Answered before the whole request body was sent: the origin
@@ -484,7 +505,7 @@ class OriginConnection(Protocol):
             self.transport.abortConnection()
             listener.origin_done()
             return
-        if reusable and self._fd >= 0 and self.key.scheme == "https":
+        if reusable and self._tls:
             # The TLS layer may have more records of the same read to
             # deliver (bytes after this response): the connection goes back
             # once it is done with them.
@@ -506,8 +527,16 @@ class OriginConnection(Protocol):
             listener.origin_failed(kind, self)
 
     def expired(self) -> None:
-        """The response head is overdue (the pool's L{Deadlines} says so)."""
+        """
+        The response head is overdue, or the client has taken none of the
+        response for too long (the pool's L{Deadlines} says so).
+        """
         self.pool.heads.discard(self)
+        listener = self.listener
+        if self.paused and self._status >= 200 and listener is not None:
+            self.listener = None
+            listener.send_timed_out()
+            return
         self._fail(TIMEOUT)
 
     def _cancel_timer(self) -> None:
@@ -594,7 +623,24 @@ class OriginPool:
         slot = self._slots.get(key)
         if slot is None or not slot.idle:
             return None
-        return self._take_idle(slot)
+        # The common case of _take_idle, inline (once per request).
+        conn = slot.idle[-1]
+        fd = conn._fd
+        if fd >= 0:
+            avail = self._avail
+            try:
+                fcntl.ioctl(fd, termios.FIONREAD, avail, True)
+            except OSError:
+                avail[0] = 1
+            if avail[0]:
+                return self._take_idle(slot)
+        elif conn.closed:
+            return self._take_idle(slot)
+        slot.idle.pop()
+        conn.reused = True
+        if conn.paused:
+            conn.resumeProducing()
+        return conn
 
     def acquire(self, key: OriginKey, fresh: bool = False) -> Deferred[OriginConnection]:
         """
@@ -730,9 +776,9 @@ class OriginPool:
     def _lost(self, conn: OriginConnection) -> None:
         """A connection closed or failed: forget it and make room."""
         slot = self._slots.get(conn.key)
-        if slot is None or getattr(conn, "_counted_out", False):
+        if slot is None or conn._counted_out:
             return
-        conn._counted_out = True  # type: ignore[attr-defined]
+        conn._counted_out = True
         slot.count -= 1
         try:
             slot.idle.remove(conn)
