@@ -359,7 +359,10 @@ class PoolFullTests(BodyCase):
         self.assertEqual((await busy).status, 200)
 
     async def test_tunnel_frees_its_place(self) -> None:
-        """A WebSocket tunnel does not count against the pool: another request is served meanwhile."""
+        """
+        A WebSocket tunnel does not count against the pool (another request is
+        served meanwhile) nor against its client's requests at origins.
+        """
         self.sites["ws.test"] = site("ws.test", self.sites["app.test"].upstream)
         self.pool.max_per_origin = 1
 
@@ -370,11 +373,15 @@ class PoolFullTests(BodyCase):
                 got = b""
                 while b"\r\n\r\n" not in got:
                     got += s.recv(1000)
-                other = exchange(self.port, get("/echo", host="ws.test"))
+                other = exchange(self.port, get("/echo", host="ws.test"), source="127.0.0.1")
+                counted.append(self.factory.loads["127.0.0.1"][0])
                 return got + b"|%d" % other.status
+        counted: list[int] = []
         out = await self.in_thread(tunnel)
         self.assertTrue(out.startswith(b"HTTP/1.1 101 "), out)
         self.assertTrue(out.endswith(b"|200"), out)
+        # With the tunnel still open, its client has no request counted at origins.
+        self.assertEqual(counted, [0])
 
 
 class SlowReaderTests(BodyCase):

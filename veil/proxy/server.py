@@ -1434,6 +1434,7 @@ class Exchange:
         p.transport.registerProducer(conn, True)
         conn.transport.registerProducer(_Producer(p.transport), True)
         self.keep_alive = True
+        self._let_go()  # a tunnel is not a request held at an origin
         self._log()
         p.queue.clear()
 
