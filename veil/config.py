@@ -306,6 +306,28 @@ def _choice(*choices: str) -> Callable[[object], str]:
     return parse
 
 
+def _auto_boolean(value: object) -> bool | None:
+    """C{auto} (L{None}: decided from the rest of the configuration), or true/false."""
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return None
+    try:
+        return _boolean(value)
+    except ValueError:
+        raise ValueError(f"{value!r} is not true, false or auto") from None
+
+
+_TOKEN = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]{1,64}")
+
+
+def _optional_token(value: object) -> str | None:
+    text = _text(value).strip()
+    if not text:
+        return None
+    if not _TOKEN.fullmatch(text):
+        raise ValueError(f"{text!r} is not an HTTP token (letters, digits, -._~ ...; at most 64)")
+    return text
+
+
 @attrs.frozen
 class Key:
     """One configuration key: its dotted name, parser and default."""
@@ -402,6 +424,25 @@ KEYS: tuple[Key, ...] = (
     Key("smtp.ca_bundle", _optional_path, "", "PEM roots trusted for the mail server"
         " (default: the system's)"),
     Key("smtp.timeout", _seconds(1, 600), 30.0, "give up on the mail server after this long"),
+    # The proxy (issue 10).
+    Key("proxy.allow_private_origins", _auto_boolean, "auto",
+        "origins on loopback and private addresses; auto: only when Veil listens on loopback"),
+    Key("proxy.origin_pool_size", _integer(1, 100_000), 256,
+        "connections per origin at most, per process"),
+    Key("proxy.max_client_requests", _integer(1, 1_000_000), 32,
+        "requests one client address may have at origins at once, per process (429 beyond)"),
+    Key("proxy.body_budget", _integer(65536, 1 << 40), 64 * 1024 * 1024,
+        "bytes of request bodies held at most before they go to origins, per process"),
+    Key("proxy.body_min_rate", _integer(0, 1 << 30), 1024,
+        "bytes/s a request body must average after proxy.body_grace (0: no minimum)"),
+    Key("proxy.body_grace", _seconds(0, 3600), 10.0, "seconds before the minimum rate counts"),
+    Key("proxy.body_timeout", _seconds(1, 3600), 30.0, "seconds a request body may send nothing"),
+    Key("proxy.send_timeout", _seconds(1, 3600), 60.0,
+        "seconds a client may take none of a response"),
+    Key("proxy.via_name", _optional_token, "",
+        "this Veil's name in Via (the same on every node of a cluster; default: from the host)"),
+    Key("waf.inspect_body_limit", _integer(0, 1024 * 1024), 64 * 1024,
+        "request body bytes held (and inspected) before an origin connection is taken"),
 )
 
 _BY_NAME = {key.name: key for key in KEYS}
@@ -481,6 +522,22 @@ class DnsConfig:
 
 
 @attrs.frozen
+class ProxyConfig:
+    """The proxy's keys (C{proxy.*}), and C{waf.inspect_body_limit}, which it applies."""
+
+    allow_private_origins: bool = True
+    origin_pool_size: int = 256
+    max_client_requests: int = 32
+    body_budget: int = 64 * 1024 * 1024
+    body_min_rate: int = 1024
+    body_grace: float = 10.0
+    body_timeout: float = 30.0
+    send_timeout: float = 60.0
+    via_name: str | None = None
+    inspect_body_limit: int = 64 * 1024
+
+
+@attrs.frozen
 class ProcessesConfig:
     workers: int
     stop_timeout: float
@@ -545,6 +602,7 @@ class Config:
     auth: AuthConfig = AuthConfig()
     github: GithubConfig = GithubConfig()
     smtp: SmtpConfig = SmtpConfig()
+    proxy: ProxyConfig = ProxyConfig()
 
     @property
     def uses_embedded_database(self) -> bool:
@@ -741,4 +799,25 @@ def load(path: str | None = None, environ: Mapping[str, str] | None = None) -> C
             ca_bundle=Path(values["smtp.ca_bundle"]) if values["smtp.ca_bundle"] else None,
             timeout=values["smtp.timeout"],
         ),
+        proxy=_proxy(values),
+    )
+
+
+def _proxy(values: dict[str, Any]) -> ProxyConfig:
+    allow_private = values["proxy.allow_private_origins"]
+    if allow_private is None:
+        # Reachable from this machine only, Veil's origins are on it too.
+        allow_private = all(ipaddress.ip_address(values[f"{section}.address"]).is_loopback
+                            for section in ("edge", "http"))
+    return ProxyConfig(
+        allow_private_origins=allow_private,
+        origin_pool_size=values["proxy.origin_pool_size"],
+        max_client_requests=values["proxy.max_client_requests"],
+        body_budget=values["proxy.body_budget"],
+        body_min_rate=values["proxy.body_min_rate"],
+        body_grace=values["proxy.body_grace"],
+        body_timeout=values["proxy.body_timeout"],
+        send_timeout=values["proxy.send_timeout"],
+        via_name=values["proxy.via_name"],
+        inspect_body_limit=values["waf.inspect_body_limit"],
     )

@@ -178,6 +178,7 @@ class VeilService(Service):
                 "dashboard", self.dashboard.site(clock=self.reactor))
             host = self.dashboard_port.getHost()
             _log.info("Dashboard on http://{address}:{port}/", address=host.host, port=host.port)
+            self.edge.origin_policy.add_listeners([host])  # never an origin
             self.edge.bind(self.listeners.listen)
         except ListenFailed as e:
             # One line, not twistd's traceback: the ports bound so far are

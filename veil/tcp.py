@@ -14,16 +14,18 @@ C{loseConnection} are Twisted's, unchanged.
 L{listen_tcp} and L{adopt_port} make listening ports whose connections are
 such transports; L{TCPConnector} is a stand-in reactor for the client
 endpoints (C{TCP4ClientEndpoint}, C{HostnameEndpoint}, ...) whose
-C{connectTCP} makes them too.
+C{connectTCP} makes them too, and which may refuse an address: the
+endpoints resolve names and then call C{connectTCP} with each address they
+try, so a guard there sees the address actually connected to.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from errno import EWOULDBLOCK
 from typing import Any
 
-from twisted.internet import abstract, main, tcp
-from twisted.python import failure
+from twisted.internet import abstract, error, main, tcp
 from twisted.internet.interfaces import (
     IHalfCloseableProtocol,
     IReactorPluggableNameResolver,
@@ -31,6 +33,7 @@ from twisted.internet.interfaces import (
     IReactorTime,
 )
 from twisted.logger import Logger
+from twisted.python import failure
 from zope.interface import implementer
 
 _log = Logger()
@@ -108,7 +111,7 @@ class _PlainHalfClose:
             return False
         try:
             getattr(p, method)()
-        except BaseException:
+        except BaseException:  # noqa: BLE001 - as Twisted does: never raise into the reactor
             _log.failure("{method} failed", method=method)
             self.connectionLost(failure.Failure())
         return True
@@ -148,18 +151,36 @@ class _Connector(tcp.Connector):
         return Client(self.host, self.port, self.bindAddress, self, self.reactor)
 
 
+class Refused(error.ConnectError):
+    """The guard refused to connect to C{address} on C{port}, for C{reason}."""
+
+    def __init__(self, address: str, port: int, reason: str) -> None:
+        super().__init__(f"{address} port {port}", reason)
+        self.address, self.port, self.reason = address, port, reason
+
+    def __str__(self) -> str:
+        return f"{self.address} port {self.port} is {self.reason}"
+
+
 @implementer(IReactorTCP, IReactorTime, IReactorPluggableNameResolver)
 class TCPConnector:
     """
     The reactor, for client endpoints, except that C{connectTCP} makes
-    L{Client} connections.
+    L{Client} connections, and asks C{guard(address, port)} first: a
+    reason (text) makes it raise L{Refused} instead of connecting.
     """
 
-    def __init__(self, reactor: Any) -> None:
+    def __init__(self, reactor: Any, guard: Callable[[str, int], str | None] | None = None
+                 ) -> None:
         self._reactor = reactor
+        self._guard = guard
 
     def connectTCP(self, host: str, port: int, factory: Any, timeout: float = 30,
                    bindAddress: Any = None) -> _Connector:
+        if self._guard is not None:
+            reason = self._guard(host, port)
+            if reason is not None:
+                raise Refused(host, port, reason)
         connector = _Connector(host, port, factory, timeout, bindAddress, self._reactor)
         connector.connect()
         return connector

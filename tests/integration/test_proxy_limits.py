@@ -62,7 +62,16 @@ class ProxyCase(TestCase):
 
 
 class BodyTimeoutTests(ProxyCase):
-    """A request body that stops arriving is cut off after body_timeout seconds."""
+    """
+    A request body that stops arriving is cut off after body_timeout seconds
+    (here nothing of a body is held before the origin connection is taken,
+    so that the origin side is exercised too).
+    """
+
+    def make_factory(self) -> ProxyFactory:
+        return ProxyFactory(reactor, self.sites.get, self.pool, self.rows.append, Registry(),
+                            scheme="http", header_timeout=2.0, body_timeout=0.5,
+                            idle_timeout=5.0, inspect_body_limit=lambda site: 0)
 
     async def test_stalled_body(self) -> None:
         """

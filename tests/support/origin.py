@@ -182,3 +182,105 @@ def client_threads(testcase: Any, name: str, size: int = 4) -> Any:
     pool.start()
     testcase.addCleanup(pool.stop)
     return pool
+
+
+class ScriptedProtocol(Protocol):
+    """
+    One connection of a L{ScriptedOrigin}: parses requests (head and body)
+    and lets the origin's C{answer} write whatever it likes.
+
+    @ivar id: this connection's number at the origin (1 for the first).
+    """
+
+    def __init__(self, factory: ScriptedOrigin) -> None:
+        self.f = factory
+        self.parser = httptools.HttpRequestParser(self)
+        self.id = 0
+        self.url = b""
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.body = b""
+
+    def connectionMade(self) -> None:
+        self.f.connections += 1
+        self.id = self.f.connections
+        self.f.protocols.append(self)
+
+    def connectionLost(self, reason: Any = None) -> None:
+        self.f.lost += 1
+
+    def dataReceived(self, data: bytes) -> None:
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            pass
+        except httptools.HttpParserError:
+            self.transport.abortConnection()
+
+    def on_message_begin(self) -> None:
+        self.url, self.headers, self.body = b"", [], b""
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        if self.f.on_head is not None:
+            self.f.on_head(self, self.parser.get_method(), self.url)
+
+    def on_body(self, data: bytes) -> None:
+        self.body += data
+
+    def on_message_complete(self) -> None:
+        method = self.parser.get_method()
+        self.f.requests.append((method, self.url, self.id, self.headers, self.body))
+        self.f.answer(self, method, self.url)
+
+
+def plain_answer(proto: ScriptedProtocol, method: bytes, url: bytes) -> None:
+    """A well-behaved answer: 200 with the body C{conn N: METHOD URL}."""
+    body = b"conn %d: %s %s" % (proto.id, method, url)
+    proto.transport.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s"
+                          % (len(body), b"" if method == b"HEAD" else body))
+
+
+class ScriptedOrigin(Factory):
+    """
+    An origin whose answers are a test's own: C{answer(proto, method, url)}
+    is called once per complete request and writes to C{proto.transport}
+    (misbehaving as the test needs); C{on_head} (optional) sees each head
+    before its body.  By default every request gets L{plain_answer}.
+
+    @ivar protocols: every connection, in order (C{protocols[0].id == 1}).
+    @ivar requests: C{(method, url, connection id, headers, body)} per request.
+    """
+
+    noisy = False
+
+    def __init__(self) -> None:
+        self.answer: Any = plain_answer
+        self.on_head: Any = None
+        self.connections = 0
+        self.lost = 0
+        self.protocols: list[ScriptedProtocol] = []
+        self.requests: list[Any] = []
+
+    def buildProtocol(self, addr: Any) -> ScriptedProtocol:
+        return ScriptedProtocol(self)
+
+
+def listen_scripted(testcase: Any, context_factory: Any = None) -> tuple[ScriptedOrigin, int]:
+    """
+    Start a L{ScriptedOrigin} on 127.0.0.1 (port 0; TLS with
+    C{context_factory}), stopped at clean-up; returns it and its port.
+    """
+    from twisted.internet import reactor
+
+    origin = ScriptedOrigin()
+    if context_factory is None:
+        port = reactor.listenTCP(0, origin, interface="127.0.0.1")
+    else:
+        port = reactor.listenSSL(0, origin, context_factory, interface="127.0.0.1")
+    testcase.addCleanup(port.stopListening)
+    return origin, port.getHost().port

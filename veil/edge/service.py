@@ -42,7 +42,9 @@ from veil.store.db import Database
 from veil.store.listener import ListenerService
 from veil.store.locks import LockSession
 from veil.store.sites import Site, SiteStore, SiteTable
-from veil.proxy.server import DRAIN_TIMEOUT, ProxyFactory
+from veil.proxy.origins import OriginPolicy
+from veil.proxy.server import DRAIN_TIMEOUT
+from veil.proxy.setup import make_proxy
 from veil.proxy.upstream import OriginPool, SystemAndExtraRoots
 from veil.store.requestlog import LogRow
 from veil.store.settings import SettingsStore, SettingsTable
@@ -76,6 +78,8 @@ class Edge:
         self.origins: OriginPool | None = None
         self._http_pool: HTTPConnectionPool | None = None
         self._router = AppRouter(self._site, dashboard, config.dashboard_host, clock=reactor)
+        #: Which origins the proxy may connect to; it learns the ports Veil is bound to.
+        self.origin_policy = OriginPolicy.from_config(config)
 
     # -- lookups that work before start() -------------------------------------
 
@@ -107,6 +111,7 @@ class Edge:
             listen = self._listen_tcp
         self.ports["edge"] = listen("edge", self.edge_factory())
         self.ports["http"] = listen("http", self.plain_factory())
+        self.origin_policy.add_listeners(port.getHost() for port in self.ports.values())
         for name, port in self.ports.items():
             host = port.getHost()
             _log.info("Edge {kind} port on {address}:{port}", kind=name, address=host.host,
@@ -165,10 +170,10 @@ class Edge:
         roots = None
         if config.origin_ca_bundle is not None:
             roots = SystemAndExtraRoots(split_chain(config.origin_ca_bundle.read_bytes()))
-        self.origins = OriginPool(self.reactor, trust_root=roots)
-        proxy = ProxyFactory(
-            self.reactor, sites.get, self.origins, request_log, self.metrics,
-            scheme="https", inspect=pipeline([ip_decisions(decisions)]))
+        self.origins, proxy = make_proxy(
+            config, self.reactor, sites.get, request_log, self.metrics,
+            policy=self.origin_policy, trust_root=roots,
+            inspect=pipeline([ip_decisions(decisions)]))
         proxy.maintenance = settings.maintenance
         settings.on_change(lambda table: setattr(proxy, "maintenance", table.maintenance))
         self._router.proxy = proxy

@@ -87,32 +87,88 @@ class RequestIds:
         return f"{self._prefix}{self._next:016x}"
 
 
+#: What L{classify} says of a request header, for the proxy's checks.
+OTHER, HOST, CONTENT_LENGTH, TRANSFER_ENCODING, CONNECTION, USER_AGENT, UPGRADE, \
+    REQUEST_ID, VIA, EXPECT = range(10)
+_KINDS = {b"host": HOST, b"content-length": CONTENT_LENGTH,
+          b"transfer-encoding": TRANSFER_ENCODING, b"connection": CONNECTION,
+          b"user-agent": USER_AGENT, b"upgrade": UPGRADE, b"x-request-id": REQUEST_ID,
+          b"via": VIA, b"expect": EXPECT}
+
+#: And for forwarding: kept, dropped, or appended to (X-Forwarded-For).
+KEEP, DROP, APPEND = 0, 1, 2
+
+#: Request header name as sent -> its kind; and -> what forwarding does.
+#: Names repeat, so each is looked at once (at most 4,096 kept).
+request_kinds: dict[bytes, int] = {}
+_forwarding: dict[bytes, int] = {}
+
+
+def classify(name: bytes) -> int:
+    """The kind of a request header (see L{classify_both})."""
+    return classify_both(name)[0]
+
+
+def classify_both(name: bytes) -> tuple[int, int]:
+    """
+    The kind of a request header (L{HOST}, ..., L{OTHER}), remembered with
+    what forwarding does with it: hop-by-hop headers, those Veil sets,
+    C{Forwarded} (RFC 7239, which a client could fill with anything) and
+    any name with an underscore (which some servers read as the dash
+    version, e.g. C{X_Forwarded_For}, as nginx's default does) are dropped.
+    """
+    lower = name.lower()
+    kind = _KINDS.get(lower, OTHER)
+    if lower == b"x-forwarded-for":
+        forwarding = APPEND
+    elif (lower in HOP_BY_HOP or lower in _SET_BY_PROXY or lower == b"host"
+          or lower == b"forwarded" or b"_" in lower):
+        forwarding = DROP
+    else:
+        forwarding = KEEP
+    if len(name) <= 64:
+        if len(request_kinds) >= 4096:
+            request_kinds.clear()
+            _forwarding.clear()
+        request_kinds[name] = kind
+        _forwarding[name] = forwarding
+    return kind, forwarding
+
+
 def request_head(method: bytes, target: bytes, headers: Headers, named: frozenset[bytes],
                  *, client_ip: bytes, proto: bytes, host: bytes, request_id: bytes,
-                 body: bytes, upgrade: bytes | None) -> bytes:
+                 body: bytes, upgrade: bytes | None, via: bytes = b"") -> bytes:
     """
     The head of the request to the origin.
 
     @param headers: the client's headers, as received.
     @param named: options the client's C{Connection} header names (dropped).
-    @param host: the client's C{Host} value, kept as it was sent.
+    @param host: the C{Host} value to send: the client's as it was sent, or
+        the authority of an absolute-form target.
     @param body: the framing header line for the body (C{b""} for none),
         e.g. C{b"Content-Length: 12\\r\\n"}.
     @param upgrade: the C{Upgrade} value to pass on, or L{None}.
+    @param via: Veil's own C{Via} line (after the client's, if any).
     """
     out = [method, b" ", target, b" HTTP/1.1\r\nHost: ", host, b"\r\n"]
     forwarded_for = None
+    forwarding = _forwarding
     for name, value in headers:
-        lower = name.lower()
-        if lower in HOP_BY_HOP or lower in _SET_BY_PROXY or lower in named or lower == b"host":
-            if lower == b"x-forwarded-for":
+        what = forwarding.get(name)
+        if what is None:
+            what = classify_both(name)[1]
+        if what:
+            if what == APPEND:
                 forwarded_for = value if forwarded_for is None else forwarded_for + b", " + value
+            continue
+        if named and name.lower() in named:
             continue
         out += (name, b": ", value, b"\r\n")
     out += (b"X-Forwarded-For: ",
             client_ip if forwarded_for is None else forwarded_for + b", " + client_ip,
             b"\r\nX-Forwarded-Proto: ", proto, b"\r\nX-Forwarded-Host: ", host,
-            b"\r\nX-Real-IP: ", client_ip, b"\r\nX-Request-Id: ", request_id, b"\r\n", body)
+            b"\r\nX-Real-IP: ", client_ip, b"\r\nX-Request-Id: ", request_id, b"\r\n", via,
+            body)
     if upgrade is not None:
         out += (b"Connection: upgrade\r\nUpgrade: ", upgrade, b"\r\n")
     out.append(b"\r\n")

@@ -11,10 +11,11 @@ import html
 REASONS = {
     101: b"Switching Protocols", 200: b"OK", 308: b"Permanent Redirect", 400: b"Bad Request",
     403: b"Forbidden", 404: b"Not Found", 405: b"Method Not Allowed", 408: b"Request Timeout",
-    414: b"URI Too Long",
+    413: b"Content Too Large", 414: b"URI Too Long",
     421: b"Misdirected Request", 429: b"Too Many Requests",
     431: b"Request Header Fields Too Large", 500: b"Internal Server Error",
     502: b"Bad Gateway", 503: b"Service Unavailable", 504: b"Gateway Timeout",
+    508: b"Loop Detected",
 }
 
 
@@ -47,6 +48,10 @@ URI_TOO_LONG = _page("Request target too long", "The request's URL is too long."
 HEADERS_TOO_LARGE = _page("Request headers too large",
                           "The request's headers are too many or too large.")
 REQUEST_TIMEOUT = _page("Request timeout", "The request's body did not arrive in time.")
+METHOD_NOT_ALLOWED = _page("Method not allowed", "This site does not accept that method.")
+TOO_LARGE = _page("Request too large", "The request's body is larger than this site accepts.")
+LOOP = _page("Loop detected", "This request has already passed through this server: the "
+             "site's origin points back at it.")
 
 
 def moved(location: str) -> bytes:
@@ -79,6 +84,11 @@ def throttled(request_id: str) -> bytes:
 def bad_gateway(request_id: str) -> bytes:
     return _page("Bad gateway", "The site's origin server could not be reached or "
                  "answered incorrectly.", _with_id(request_id))
+
+
+def origin_busy(request_id: str) -> bytes:
+    return _page("Origin busy", "The site's origin server is handling as many requests as it "
+                 "may; please try again shortly.", _with_id(request_id))
 
 
 def gateway_timeout(request_id: str) -> bytes:

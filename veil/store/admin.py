@@ -25,6 +25,7 @@ from psycopg.types.json import Jsonb
 from twisted.internet.defer import Deferred
 
 from veil.errors import VeilError
+from veil.proxy.origins import OriginPolicy
 from veil.store.db import Database
 
 #: The built-in account the C{veil} command acts as.  C{.invalid} is reserved
@@ -171,11 +172,29 @@ def normalise_reason(text: str) -> str:
     return reason
 
 
-def normalise_upstream(text: str) -> str:
+def normalise_upstream(text: str, origins: OriginPolicy | None = None) -> str:
     """
     The origin for C{text} as C{scheme://host[:port]} (http or https, no
-    path, IPv6 in brackets), lower case; must satisfy C{sites_upstream_format}.
+    path, IPv6 in brackets), lower case; must satisfy C{sites_upstream_format},
+    and C{origins} (the operator's origin policy; without one, only what is
+    refused whatever the operator says: link-local and metadata addresses,
+    zones, ...).  Veil checks the address again at every connection.
     """
+    upstream = _upstream(text)
+    scheme, _, authority = upstream.partition("://")
+    host, _, port = authority.rpartition(":") if not authority.endswith("]") else (
+        authority, "", "")
+    if not host or (port and not port.isdigit()):
+        host, port = authority, ""
+    policy = origins if origins is not None else OriginPolicy(allow_private=True)
+    reason = policy.upstream_refusal(host, int(port) if port else
+                                     (443 if scheme == "https" else 80))
+    if reason is not None:
+        raise InvalidValue(f"{text!r}: the origin may not be {reason}")
+    return upstream
+
+
+def _upstream(text: str) -> str:
     match = re.fullmatch(r"(?i)(https?)://(.*)", text.strip())
     if match is None:
         raise InvalidValue(f"{text!r}: the origin must start with http:// or https://")
@@ -499,10 +518,17 @@ class OperatorAccount:
 
 
 class SiteAdmin:
-    """Adding, listing and removing sites, and their maintenance switch."""
+    """
+    Adding, listing and removing sites, and their maintenance switch.
 
-    def __init__(self, db: Database) -> None:
+    @param origins: the origin policy new sites' origins must satisfy
+        (L{OriginPolicy.from_config}); without one, only what is refused
+        whatever the operator says.
+    """
+
+    def __init__(self, db: Database, origins: OriginPolicy | None = None) -> None:
         self._db = db
+        self._origins = origins
 
     def add(self, domain: str, upstream: str, owner: UUID, *, verified: bool = False,
             mode: str = "block", allow_plain_http: bool = False) -> Deferred[SiteRecord]:
@@ -513,7 +539,7 @@ class SiteAdmin:
         @raise InvalidValue: for a bad domain, origin or mode (at once).
         @raise SiteExists: (in the Deferred) when the domain is taken.
         """
-        domain, upstream = normalise_domain(domain), normalise_upstream(upstream)
+        domain, upstream = normalise_domain(domain), normalise_upstream(upstream, self._origins)
         if mode not in SITE_MODES:
             raise InvalidValue(f"mode must be one of {', '.join(SITE_MODES)}, not {mode!r}")
         return self._db.transact("admin.sites.add", _add_site, domain, upstream, owner,

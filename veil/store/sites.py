@@ -30,6 +30,9 @@ CHANNEL = "veil_sites"
 #: stays eligible (behind its failure back-off) rather than stuck for good.
 VERIFIED_STATUSES = frozenset({"active", "ssl_provisioning", "live", "error"})
 
+#: A request body larger than this is refused (413), unless the site says otherwise.
+DEFAULT_MAX_BODY_SIZE = 100 * 1024 * 1024
+
 
 @attrs.frozen
 class Site:
@@ -44,6 +47,10 @@ class Site:
     maintenance: bool
     allow_plain_http: bool
     origin_tls_verify: bool
+    #: Request bodies larger than this many bytes are refused with 413.
+    max_body_size: int = DEFAULT_MAX_BODY_SIZE
+    #: Whether TRACE requests are forwarded (else 405).
+    allow_trace: bool = False
 
     @property
     def dns_verified(self) -> bool:
@@ -51,7 +58,7 @@ class Site:
 
 
 _COLUMNS = ("id, domain, upstream, status, mode, paranoia_level, maintenance,"
-            " allow_plain_http, origin_tls_verify")
+            " allow_plain_http, origin_tls_verify, max_body_size, allow_trace")
 
 
 def _load_all(cur: psycopg.Cursor) -> list[Site]:
