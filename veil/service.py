@@ -20,7 +20,6 @@ from collections.abc import Callable
 from typing import Any
 
 import attrs
-
 from twisted.application.service import Service
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.task import deferLater
@@ -41,7 +40,7 @@ from veil.live.peers import PeerFeed
 from veil.metrics import Registry
 from veil.processes import ProcessGroup, adopt_orphan_spools, child_argv, spool_dir
 from veil.sdnotify import notify
-from veil.sockets import ListenFailed, Listeners, adopt
+from veil.sockets import Listeners, ListenFailed, adopt
 from veil.store.db import Database
 from veil.store.listener import ListenerService
 from veil.store.locks import LockSession
