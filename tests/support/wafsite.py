@@ -133,16 +133,18 @@ def request_id(response: Response) -> str:
 
 
 def exchange(port: int, data: bytes, wrap: Callable[[socket.socket], socket.socket] | None,
-             pieces: Iterable[bytes] = (), timeout: float = 30.0) -> Response:
+             pieces: Iterable[bytes] = (), keep_body: bool = True,
+             timeout: float = 30.0) -> Response:
     """
     One request on a new connection (C{data}, then C{pieces} as they come):
-    the response, read to its end or to the close (what was read of it).
-    The server may answer and close before taking everything (413, 403).
+    the response, read to its end or to the close (what was read of it;
+    without C{keep_body}, only its size).  The server may answer and close
+    before taking everything (413, 403).
     """
     s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
     if wrap is not None:
         s = wrap(s)
-    reader = _Reader(keep_body=True)
+    reader = _Reader(keep_body)
     try:
         try:
             s.sendall(data)
@@ -184,11 +186,11 @@ class WafVeil:
     def port(self, name: str = "edge", index: int = 0) -> int:
         return self.veils[index].edge.ports[name].getHost().port
 
-    async def cli(self, *argv: str, status: int = 0) -> str:
+    async def cli(self, *argv: str, status: int = 0, env: dict[str, str] | None = None) -> str:
         """Run C{veil ARGV} against the database; check its exit status; its output."""
         out, err = io.StringIO(), io.StringIO()
-        code = await cli.run(reactor, list(argv), environ={"VEIL_DATABASE_URL": self.conninfo},
-                             out=out, err=err)
+        environ = {"VEIL_DATABASE_URL": self.conninfo, **(env or {})}
+        code = await cli.run(reactor, list(argv), environ=environ, out=out, err=err)
         self.testcase.assertEqual(code, status, out.getvalue() + err.getvalue())
         return out.getvalue() + err.getvalue()
 
@@ -199,7 +201,7 @@ class WafVeil:
                     10.0, f"{domain} in every site table")
 
     def send(self, data: bytes, host: str, pieces: Iterable[bytes] = (), index: int = 0,
-             tls: bool = True) -> Deferred[Response]:
+             tls: bool = True, keep_body: bool = True) -> Deferred[Response]:
         """A request to Veil C{index}, over TLS with SNI C{host} (or plain HTTP)."""
         wrap = None
         port = self.port("edge" if tls else "http", index)
@@ -208,7 +210,8 @@ class WafVeil:
 
             def wrap(raw: socket.socket) -> socket.socket:
                 return context.wrap_socket(raw, server_hostname=host)
-        return deferToThreadPool(reactor, self.threads, exchange, port, data, wrap, pieces)
+        return deferToThreadPool(reactor, self.threads, exchange, port, data, wrap, pieces,
+                                 keep_body)
 
     def rows(self, where: str = "true", params: tuple = ()) -> list[dict[str, Any]]:
         """The request log's rows, oldest first, as dicts."""
