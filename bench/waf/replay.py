@@ -21,8 +21,9 @@ any.
 
 Veil runs as `twistd veil` with its embedded PostgreSQL in a scratch data
 directory (--out/veil), on free loopback ports, with its defaults (paranoia 1,
-threshold 5, block mode, 64 KiB inspected) unless --paranoia/--threshold say
-otherwise; it is stopped at the end.  The origin is a small asyncio server in
+threshold 5, block mode, 64 KiB of bodies inspected, inspect-prefix beyond)
+unless --paranoia, --threshold, --inspect-body-limit or --body-overflow say
+otherwise (set on the site with `veil sites set`); it is stopped at the end.  The origin is a small asyncio server in
 this process.
 
 Writes, under --out: each corpus's scorer output (`<name>.txt`) and per-case
@@ -394,6 +395,8 @@ def main(argv: list[str] | None = None) -> int:
                     " crs-v4, libinjection, own-benign")
     ap.add_argument("--paranoia", type=int, default=1)
     ap.add_argument("--threshold", type=int, default=5)
+    ap.add_argument("--inspect-body-limit", help="the site's inspection limit (64k, 1MiB, ...)")
+    ap.add_argument("--body-overflow", choices=("inspect-prefix", "block"))
     ap.add_argument("--workers", type=int, default=16, help="the scorer's concurrent clients")
     ap.add_argument("--compare", action="store_true",
                     help="also judge every case in-process and list where the replay differs")
@@ -418,8 +421,10 @@ def main(argv: list[str] | None = None) -> int:
             results[name] = json.loads((Path(args.results) / f"{name}.json").read_text())
     else:
         results = replay(args, selected, out, commit)
-    text = (f"Veil {commit}, paranoia {args.paranoia}, threshold {args.threshold}, block mode,"
-            f" through the proxy (TLS, one connection per case)\n\n{table(results)}")
+    body = (f", inspecting {args.inspect_body_limit or '64 KiB'} of bodies,"
+            f" {args.body_overflow or 'inspect-prefix'} beyond")
+    text = (f"Veil {commit}, paranoia {args.paranoia}, threshold {args.threshold}, block mode"
+            f"{body}, through the proxy (TLS, one connection per case)\n\n{table(results)}")
     (out / "table.md").write_text(text)
     print("\n" + text)
     if args.compare:
@@ -440,9 +445,12 @@ def replay(args: argparse.Namespace, selected: list[tuple[str, list[str]]], out:
         print(f"Veil (commit {commit}) starting in {veil.data}", flush=True)
         veil.start(args.start_timeout)
         veil.cli("sites", "add", SITE, "--origin", f"http://127.0.0.1:{origin}", "--verified")
-        if (args.paranoia, args.threshold) != (1, 5):
-            veil.cli("sites", "set", SITE, "--paranoia", str(args.paranoia),
-                     "--threshold", str(args.threshold))
+        settings = ["--paranoia", str(args.paranoia), "--threshold", str(args.threshold)]
+        if args.inspect_body_limit:
+            settings += ["--inspect-body-limit", args.inspect_body_limit]
+        if args.body_overflow:
+            settings += ["--body-overflow", args.body_overflow]
+        veil.cli("sites", "set", SITE, *settings)
         deadline = time.monotonic() + 30
         while veil.get("/") != 200:
             if time.monotonic() > deadline:
