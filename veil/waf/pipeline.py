@@ -92,12 +92,19 @@ def compile_engine(reactor: Any) -> Deferred[Engine]:
     """
     pool = ThreadPool(minthreads=0, maxthreads=1, name="veil-waf-compile")
     pool.start()
+    started = reactor.seconds()
+
+    def compiled(engine: Engine) -> Engine:
+        _log.info("WAF signature engine ready: {rules} rules ({unavailable} unavailable),"
+                  " compiled in {seconds:.1f} s", rules=len(engine.rules),
+                  unavailable=len(engine.unavailable), seconds=reactor.seconds() - started)
+        return engine
 
     def done(result: Any) -> Any:
         pool.stop()
         return result
 
-    return deferToThreadPool(reactor, pool, Engine).addBoth(done)
+    return deferToThreadPool(reactor, pool, Engine).addCallback(compiled).addBoth(done)
 
 
 class Firewall:
