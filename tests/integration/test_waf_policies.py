@@ -271,3 +271,26 @@ class SiteSettingsTests(TestCase):
         await waf.cli("sites", "add", "private.test", "--origin", "http://127.0.0.1:9000",
                       "--verified")
         self.assertEqual(execute(waf.conninfo, "SELECT domain FROM sites"), [("private.test",)])
+
+
+class ConfiguredDefaultTests(TestCase):
+    """waf.inspect_body_limit is the body limit of every site that sets none."""
+
+    timeout = 120
+
+    async def test_default_limit_from_configuration(self) -> None:
+        """
+        A running Veil and the CLI with waf.inspect_body_limit = 32768 give a
+        site without a limit of its own 32 KiB; one set on the site wins.
+        """
+        waf = await start_wafveil(self, VEIL_WAF_INSPECT_BODY_LIMIT="32768")
+        _, upstream = listen_recording_origin(self)
+        await waf.add_site("shop.test", upstream)
+        site = waf.veil.edge.sites.get("shop.test").id
+        self.assertEqual(waf.veil.policies.get(site).inspect_body_limit, 32768)
+        out = await waf.cli("waf", "policy", "shop.test",
+                            env={"VEIL_WAF_INSPECT_BODY_LIMIT": "32768"})
+        self.assertIn("bodies: inspect 32 KiB (Veil's default), beyond that inspect-prefix", out)
+        await waf.cli("sites", "set", "shop.test", "--inspect-body-limit", "8k")
+        await until(lambda: waf.veil.policies.get(site).inspect_body_limit == 8192, 1.0,
+                    "the site's own limit")
