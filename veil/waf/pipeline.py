@@ -92,6 +92,9 @@ def compile_engine(reactor: Any) -> Deferred[Engine]:
     """
     pool = ThreadPool(minthreads=0, maxthreads=1, name="veil-waf-compile")
     pool.start()
+    # Stopped at the latest when the reactor shuts down (its thread would
+    # otherwise outlive the reactor and keep the process from exiting).
+    trigger = reactor.addSystemEventTrigger("during", "shutdown", pool.stop)
     started = reactor.seconds()
 
     def compiled(engine: Engine) -> Engine:
@@ -101,6 +104,7 @@ def compile_engine(reactor: Any) -> Deferred[Engine]:
         return engine
 
     def done(result: Any) -> Any:
+        reactor.removeSystemEventTrigger(trigger)
         pool.stop()
         return result
 
