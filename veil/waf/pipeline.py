@@ -92,9 +92,17 @@ def compile_engine(reactor: Any) -> Deferred[Engine]:
     """
     pool = ThreadPool(minthreads=0, maxthreads=1, name="veil-waf-compile")
     pool.start()
-    # Stopped at the latest when the reactor shuts down (its thread would
-    # otherwise outlive the reactor and keep the process from exiting).
-    trigger = reactor.addSystemEventTrigger("during", "shutdown", pool.stop)
+    stopped: list[bool] = []
+
+    def stop() -> None:
+        if not stopped:
+            stopped.append(True)
+            pool.stop()
+
+    # Stopped once the engine is built, or when the reactor shuts down
+    # first (the pool's thread would otherwise outlive the reactor and keep
+    # the process from exiting); whichever comes second does nothing.
+    reactor.addSystemEventTrigger("during", "shutdown", stop)
     started = reactor.seconds()
 
     def compiled(engine: Engine) -> Engine:
@@ -104,8 +112,7 @@ def compile_engine(reactor: Any) -> Deferred[Engine]:
         return engine
 
     def done(result: Any) -> Any:
-        reactor.removeSystemEventTrigger(trigger)
-        pool.stop()
+        stop()
         return result
 
     return deferToThreadPool(reactor, pool, Engine).addCallback(compiled).addBoth(done)
