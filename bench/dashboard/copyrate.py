@@ -1,0 +1,132 @@
+"""
+What the request log's indexes and triggers cost the proxy's writer: the
+flusher's own write path (ids drawn in one block, then C{COPY} of the
+batch's text from L{veil.store.requestlog.copy_text} and the
+announcement's C{pg_notify}, in one transaction) timed batch by batch, in
+a fresh database per variant:
+
+    .venv/bin/python bench/dashboard/copyrate.py [--batches 200] [--batch 5000] [VARIANT ...]
+
+Variants (default: all): C{bare} (the primary key only), C{seed} (the
+indexes of schema 001, no rollup), C{current} (every migration, as
+shipped), C{current-minus-rollup} (without schema 007's rollup trigger),
+and C{current-plus-...} (an index schema 007 dropped or chose not to add).  Each variant writes the same rows, C{--batches}
+batches of C{--batch} rows (the flusher's cap), of the generator's shape
+(generate.py) with times in the last hour; the first 10 batches warm up
+and are not counted.  Prints rows per second (the median batch) and the
+batch time's median and 95th percentile.  The machine's other load moves
+these figures: compare variants run the same minute, not across runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import random
+import statistics
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import psycopg
+from psycopg import sql
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import benchdb
+from generate import Shape, rows_for
+
+from veil.store.logrows import COLUMNS
+from veil.store.requestlog import CHANNEL, ID_LOCK_KEY
+
+#: The secondary indexes as shipped (schema 001, with 007's changes).
+CURRENT_INDEXES = ["request_log_site_ts_idx", "request_log_request_id_idx",
+                   "request_log_client_ip_idx", "request_log_attacks_idx"]
+NO_ROLLUP = ["DROP TRIGGER request_log_rollup ON request_log"]
+#: Back to schema 001's indexes.
+SEED = NO_ROLLUP + [
+    "DROP INDEX request_log_client_ip_idx",
+    "CREATE INDEX request_log_client_ip_idx ON request_log (client_ip, ts)",
+    "CREATE INDEX request_log_site_id_idx ON request_log (site_id, id)",
+]
+
+
+def variants() -> dict[str, list[str]]:
+    """What to run after the migrations, per variant."""
+    return {
+        "bare": NO_ROLLUP + [f"DROP INDEX {name}" for name in CURRENT_INDEXES],
+        "seed": SEED,
+        "current": [],
+        "current-minus-rollup": NO_ROLLUP,
+        "current-plus-site-id-idx": [
+            "CREATE INDEX request_log_site_id_idx ON request_log (site_id, id)"],
+        "current-plus-site-client-idx": [
+            "CREATE INDEX request_log_site_client_idx ON request_log (site_id, client_ip, ts)"],
+    }
+
+
+def batches(count: int, size: int, seed: int) -> list[list[str]]:
+    """The COPY lines of every batch, without ids (made once, shared by the variants)."""
+    shape = Shape(random.Random(seed), 100)
+    start = datetime.now(UTC) - timedelta(hours=1)
+    out = []
+    for i in range(count):
+        at = start + timedelta(seconds=i * 3600 / count)
+        lines = rows_for(shape, at, 3600 / count, size, itertools.count(), itertools.count(),
+                         "bench")
+        out.append([line.split("\t", 1)[1] for line in lines])
+    return out
+
+
+def measure(conninfo: str, work: list[list[str]]) -> list[float]:
+    statement = sql.SQL("COPY request_log ({}) FROM STDIN").format(
+        sql.SQL(", ").join(map(sql.Identifier, ("id",) + COLUMNS)))
+    spent = []
+    with psycopg.connect(conninfo) as conn:
+        for lines in work:
+            began = time.perf_counter()
+            with conn.transaction():
+                [first] = conn.execute("SELECT veil_request_log_reserve_ids(%s, %s)",
+                                       (len(lines), ID_LOCK_KEY)).fetchone()
+            data = "".join(f"{first + i}\t{line}" for i, line in enumerate(lines))
+            with conn.transaction(), conn.cursor() as cur:
+                with cur.copy(statement) as copy:
+                    copy.write(data.encode("utf-8"))
+                cur.execute("SELECT pg_notify(%s, %s)", (CHANNEL, '{"v":1}'))
+            spent.append(time.perf_counter() - began)
+    return spent
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("variants", nargs="*")
+    parser.add_argument("--batches", type=int, default=200)
+    parser.add_argument("--batch", type=int, default=5000)
+    parser.add_argument("--seed", type=int, default=2)
+    args = parser.parse_args()
+    known = variants()
+    chosen = args.variants or list(known)
+    for name in chosen:
+        if name not in known:
+            sys.exit(f"unknown variant {name}; known: {', '.join(known)}")
+    print(f"making {args.batches} batches of {args.batch} rows", file=sys.stderr)
+    work = batches(args.batches, args.batch, args.seed)
+    print("| variant | rows/s (median batch) | batch ms p50 | batch ms p95 |")
+    print("|---|---|---|---|")
+    for name in chosen:
+        dbname = f"veil_copyrate_{name.replace('-', '_')}"
+        benchdb.drop(dbname)
+        conninfo = benchdb.url(dbname)
+        with psycopg.connect(conninfo, autocommit=True) as conn:
+            for statement in known[name]:
+                conn.execute(statement)
+        spent = measure(conninfo, work)[10:]
+        benchdb.drop(dbname)
+        median = statistics.median(spent)
+        p95 = statistics.quantiles(spent, n=20)[18]
+        print(f"| {name} | {args.batch / median:,.0f} | {median * 1000:.1f} |"
+              f" {p95 * 1000:.1f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
