@@ -162,10 +162,12 @@ class _Round:
     encoded: dict[int, tuple[Event, int | None, bytes]] = attrs.field(factory=dict)
 
     def get(self, event: Event) -> tuple[int | None, bytes]:
+        """The event's key, and its C{id} value's end and data lines (C{CURSOR\ndata: ...\n\n})."""
         found = self.encoded.get(id(event))
         if found is None:
             # The event is kept with its encoding, so its id() stays its own.
-            found = self.encoded[id(event)] = (event, row_key(event.row), _json(event.data()))
+            tail = b"%d\ndata: %s\n\n" % (event.cursor, _json(event.data()))
+            found = self.encoded[id(event)] = (event, row_key(event.row), tail)
         return found[1], found[2]
 
 
@@ -306,7 +308,7 @@ class _Stream:
             return
         items = subscription.take(self.live.max_items)
         keys = self.snapshot.keys if self.snapshot is not None else frozenset()
-        prefix = f"{self.live.hub.origin}-{self.snapshot_id}-".encode("ascii")
+        head = f"event: request\nid: {self.live.hub.origin}-{self.snapshot_id}-".encode("ascii")
         out: list[bytes] = []
         for item in items:
             if isinstance(item, Gap):
@@ -314,10 +316,11 @@ class _Stream:
                     self._write(b"".join(out))
                 self._gap(item.reason)
                 return
-            key, data = round.get(item)
+            key, tail = round.get(item)
             if key is not None and key in keys:
                 continue
-            out.append(_event(b"request", data, prefix + str(item.cursor).encode("ascii")))
+            out.append(head)
+            out.append(tail)
         if out:
             self._write(b"".join(out))
         if len(subscription) and self.state == "live":
