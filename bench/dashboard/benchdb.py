@@ -86,7 +86,8 @@ def url(dbname: str = "veil_bench") -> str:
     _, _, layout = _layout()
     admin = socket_conninfo(layout.socket_dir, "postgres")
     with psycopg.connect(admin, autocommit=True) as conn:
-        if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (dbname,)).fetchone() is None:
+        found = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (dbname,))
+        if found.fetchone() is None:
             conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(dbname)))
     conninfo = socket_conninfo(layout.socket_dir, dbname)
     migrate_sync(conninfo, default_schema_dir())

@@ -277,9 +277,10 @@ class Bench:
 
         gaps = sum(s.gaps for s in subscribers)
         dropped = sum(1 for s in slow if s.lost)
+        path = "requests proxied by another process" if args.processes > 1 else "same process"
         print(f"\n## Live stream: {args.subscribers} subscribers over {args.sites} sites,"
               f" {args.rate} requests/s for {args.seconds} s, {args.processes} process(es)"
-              f" ({'requests proxied by another process' if args.processes > 1 else 'same process'})\n")
+              f" ({path})\n")
         print("| | value |\n|---|---|")
         print(f"| requests sent / answered 200 | {sent} / {len(self.responses) - self.failed} |")
         print(f"| events expected / received / missing | {len(latencies) + missing} /"
@@ -289,8 +290,9 @@ class Bench:
             print(f"| subscribers that stopped reading / disconnected by the server |"
                   f" {len(slow)} / {dropped} |")
         if latencies:
-            print(f"| delivery latency p50 / p95 / p99 / max (ms) | {statistics.median(latencies):.1f}"
-                  f" / {q(0.95):.1f} / {q(0.99):.1f} / {latencies[-1]:.1f} |")
+            print(f"| delivery latency p50 / p95 / p99 / max (ms) |"
+                  f" {statistics.median(latencies):.1f} / {q(0.95):.1f} / {q(0.99):.1f}"
+                  f" / {latencies[-1]:.1f} |")
         per = (connected["rss_kib"] - before["rss_kib"]) / max(1, args.subscribers)
         print(f"| streaming process RSS: before / with subscribers / after load / after they"
               f" left (MiB) | {before['rss_kib'] / 1024:.1f} / {connected['rss_kib'] / 1024:.1f}"

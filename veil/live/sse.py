@@ -162,7 +162,7 @@ class _Round:
     encoded: dict[int, tuple[Event, int | None, bytes]] = attrs.field(factory=dict)
 
     def get(self, event: Event) -> tuple[int | None, bytes]:
-        """The event's key, and its C{id} value's end and data lines (C{CURSOR\ndata: ...\n\n})."""
+        """The event's key, and what follows the id's prefix: the cursor and the data."""
         found = self.encoded.get(id(event))
         if found is None:
             # The event is kept with its encoding, so its id() stays its own.
@@ -281,8 +281,7 @@ class _Stream:
         _log.info("Live stream: a client read nothing for {seconds:.0f} s; disconnected",
                   seconds=self.live.stall_timeout)
         self.live.metrics_stalled.inc()
-        transport = getattr(self.request, "transport", None) or getattr(
-            getattr(self.request, "channel", None), "transport", None)
+        transport = self.request.transport
         self.close()
         if transport is not None:
             transport.abortConnection()
