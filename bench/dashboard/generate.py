@@ -45,8 +45,8 @@ PROBES = ["/wp-login.php", "/.env", "/admin/config.php", "/cgi-bin/test.cgi",
           "/search?q=%3Cscript%3Ealert(1)%3C/script%3E", "/.git/config", "/xmlrpc.php"]
 AGENTS = [
     "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 Chrome/131.0 Safari/537.36",
-    "Mozilla/5.0 (Macintosh; Intel Mac OS X 14_2) AppleWebKit/605.1.15 Version/17.2"
-    " Safari/605.1.15",
+    ("Mozilla/5.0 (Macintosh; Intel Mac OS X 14_2) AppleWebKit/605.1.15 Version/17.2"
+    " Safari/605.1.15"),
     "Mozilla/5.0 (X11; Linux x86_64; rv:133.0) Gecko/20100101 Firefox/133.0",
     "Mozilla/5.0 (iPhone; CPU iPhone OS 17_2 like Mac OS X) AppleWebKit/605.1.15 Mobile/15E148",
     "curl/8.5.0", "python-requests/2.31.0", "Go-http-client/1.1",
