@@ -189,18 +189,19 @@ class CursorTests(QueryCase):
         self.assertEqual([r.request_id for r in third.rows], ["r1", "r0"])
         self.assertIsNone(third.next_cursor)
 
-    async def test_budget_cuts_pages_short(self) -> None:
+    async def test_search_cut_short(self) -> None:
         """
-        With tiny slices and no budget, every page stops after one slice: a
-        page may be short or empty, it says how far back it searched, and
-        following the cursors finds every match once, in order.
+        With tiny slices and no more rows to search than one holds, every
+        page stops after one slice: a page may be short or empty, it says how
+        far back it searched, and following the cursors finds every match
+        once, in order.
         """
         base = hour_ago() - timedelta(hours=10)
         rows = [row(base + timedelta(hours=h, minutes=m), h * 10 + m,
                     status=500 if (h + m) % 4 == 0 else 200)
                 for h in range(10) for m in range(3)]
         write(self.conninfo, rows)
-        queries = RequestLogQueries(self.db, budget=0.0, slice_rows=3)
+        queries = RequestLogQueries(self.db, search_rows=1, slice_rows=3)
         flt = RequestFilter.from_params(SITE, {"status": "5xx"})
         expected = [r.request_id for r in sorted(rows, key=lambda r: r.ts, reverse=True)
                     if r.status == 500]
@@ -218,8 +219,8 @@ class CursorTests(QueryCase):
             cursor = page.next_cursor
         self.assertEqual(seen, expected)
         self.assertGreater(pages, len(expected) / 2)
-        # Without the budget, the same search is two rows a page.
-        self.assertEqual(await self.collect(flt, 2, budget=math.inf), expected)
+        # Searching to the end, the same search is two rows a page.
+        self.assertEqual(await self.collect(flt, 2, search_rows=math.inf), expected)
 
     async def test_until_is_exclusive_with_a_cursor(self) -> None:
         """A cursor at the range's end does not bring back rows at that end."""

@@ -8,11 +8,13 @@ fires with plain records:
   - L{RequestLogQueries.requests}: a site's requests, newest first, with
     filters (L{RequestFilter}), one page at a time.  Pages continue after a
     I{cursor}, the C{(ts, id)} of the last row seen (keyset pagination: no
-    offsets, so rows arriving meanwhile shift nothing).  A page is also cut
-    short when the query has worked for its I{budget}: a rare filter over a
-    month of a busy site would otherwise read every row of it in one call.
-    The short page then carries a cursor to continue from, and the time down
-    to which the range has been searched.
+    offsets, so rows arriving meanwhile shift nothing).  The range is
+    searched newest first in I{slices} of a few thousand rows (cut from the
+    hourly rollup's counts), and a page is cut short once the slices
+    searched hold C{search_rows} rows: a rare filter over a month of a busy
+    site would otherwise read every row of it in one call.  The short page
+    then carries a cursor to continue from, and the time down to which the
+    range has been searched.
   - L{RequestLogQueries.latest}: the most recent rows of a site (the live
     stream's hydration).
   - L{RequestLogQueries.export}: every row that matches, as CSV or JSON,
@@ -37,7 +39,6 @@ import io
 import ipaddress
 import json
 import math
-import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
@@ -321,9 +322,9 @@ class Page:
     @ivar next_cursor: where the next page starts, or C{None} when the
         range is exhausted.
     @ivar next_after: the same position as C{(ts, id)}.
-    @ivar searched_to: when the page is short because the query used up its
-        budget (more rows may match further back), the time down to which
-        the range has been searched; otherwise C{None}.
+    @ivar searched_to: when the page is short because the query searched as
+        many rows as a call may (more may match further back), the time down
+        to which the range has been searched; otherwise C{None}.
     """
 
     rows: tuple[RequestRecord, ...]
@@ -337,14 +338,20 @@ class Page:
 
 @attrs.frozen
 class _Slice:
-    """A time range [lo, hi) of a search, newest first (C{None}: unbounded)."""
+    """
+    A time range [lo, hi) of a search, newest first (C{None}: unbounded),
+    and the rows it holds by the hourly rollup.
+    """
 
     lo: datetime | None
     hi: datetime | None
+    rows: int
 
 
-#: Rows a search slice covers at most (from the hourly rollup's counts).
-SLICE_ROWS = 5000
+#: Rows a search slice covers (from the hourly rollup's counts), and the
+#: rows a call searches before it answers a short page.
+SLICE_ROWS = 2500
+SEARCH_ROWS = 10000
 
 
 def _slices(cur: psycopg.Cursor, site: uuid.UUID, lo: datetime | None,
@@ -371,18 +378,18 @@ def _slices(cur: psycopg.Cursor, site: uuid.UUID, lo: datetime | None,
         count += requests
         if count >= per_slice:
             bottom = bucket if lo is None or bucket > lo else lo
-            slices.append(_Slice(bottom, top))
+            slices.append(_Slice(bottom, top, count))
             top, count = bottom, 0
     if not slices or top != lo:
-        slices.append(_Slice(lo, top))
+        slices.append(_Slice(lo, top, count))
     return slices
 
 
 def _requests(cur: psycopg.Cursor, flt: RequestFilter, limit: int,
-              after: tuple[datetime, int] | None, budget: float,
+              after: tuple[datetime, int] | None, search_rows: float,
               per_slice: int) -> Page:
     """One page (DB thread); see L{RequestLogQueries.requests}."""
-    started = time.monotonic()
+    searched = 0
     where, values = flt.conditions()
     hi = flt.until
     keyset = after is not None and (hi is None or after[0] < hi)
@@ -413,8 +420,8 @@ def _requests(cur: psycopg.Cursor, flt: RequestFilter, limit: int,
         if len(rows) > limit:
             last = rows[limit - 1]
             return Page(tuple(rows[:limit]), (last.ts, last.id))
-        more = index + 1 < len(slices)
-        if more and time.monotonic() - started >= budget:
+        searched += piece.rows
+        if index + 1 < len(slices) and searched >= search_rows:
             assert piece.lo is not None
             # Searched down to piece.lo: continue below it (no row has id 0).
             return Page(tuple(rows), (piece.lo, 0), piece.lo)
@@ -823,7 +830,7 @@ class _Export:
                 if self._stopped:
                     break
                 page = await self.queries.requests(self.flt, self.page_size, after=after,
-                                                   budget=math.inf)
+                                                   search_rows=math.inf)
                 if self._stopped:
                     break
                 if self.fmt == "csv":
@@ -854,13 +861,14 @@ class RequestLogQueries:
     @ivar db: a L{veil.store.db.Database}.
     @ivar timeout: each query's statement time-out, in seconds (past it:
         L{QueryTooSlow}).
-    @ivar budget: how long L{requests} searches before it answers a short
-        page (seconds; checked between slices).
+    @ivar search_rows: how many rows (by the rollup) L{requests} searches
+        before it answers a short page (checked between slices).
+    @ivar slice_rows: how many rows a slice holds.
     """
 
     db: Any
     timeout: float = 10.0
-    budget: float = 0.05
+    search_rows: float = SEARCH_ROWS
     slice_rows: int = SLICE_ROWS
     top_rows: int = TOP_ROWS
     top_slices: int = TOP_SLICES
@@ -881,19 +889,19 @@ class RequestLogQueries:
 
     def requests(self, flt: RequestFilter, limit: int = DEFAULT_LIMIT,
                  cursor: str | None = None, after: tuple[datetime, int] | None = None,
-                 budget: float | None = None) -> Deferred[Page]:
+                 search_rows: float | None = None) -> Deferred[Page]:
         """
         One page of C{flt}'s requests, newest first, continuing after
         C{cursor} (a L{Page.next_cursor}) or C{after} (a position); see
-        L{Page} for short pages.  C{budget} overrides L{budget}
+        L{Page} for short pages.  C{search_rows} overrides L{search_rows}
         (C{math.inf}: search to the end of the range).
         """
         if not 1 <= limit <= EXPORT_PAGE_MAX:
             raise QueryError("limit", f"expected a number from 1 to {MAX_LIMIT}")
         if cursor is not None:
             after = decode_cursor(cursor)
-        spend = self.budget if budget is None else budget
-        return self._run("logquery.requests", _requests, flt, limit, after, spend,
+        rows = self.search_rows if search_rows is None else search_rows
+        return self._run("logquery.requests", _requests, flt, limit, after, rows,
                          self.slice_rows)
 
     def latest(self, site_id: uuid.UUID, limit: int) -> Deferred[list[RequestRecord]]:
