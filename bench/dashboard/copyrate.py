@@ -8,23 +8,24 @@ a fresh database per variant:
     .venv/bin/python bench/dashboard/copyrate.py [--batches 200] [--batch 5000] [VARIANT ...]
 
 Variants (default: all): C{bare} (the primary key only); C{seed} (schema
-001's five indexes, no rollup); C{seed-minus-site-id-idx} (without the
-(site_id, id) index that schema 007 drops); C{current-minus-rollup} (007's
-indexes, no rollup trigger: against the previous line, the price of 007's
-client_ip index); C{current} (as shipped: against the previous line, the
-rollup trigger's price); C{current-plus-site-client-idx} (the (site_id,
-client_ip, ts) index 007 chose not to add).  Each variant writes the same rows, C{--batches}
-batches of C{--batch} rows (the flusher's cap), of the generator's shape
-(generate.py) with times in the last hour; the first 10 batches warm up
-and are not counted.  Prints rows per second (the median batch) and the
-batch time's median and 95th percentile.  The machine's other load moves
-these figures: compare variants run the same minute, not across runs.
+001's five indexes, no rollup); C{current-minus-rollup} (without the
+(site_id, id) index that schema 007 drops: against the previous line, that
+index's price); C{current} (as shipped: against the previous line, the
+rollup trigger's price); C{current-plus-site-client-idx} (with a (site_id,
+client_ip, ts) index, measured and not kept).  Each variant writes the same
+rows, C{--batches} batches of C{--batch} rows (the flusher's cap), of the
+generator's shape (generate.py) with times in the last hour; the first 10
+batches warm up and are not counted.  Prints rows per second (the median
+batch) and the batch time's median and 95th percentile.  The variants take
+turns batch by batch, so that the machine's other load falls on all of them
+alike: compare variants within a run, not across runs.
 """
 
 from __future__ import annotations
 
 import argparse
 import itertools
+import os
 import random
 import statistics
 import sys
@@ -42,16 +43,12 @@ from generate import Shape, rows_for
 from veil.store.logrows import COLUMNS
 from veil.store.requestlog import CHANNEL, ID_LOCK_KEY
 
-#: The secondary indexes as shipped (schema 001, with 007's changes).
+#: The secondary indexes as shipped (schema 001, less the one 007 drops).
 CURRENT_INDEXES = ["request_log_site_ts_idx", "request_log_request_id_idx",
                    "request_log_client_ip_idx", "request_log_attacks_idx"]
 NO_ROLLUP = ["DROP TRIGGER request_log_rollup ON request_log"]
-#: Back to schema 001's indexes.
-SEED = NO_ROLLUP + [
-    "DROP INDEX request_log_client_ip_idx",
-    "CREATE INDEX request_log_client_ip_idx ON request_log (client_ip, ts)",
-    "CREATE INDEX request_log_site_id_idx ON request_log (site_id, id)",
-]
+#: Back to schema 001's indexes, without the rollup.
+SEED = [*NO_ROLLUP, "CREATE INDEX request_log_site_id_idx ON request_log (site_id, id)"]
 
 
 def variants() -> dict[str, list[str]]:
@@ -59,7 +56,6 @@ def variants() -> dict[str, list[str]]:
     return {
         "bare": NO_ROLLUP + [f"DROP INDEX {name}" for name in CURRENT_INDEXES],
         "seed": SEED,
-        "seed-minus-site-id-idx": SEED + ["DROP INDEX request_log_site_id_idx"],
         "current-minus-rollup": NO_ROLLUP,
         "current": [],
         "current-plus-site-client-idx": [
@@ -80,23 +76,27 @@ def batches(count: int, size: int, seed: int) -> list[list[str]]:
     return out
 
 
-def measure(conninfo: str, work: list[list[str]]) -> list[float]:
-    statement = sql.SQL("COPY request_log ({}) FROM STDIN").format(
-        sql.SQL(", ").join(map(sql.Identifier, ("id",) + COLUMNS)))
-    spent = []
-    with psycopg.connect(conninfo) as conn:
-        for lines in work:
-            began = time.perf_counter()
-            with conn.transaction():
-                [first] = conn.execute("SELECT veil_request_log_reserve_ids(%s, %s)",
-                                       (len(lines), ID_LOCK_KEY)).fetchone()
-            data = "".join(f"{first + i}\t{line}" for i, line in enumerate(lines))
-            with conn.transaction(), conn.cursor() as cur:
-                with cur.copy(statement) as copy:
-                    copy.write(data.encode("utf-8"))
-                cur.execute("SELECT pg_notify(%s, %s)", (CHANNEL, '{"v":1}'))
-            spent.append(time.perf_counter() - began)
-    return spent
+class Writer:
+    """One variant's database and connection, writing batches as the flusher does."""
+
+    def __init__(self, conninfo: str) -> None:
+        self.conn = psycopg.connect(conninfo)
+        self.statement = sql.SQL("COPY request_log ({}) FROM STDIN").format(
+            sql.SQL(", ").join(map(sql.Identifier, ("id",) + COLUMNS)))
+        self.spent: list[float] = []
+
+    def write(self, lines: list[str]) -> None:
+        conn = self.conn
+        began = time.perf_counter()
+        with conn.transaction():
+            [first] = conn.execute("SELECT veil_request_log_reserve_ids(%s, %s)",
+                                   (len(lines), ID_LOCK_KEY)).fetchone()
+        data = "".join(f"{first + i}\t{line}" for i, line in enumerate(lines))
+        with conn.transaction(), conn.cursor() as cur:
+            with cur.copy(self.statement) as copy:
+                copy.write(data.encode("utf-8"))
+            cur.execute("SELECT pg_notify(%s, %s)", (CHANNEL, '{"v":1}'))
+        self.spent.append(time.perf_counter() - began)
 
 
 def main() -> None:
@@ -113,8 +113,7 @@ def main() -> None:
             sys.exit(f"unknown variant {name}; known: {', '.join(known)}")
     print(f"making {args.batches} batches of {args.batch} rows", file=sys.stderr)
     work = batches(args.batches, args.batch, args.seed)
-    print("| variant | rows/s (median batch) | batch ms p50 | batch ms p95 |")
-    print("|---|---|---|---|")
+    writers: dict[str, Writer] = {}
     for name in chosen:
         dbname = f"veil_copyrate_{name.replace('-', '_')}"
         benchdb.drop(dbname)
@@ -122,12 +121,24 @@ def main() -> None:
         with psycopg.connect(conninfo, autocommit=True) as conn:
             for statement in known[name]:
                 conn.execute(statement)
-        spent = measure(conninfo, work)[10:]
-        benchdb.drop(dbname)
+        writers[name] = Writer(conninfo)
+    # Batch by batch, every variant in turn: the machine's other load falls on all alike.
+    for lines in work:
+        for writer in writers.values():
+            writer.write(lines)
+    print("| variant | rows/s (median batch) | batch ms p50 | batch ms p95 |")
+    print("|---|---|---|---|")
+    for name, writer in writers.items():
+        writer.conn.close()
+        benchdb.drop(f"veil_copyrate_{name.replace('-', '_')}")
+        spent = writer.spent[10:]
         median = statistics.median(spent)
         p95 = statistics.quantiles(spent, n=20)[18]
         print(f"| {name} | {args.batch / median:,.0f} | {median * 1000:.1f} |"
               f" {p95 * 1000:.1f} |", flush=True)
+    load = os.getloadavg()
+    print(f"\nLoad average at the end: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}"
+          f" ({os.cpu_count()} CPUs)")
 
 
 if __name__ == "__main__":
