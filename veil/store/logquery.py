@@ -50,13 +50,10 @@ from psycopg import errors as pgerrors
 from psycopg import sql
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IConsumer, IPushProducer
-from twisted.logger import Logger
 from zope.interface import implementer
 
 from veil.errors import VeilError
 from veil.store.logrows import LogRow
-
-_log = Logger()
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
