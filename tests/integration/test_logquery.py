@@ -73,6 +73,8 @@ def write(conninfo: str, rows: Sequence[LogRow]) -> list[int]:
 
 
 class QueryCase(TestCase):
+    """A fresh database, a Database on it, and the queries."""
+
     timeout = 60
 
     def setUp(self) -> None:
@@ -257,6 +259,8 @@ class ExportTests(QueryCase):
         newest first, with formula-like cells defused and quoting intact.
         """
         class Full(StringTransport):
+            """A consumer whose buffer is full after every write."""
+
             writes: list[bytes]
 
             def write(self, data: bytes) -> None:
@@ -307,6 +311,8 @@ class ExportTests(QueryCase):
     async def test_stopped(self) -> None:
         """A consumer that goes away stops the export after the page in flight."""
         class Gone(StringTransport):
+            """A consumer that goes away after its first page."""
+
             def write(self, data: bytes) -> None:
                 super().write(data)
                 if data.count(b"\n") > 1:

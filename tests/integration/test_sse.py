@@ -44,6 +44,8 @@ OTHER = uuid.UUID("8b2f4d66-3c5e-4a7b-8d9f-1e2a3b4c5d6e")
 
 @attrs.frozen
 class Principal:
+    """Who the stand-in sign-in says the caller is."""
+
     user: str
     session: str
 
