@@ -22,6 +22,7 @@ from twisted.python.reflect import namedAny
 
 from veil import config as veil_config
 from veil.errors import ConfigError
+from veil.logs import route_stdlib_logging
 from veil.processes import CONTROL_FD
 
 _log = Logger()
@@ -119,6 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     role = ProcessRole(index=args.index, sockets=dict(args.socket), control_fd=CONTROL_FD)
     service = VeilService(config, reactor, request_exit, role=role)
     resolve_names_on_own_threads(reactor)
+    route_stdlib_logging(reactor)
     reactor.addReader(_ParentWatch(reactor))
     reactor.callWhenRunning(stop_cleanly_on_signals, reactor)
     reactor.addSystemEventTrigger("before", "shutdown", service.stopService)

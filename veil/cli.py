@@ -6,11 +6,14 @@ The C{veil} command: operator tasks beside the running service.
     veil sites add DOMAIN --origin URL        add a site ([--verified] [--mode] [--allow-plain-http])
     veil sites list [--json]                  every site
     veil sites remove DOMAIN                  delete a site and everything that belongs to it
+    veil sites verify DOMAIN                  check the site's DNS now ("Check now")
     veil decisions add IP|CIDR --for 1h       ban (or --type block|throttle|…) an address or network
     veil decisions list [--site D] [--all]    current decisions
     veil decisions remove ID                  delete a decision
     veil maintenance on|off [--site DOMAIN]   the maintenance switch, cluster-wide or per site
     veil maintenance status [--site DOMAIN]
+    veil waf check [--site DOMAIN] FILE|-     explain the WAF's verdict on a raw HTTP request
+    veil waf rules [--class C] [--json]       the signature rules
 
 Every command takes C{--config PATH} (or C{VEIL_CONFIG}) and the C{VEIL_*}
 overrides.  The store commands connect to C{database.url}, or without one to
@@ -29,6 +32,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import shlex
 import sys
 import traceback
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -41,12 +45,16 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import react
 
 from veil import config as veil_config
-from veil.commands import decisions, maintenance, sites
+from veil.commands import decisions, maintenance, sites, tokens, users, waf, wafcheck
 from veil.commands.base import Handler, Stores
 from veil.errors import StoreUnavailable, VeilError
 from veil.store.db import Database
 
 NOT_RUNNING = "Veil's embedded PostgreSQL is not running (start Veil first)"
+#: Veil runs (it supervises the cluster) but its cluster does not answer.
+EMBEDDED_DOWN = ("Veil is running (pid {pid}) but its embedded PostgreSQL does not answer"
+                 " ({error}); Veil restarts it by itself: try again shortly, and see"
+                 " /health (embedded-postgres) and Veil's log if it lasts")
 
 
 class CommandError(VeilError):
@@ -87,8 +95,21 @@ def _target(config: veil_config.Config) -> Target:
     from veil.store.embedded import PORT, conninfo_for, socket_dir_for
 
     if not (socket_dir_for(config.data_dir) / f".s.PGSQL.{PORT}").exists():
-        raise CommandError(NOT_RUNNING)
+        raise _embedded_down(config, "its socket is gone")
     return Target(conninfo_for(config.data_dir), True, config)
+
+
+def _embedded_down(config: veil_config.Config, error: str) -> CommandError:
+    """
+    The embedded cluster cannot be reached: say whether Veil is not running
+    on this data directory, or runs with its cluster down (an outage).
+    """
+    from veil.store.embedded import supervisor_pid
+
+    pid = supervisor_pid(config.data_dir)
+    if pid is None:
+        return CommandError(NOT_RUNNING)
+    return CommandError(EMBEDDED_DOWN.format(pid=pid, error=error))
 
 
 def _one_line(error: BaseException) -> str:
@@ -98,8 +119,14 @@ def _one_line(error: BaseException) -> str:
 def _unreachable(target: Target, error: BaseException) -> CommandError:
     text = _one_line(error)
     if target.embedded:
+        if "Permission denied" in text:
+            return CommandError(
+                "cannot use the socket of Veil's embedded PostgreSQL (permission denied):"
+                " run veil as the user Veil runs as, or as root")
         if "No such file" in text or "Connection refused" in text:
-            return CommandError(NOT_RUNNING)
+            return _embedded_down(target.config, "its socket refuses connections")
+        if isinstance(error, StoreUnavailable):
+            return _embedded_down(target.config, text)
         return CommandError(f"cannot connect to Veil's embedded PostgreSQL: {text}")
     return CommandError(f"cannot connect to the database (database.url): {text}")
 
@@ -144,6 +171,7 @@ def _job(target: Target, handler: Handler, args: argparse.Namespace, env: Env) -
                       statement_timeout=database.statement_timeout,
                       application_name="veil-cli")
         db.start()
+        args.loaded_config = target.config
         try:
             return await handler(Stores.on(db), args, env.out)
         except StoreUnavailable as e:
@@ -174,10 +202,14 @@ def check_config(args: argparse.Namespace, env: Env) -> int:
     print(f"plain HTTP: {config.http.address}:{config.http.port}", file=out)
     print(f"dashboard: http://{config.dashboard.address}:{config.dashboard.port}/", file=out)
     if config.uses_embedded_database:
-        from veil.store.embedded import find_bindir
+        from veil.store.embedded import conninfo_for, find_bindir
 
-        print(f"database: embedded cluster, binaries in {find_bindir(config.embedded.bin_dir)}",
-              file=out)
+        bindir = find_bindir(config.embedded.bin_dir)
+        print(f"database: embedded cluster, binaries in {bindir}", file=out)
+        psql = bindir / "psql"
+        command = shlex.quote(str(psql)) if psql.exists() else "psql"
+        print(f"psql (while Veil runs, as its user): {command}"
+              f" {shlex.quote(conninfo_for(config.data_dir))}", file=out)
     else:
         print("database: external (database.url is set)", file=out)
     return 0
@@ -201,7 +233,7 @@ def migrate(args: argparse.Namespace, env: Env) -> int:
 
 
 #: The groups of store commands, each a module with C{register(commands)}.
-GROUPS = (sites, decisions, maintenance)
+GROUPS = (sites, decisions, maintenance, waf, wafcheck, users, tokens)
 
 
 def _parser() -> argparse.ArgumentParser:

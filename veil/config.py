@@ -156,6 +156,61 @@ def _optional_hostname(value: object) -> str | None:
     return text
 
 
+def _items(value: object) -> list[str]:
+    """A TOML list, or a comma-separated string, as its non-empty items."""
+    items = value if isinstance(value, list) else _text(value).split(",")
+    return [str(item).strip() for item in items if str(item).strip()]
+
+
+def _resolvers(value: object) -> tuple[tuple[str, int], ...]:
+    """
+    DNS resolvers as C{host:port} (the port defaults to 53; an IPv6 address
+    with a port goes in brackets, C{[2001:db8::53]:53}); empty: the
+    system's, from C{/etc/resolv.conf}.
+    """
+    servers = []
+    for item in _items(value):
+        host, port = item, "53"
+        if item.startswith("["):
+            host, bracket, rest = item[1:].partition("]")
+            if not bracket or (rest and not rest.startswith(":")):
+                raise ValueError(f"{item!r}: write an IPv6 resolver as [2001:db8::53]:53")
+            port = rest[1:] or "53"
+        elif item.count(":") == 1:
+            host, _, port = item.partition(":")
+        try:
+            if "%" in host:
+                raise ValueError(host)
+            address = ipaddress.ip_address(host)
+        except ValueError:
+            raise ValueError(f"{item!r}: a resolver is an IP address with an optional"
+                             " port, like 127.0.0.1:5353") from None
+        if not port.isdigit() or not 1 <= int(port) <= 65535:
+            raise ValueError(f"{item!r}: the port must be a number from 1 to 65535")
+        servers.append((address.compressed, int(port)))
+    return tuple(servers)
+
+
+def _addresses(value: object) -> tuple[str, ...]:
+    addresses = []
+    for item in _items(value):
+        try:
+            addresses.append(ipaddress.ip_address(item).compressed)
+        except ValueError:
+            raise ValueError(f"{item!r} is not an IPv4 or IPv6 address") from None
+    return tuple(dict.fromkeys(addresses))
+
+
+def _hostnames(value: object) -> tuple[str, ...]:
+    names = []
+    for item in _items(value):
+        name = _optional_hostname(item)
+        if name is None or "." not in name:
+            raise ValueError(f"{item!r} is not a domain name like letsencrypt.org")
+        names.append(name)
+    return tuple(dict.fromkeys(names))
+
+
 def _fraction(low: float, high: float) -> Callable[[object], float]:
     def parse(value: object) -> float:
         if isinstance(value, str):
@@ -187,6 +242,46 @@ def _optional_email(value: object) -> str | None:
         return None
     if not re.fullmatch(r"[^@\s]+@[^@\s]+\.[^@\s]+", text):
         raise ValueError(f"{text!r} is not an e-mail address")
+    return text
+
+
+def _optional_url(value: object) -> str | None:
+    """
+    An C{https://} URL, or C{http://} on a loopback host (tests, a local
+    mail or identity server); no path beyond C{/}, no query.
+    """
+    text = _text(value).strip().rstrip("/")
+    if not text:
+        return None
+    match = re.fullmatch(r"(https?)://(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+)(:[0-9]{1,5})?(/[^\s?#]*)?", text)
+    if match is None:
+        raise ValueError(f"{text!r} is not an http(s):// URL")
+    if match.group(1) == "http" and not _is_loopback(match.group(2)):
+        raise ValueError(f"{text!r}: plain http:// is allowed only for a loopback host")
+    return text
+
+
+def _is_loopback(host: str) -> bool:
+    host = host.strip("[]").lower()
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _optional_host(value: object) -> str | None:
+    text = _text(value).strip().lower().rstrip(".")
+    if not text:
+        return None
+    try:
+        ipaddress.ip_address(text.strip("[]"))
+        return text.strip("[]")
+    except ValueError:
+        pass
+    if not _HOSTNAME.match(text):
+        raise ValueError(f"{text!r} is not a host name or address")
     return text
 
 
@@ -261,6 +356,20 @@ KEYS: tuple[Key, ...] = (
     Key("acme.eab_kid", _optional_text, "", "external account binding key id"),
     Key("acme.eab_hmac_key", _optional_text, "", "external account binding key (base64url)"),
     Key("acme.challenges", _challenges, "tls-alpn-01,http-01", "challenge types, preferred first"),
+    Key("dns.resolvers", _resolvers, "",
+        "DNS resolvers for onboarding checks, host:port, comma-separated (default: the"
+        " system's, from /etc/resolv.conf)"),
+    Key("dns.proxy_cname", _optional_hostname, "",
+        "the host name sites point their CNAME at (this Veil's public name)"),
+    Key("dns.proxy_addresses", _addresses, "",
+        "this Veil's public IPv4/IPv6 addresses, for apex domains (A/AAAA)"),
+    Key("dns.caa_identifiers", _hostnames, "",
+        "CAA issuer names of the certificate authority (default: from tls.mode and"
+        " acme.directory_url)"),
+    Key("dns.timeout", _seconds(0.1, 30), 2.0, "seconds to wait for one DNS answer"),
+    Key("dns.attempts", _integer(1, 5), 2, "tries per resolver before the next one"),
+    Key("dns.check_interval", _seconds(1, 3600), 10.0,
+        "how often the DNS worker looks for pending sites that are due"),
     Key("processes.workers", process_count, 1,
         "Veil processes sharing the ports: a number, or auto for one per CPU"),
     Key("processes.stop_timeout", _seconds(1, 3600), 30.0,
@@ -271,6 +380,28 @@ KEYS: tuple[Key, ...] = (
         "how often partition maintenance runs"),
     Key("workers.session_cleanup_interval", _seconds(10, 86400), 3600.0,
         "how often expired sessions are deleted"),
+    Key("auth.public_url", _optional_url, "",
+        "the dashboard's URL as users reach it, for links in mail and the GitHub callback"
+        " (default: https://dashboard.host, else the dashboard port's address)"),
+    Key("auth.session_idle_timeout", _seconds(60, 30 * 86400), 1800.0,
+        "a session unused this long ends (seconds)"),
+    Key("auth.session_lifetime", _seconds(300, 365 * 86400), 43200.0,
+        "a session ends this long after sign-in, used or not (seconds)"),
+    Key("auth.magic_links", _boolean, True, "allow sign-in by a link sent by e-mail"),
+    Key("github.client_id", _optional_text, "", "GitHub OAuth app client id (sign-in with GitHub)"),
+    Key("github.client_secret", _optional_text, "", "GitHub OAuth app client secret"),
+    Key("github.base_url", _optional_url, "https://github.com", "GitHub's web address"),
+    Key("github.api_url", _optional_url, "https://api.github.com", "GitHub's API address"),
+    Key("smtp.host", _optional_host, "", "mail server; empty: mail goes to data_dir/outbox"),
+    Key("smtp.port", _integer(1, 65535), 587, "mail server port"),
+    Key("smtp.starttls", _boolean, True,
+        "require STARTTLS (false is allowed only for a loopback mail server)"),
+    Key("smtp.username", _optional_text, "", "mail server user name (empty: no AUTH)"),
+    Key("smtp.password", _optional_text, "", "mail server password"),
+    Key("smtp.sender", _optional_email, "", "From address of Veil's mail"),
+    Key("smtp.ca_bundle", _optional_path, "", "PEM roots trusted for the mail server"
+        " (default: the system's)"),
+    Key("smtp.timeout", _seconds(1, 600), 30.0, "give up on the mail server after this long"),
 )
 
 _BY_NAME = {key.name: key for key in KEYS}
@@ -331,9 +462,66 @@ class WorkersConfig:
 
 
 @attrs.frozen
+class DnsConfig:
+    """
+    Onboarding by DNS.
+
+    @ivar resolvers: C{(address, port)} pairs; empty for the system's.
+    @ivar caa_identifiers: the CA's CAA issuer names as configured; empty
+        for the default of C{tls.mode} (see L{veil.dns.caa.ca_identifiers}).
+    """
+
+    resolvers: tuple[tuple[str, int], ...] = ()
+    proxy_cname: str | None = None
+    proxy_addresses: tuple[str, ...] = ()
+    caa_identifiers: tuple[str, ...] = ()
+    timeout: float = 2.0
+    attempts: int = 2
+    check_interval: float = 10.0
+
+
+@attrs.frozen
 class ProcessesConfig:
     workers: int
     stop_timeout: float
+
+
+@attrs.frozen
+class AuthConfig:
+    """Sign-in and sessions (C{auth.*})."""
+
+    public_url: str | None = None
+    session_idle_timeout: float = 1800.0
+    session_lifetime: float = 43200.0
+    magic_links: bool = True
+
+
+@attrs.frozen
+class GithubConfig:
+    """Sign-in with GitHub (C{github.*}); off unless both client values are set."""
+
+    client_id: str | None = None
+    client_secret: str | None = None
+    base_url: str = "https://github.com"
+    api_url: str = "https://api.github.com"
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.client_id and self.client_secret)
+
+
+@attrs.frozen
+class SmtpConfig:
+    """Outgoing mail (C{smtp.*}); with no host, mail is written to C{data_dir/outbox}."""
+
+    host: str | None = None
+    port: int = 587
+    starttls: bool = True
+    username: str | None = None
+    password: str | None = None
+    sender: str | None = None
+    ca_bundle: Path | None = None
+    timeout: float = 30.0
 
 
 @attrs.frozen
@@ -353,6 +541,10 @@ class Config:
     workers: WorkersConfig
     processes: ProcessesConfig = ProcessesConfig(workers=1, stop_timeout=30.0)
     origin_ca_bundle: Path | None = None
+    dns: DnsConfig = DnsConfig()
+    auth: AuthConfig = AuthConfig()
+    github: GithubConfig = GithubConfig()
+    smtp: SmtpConfig = SmtpConfig()
 
     @property
     def uses_embedded_database(self) -> bool:
@@ -442,6 +634,11 @@ def load(path: str | None = None, environ: Mapping[str, str] | None = None) -> C
             base64.urlsafe_b64decode(values["acme.eab_hmac_key"] + "==")
         except (ValueError, binascii.Error):
             raise ConfigError(path, "acme.eab_hmac_key", "is not base64url") from None
+    if values["dns.proxy_cname"] is not None and re.fullmatch(r"[0-9.]+",
+                                                              values["dns.proxy_cname"]):
+        raise ConfigError(path, "dns.proxy_cname",
+                          "is an IP address; a CNAME needs a host name (put addresses in"
+                          " dns.proxy_addresses)")
     if values["tls.secrets_key"]:
         try:
             raw = base64.b64decode(values["tls.secrets_key"], validate=True)
@@ -449,6 +646,20 @@ def load(path: str | None = None, environ: Mapping[str, str] | None = None) -> C
             raw = b""
         if len(raw) != 32:
             raise ConfigError(path, "tls.secrets_key", "must be 32 bytes in base64")
+
+    if values["auth.session_idle_timeout"] > values["auth.session_lifetime"]:
+        raise ConfigError(path, "auth.session_idle_timeout", "is longer than auth.session_lifetime")
+    if bool(values["github.client_id"]) != bool(values["github.client_secret"]):
+        raise ConfigError(path, "github.client_secret",
+                          "github.client_id and github.client_secret go together")
+    if values["smtp.host"] is not None:
+        if not values["smtp.starttls"] and not _is_loopback(values["smtp.host"]):
+            raise ConfigError(path, "smtp.starttls",
+                              "may be false only for a mail server on loopback")
+        if bool(values["smtp.username"]) != bool(values["smtp.password"]):
+            raise ConfigError(path, "smtp.password", "smtp.username and smtp.password go together")
+        if values["smtp.sender"] is None:
+            raise ConfigError(path, "smtp.sender", "is required when smtp.host is set")
 
     return Config(
         source=path,
@@ -499,4 +710,35 @@ def load(path: str | None = None, environ: Mapping[str, str] | None = None) -> C
         ),
         origin_ca_bundle=(Path(values["edge.origin_ca_bundle"])
                           if values["edge.origin_ca_bundle"] else None),
+        dns=DnsConfig(
+            resolvers=values["dns.resolvers"],
+            proxy_cname=values["dns.proxy_cname"],
+            proxy_addresses=values["dns.proxy_addresses"],
+            caa_identifiers=values["dns.caa_identifiers"],
+            timeout=values["dns.timeout"],
+            attempts=values["dns.attempts"],
+            check_interval=values["dns.check_interval"],
+        ),
+        auth=AuthConfig(
+            public_url=values["auth.public_url"],
+            session_idle_timeout=values["auth.session_idle_timeout"],
+            session_lifetime=values["auth.session_lifetime"],
+            magic_links=values["auth.magic_links"],
+        ),
+        github=GithubConfig(
+            client_id=values["github.client_id"],
+            client_secret=values["github.client_secret"],
+            base_url=values["github.base_url"] or "https://github.com",
+            api_url=values["github.api_url"] or "https://api.github.com",
+        ),
+        smtp=SmtpConfig(
+            host=values["smtp.host"],
+            port=values["smtp.port"],
+            starttls=values["smtp.starttls"],
+            username=values["smtp.username"],
+            password=values["smtp.password"],
+            sender=values["smtp.sender"],
+            ca_bundle=Path(values["smtp.ca_bundle"]) if values["smtp.ca_bundle"] else None,
+            timeout=values["smtp.timeout"],
+        ),
     )

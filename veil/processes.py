@@ -154,10 +154,17 @@ class ProcessGroup:
     # -- start ------------------------------------------------------------------
 
     def start(self) -> Deferred[None]:
-        """Start every child; fires when all are ready, fails if one ends first."""
+        """
+        Start every child; fires when all are ready, fails with
+        L{ChildFailed} if one cannot be started or ends first.
+        """
         self._all_ready = Deferred()
         for index in range(1, self.count):
-            self._spawn(index)
+            try:
+                self._spawn(index)
+            except ChildFailed as e:
+                self._all_ready.errback(e)
+                return self._all_ready
         if self.count <= 1:
             self._all_ready.callback(None)
         return self._all_ready
@@ -172,9 +179,22 @@ class ProcessGroup:
             child_fds[fd] = own_fd
             argv += ["--socket", f"{name}={fd}"]
             fd += 1
+        try:
+            self.reactor.spawnProcess(child, argv[0], argv, env=self.env, childFDs=child_fds)
+        except Exception as e:
+            # Nothing was started (an OSError from fork or exec, a bad
+            # argument): no child to supervise or stop.
+            raise ChildFailed(f"cannot start Veil process {index}: {e!r}") from e
         self.children[index] = child
-        self.reactor.spawnProcess(child, argv[0], argv, env=self.env, childFDs=child_fds)
         _log.info("Started Veil process {index} (pid {pid})", index=index, pid=child.pid)
+
+    def _respawn(self, index: int, delay: float) -> None:
+        try:
+            self._spawn(index)
+        except ChildFailed as e:
+            delay = min(self.max_backoff, delay * 2)
+            _log.error("{error}; trying again in {delay:.1f} s", error=e, delay=delay)
+            self._respawns[index] = self.reactor.callLater(delay, self._respawn, index, delay)
 
     def _ready(self, child: _Child) -> None:
         _log.info("Veil process {index} (pid {pid}) is ready", index=child.index, pid=child.pid)
@@ -203,7 +223,8 @@ class ProcessGroup:
         delay = min(self.max_backoff, 0.5 * 2 ** min(restarts, 8))
         _log.error("Veil process {index} (pid {pid}) ended: {how}; starting it again in "
                    "{delay:.1f} s", index=child.index, pid=child.pid, how=how, delay=delay)
-        self._respawns[child.index] = self.reactor.callLater(delay, self._spawn, child.index)
+        self._respawns[child.index] = self.reactor.callLater(delay, self._respawn, child.index,
+                                                             delay)
 
     # -- stop -------------------------------------------------------------------
 

@@ -26,24 +26,30 @@ from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.server import Site
 
 from veil import __version__
+from veil.auth.runtime import auth_workers, make_accounts
 from veil.config import Config
 from veil.dashboard.app import DashboardApp, Readiness
+from veil.dashboard.dashboard import Dashboard
+from veil.dashboard.handlers import NAV, groups
+from veil.dashboard.services import Services
+from veil.dashboard.web import Mounted
 from veil.errors import StoreUnavailable, VeilError
 from veil.live.hub import Hub
 from veil.live.peers import PeerFeed
 from veil.metrics import Registry
 from veil.processes import ProcessGroup, adopt_orphan_spools, child_argv, spool_dir
 from veil.sdnotify import notify
-from veil.sockets import Listeners, adopt
+from veil.sockets import ListenFailed, Listeners, adopt
 from veil.store.db import Database
 from veil.store.listener import ListenerService
 from veil.store.locks import LockSession
 from veil.store.migrate import migrate
+from veil.store.policies import PolicyStore, PolicyTable
 from veil.store.requestlog import RequestLog
 from veil.workers.base import PeriodicWorker
+from veil.workers.dns import DnsVerifier, dns_worker
 from veil.workers.maintenance import partition_worker, session_cleanup_worker
 
 _log = Logger()
@@ -89,6 +95,8 @@ class VeilService(Service):
 
     @ivar dashboard_port: the listening port of the dashboard, once bound.
     @ivar db: the L{Database}, once start-up has reached it.
+    @ivar dns: onboarding by DNS (L{DnsVerifier}: "Check now", origin
+        proposals, DNS instructions), once start-up has reached the database.
     """
 
     name = "veil"
@@ -111,8 +119,14 @@ class VeilService(Service):
         self.request_log: RequestLog | None = None
         self.hub = Hub(reactor, metrics=self.metrics)
         self.peers: PeerFeed | None = None
+        #: Every site's WAF policy (L{veil.store.policies.PolicyTable}): the
+        #: proxy calls C{policies.get(site_id)} per request.
+        self.policies: PolicyTable | None = None
         self.workers: list[PeriodicWorker] = []
+        self.dns: DnsVerifier | None = None
         self.dashboard_port: Any = None
+        self.dashboard: Dashboard | None = None
+        self.accounts: Any = None
         self.edge: Any = None
         self._starting: Deferred[None] | None = None
 
@@ -144,7 +158,14 @@ class VeilService(Service):
         self._bound = True
         from veil.edge.service import Edge
 
-        dashboard = DashboardApp(self.readiness, self.worker_status, self.metrics).resource()
+        operational = DashboardApp(self.readiness, self.worker_status, self.metrics).resource()
+        services = Services(self.config, clock=self.reactor, reactor=self.reactor)
+        self.dashboard = Dashboard(services, groups(services), nav=NAV, mounted=[
+            (Mounted("/health", "Liveness, version and every worker's status"), operational),
+            (Mounted("/ready", "200 once Veil serves and its database answers"), operational),
+            (Mounted("/metrics", "Prometheus metrics"), operational),
+        ])
+        dashboard = self.dashboard.resource()
         self.edge = Edge(self.config, self.reactor, self.metrics, dashboard)
         if not self.role.is_main:
             # A child listens once it can serve (in _start): until then new
@@ -152,16 +173,22 @@ class VeilService(Service):
             return
         self.listeners = Listeners(self.reactor, self.config, self.config.processes.workers,
                                    self.role.sockets)
-        site = Site(dashboard)
-        site.displayTracebacks = False
-        self.dashboard_port = self.listeners.listen("dashboard", site)
-        host = self.dashboard_port.getHost()
-        _log.info("Dashboard on http://{address}:{port}/", address=host.host, port=host.port)
-        self.edge.bind(self.listeners.listen)
+        try:
+            self.dashboard_port = self.listeners.listen(
+                "dashboard", self.dashboard.site(clock=self.reactor))
+            host = self.dashboard_port.getHost()
+            _log.info("Dashboard on http://{address}:{port}/", address=host.host, port=host.port)
+            self.edge.bind(self.listeners.listen)
+        except ListenFailed as e:
+            # One line, not twistd's traceback: the ports bound so far are
+            # closed by the stop this asks for.
+            self._fatal(str(e))
 
     def startService(self) -> None:
         super().startService()
         self.privilegedStartService()
+        if self.readiness.phase == "failed":
+            return
         _log.info("Veil {version} starting", version=__version__)
         self._starting = Deferred.fromCoroutine(self._start())
         self._starting.addErrback(self._start_failed)
@@ -197,6 +224,7 @@ class VeilService(Service):
         )
         db.start()
         self.readiness.ping = lambda: db.ping(timeout=min(2.0, config.database.connect_timeout))
+        self.readiness.unreachable = db.unreachable
         await self._wait_for_database(db)
 
         if role.is_main:
@@ -208,6 +236,7 @@ class VeilService(Service):
         locks = self.locks = LockSession(conninfo, self.reactor,
                                          connect_timeout=config.database.connect_timeout)
         locks.start()
+        await self._start_accounts(db)
         self.listener = ListenerService(conninfo, self.reactor,
                                         connect_timeout=config.database.connect_timeout)
         self.request_log = RequestLog(
@@ -218,17 +247,25 @@ class VeilService(Service):
         self.peers = PeerFeed(self.hub, db, self.listener, self.reactor, metrics=self.metrics)
         self.peers.startService()
         self.readiness.detail = "loading sites, certificates and decisions"
+        policies = self.policies = PolicyTable(PolicyStore(db), self.reactor)
+        policies.subscribe(self.listener)
+        await policies.reload()
         edge_workers = await self.edge.start(db, locks, self.listener, self.request_log.append)
         if not role.is_main:
             sockets = role.sockets
             self.edge.bind(lambda name, factory: adopt(self.reactor, sockets[name], factory))
         self.listener.startService()
         workers = config.workers
+        self.dns = DnsVerifier.from_config(config, db, self.reactor)
         self.workers = edge_workers + [
+            dns_worker(self.dns, locks, self.reactor, every=config.dns.check_interval),
+            policies.refresher(every=60.0),
             partition_worker(db, locks, self.reactor, workers.partition_retention_months,
                              every=workers.partition_interval),
             session_cleanup_worker(db, locks, self.reactor,
                                    every=workers.session_cleanup_interval),
+            *auth_workers(self.accounts, locks, self.reactor,
+                          cleanup_every=workers.session_cleanup_interval),
         ]
         for worker in self.workers:
             worker.startService()
@@ -247,6 +284,22 @@ class VeilService(Service):
             os.write(role.control_fd, b"READY\n")
         notify("READY=1")
         _log.info("Veil {version} ready", version=__version__)
+
+    async def _start_accounts(self, db: Database) -> None:
+        """Accounts for the dashboard; on first run, the setup link in the log."""
+        bound = None if self.dashboard_port is None else self.dashboard_port.getHost().port
+        accounts = self.accounts = make_accounts(self.config, self.reactor, db, bound_port=bound)
+        await accounts.start()
+        assert self.dashboard is not None
+        self.dashboard.services.accounts = accounts
+        self.dashboard.services.db = db
+        if self.role.is_main:
+            link = await accounts.create_setup_link()
+            if link is not None:
+                _log.warn(
+                    "No account exists yet. Create the first administrator within one hour"
+                    " at {setup_link} (or run: veil users add EMAIL --admin --password-stdin)",
+                    setup_link=link)
 
     async def _start_group(self, conninfo: str) -> None:
         config, role = self.config, self.role
@@ -280,11 +333,21 @@ class VeilService(Service):
         if failure.check(CancelledError):
             return
         if failure.check(VeilError):
-            _log.critical("Veil cannot start: {error}", error=failure.value)
+            self._fatal(str(failure.value))
         else:
             _log.failure("Veil cannot start", failure)
+            self._fatal(str(failure.value), logged=True)
+
+    def _fatal(self, reason: str, logged: bool = False) -> None:
+        """
+        Start-up cannot go on: say why (once, in one line), mark the process
+        failed and stop it with exit status 1, whether or not the reactor
+        runs yet; stopping closes every port bound so far.
+        """
+        if not logged:
+            _log.critical("Veil cannot start: {error}", error=reason)
         self._request_exit(1)
-        self.readiness.set_phase("failed", str(failure.value))
+        self.readiness.set_phase("failed", reason)
 
     # -- stop ------------------------------------------------------------------
 
@@ -317,6 +380,8 @@ class VeilService(Service):
             await self.listener.stopService()
         if self.request_log is not None:
             await self.request_log.stopService()
+        if self.accounts is not None:
+            await self.accounts.stop()
         if self.locks is not None:
             await self.locks.close()
         if self.db is not None:

@@ -17,6 +17,7 @@ A port reaches a process in one of three ways:
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
 from collections.abc import Mapping
@@ -26,12 +27,30 @@ from twisted.internet.error import CannotListenError
 from twisted.python.systemd import ListenFDs
 
 from veil.config import Config
-from veil.errors import ConfigError
+from veil.errors import ConfigError, VeilError
 from veil.tcp import adopt_port, listen_tcp
 
 #: The ports a Veil process listens on, by name (as in the configuration).
 PORT_NAMES = ("edge", "http", "dashboard")
 BACKLOG = 1024
+
+_WHY_NOT = {
+    errno.EADDRINUSE: "is already in use (another Veil, or another server, listens there)",
+    errno.EACCES: "needs a privilege to bind: run Veil with CAP_NET_BIND_SERVICE (the systemd"
+                  " unit gives it) or choose a port above 1023",
+    errno.EADDRNOTAVAIL: "is not an address of this machine",
+}
+
+
+class ListenFailed(VeilError):
+    """One of Veil's ports cannot be listened on; the message says which and why."""
+
+    @classmethod
+    def from_error(cls, name: str, address: str, port: int, error: BaseException) -> ListenFailed:
+        cause = getattr(error, "socketError", error)
+        number = getattr(cause, "errno", None)
+        why = _WHY_NOT.get(number) or getattr(cause, "strerror", None) or str(cause)
+        return cls(f"cannot listen on {address}:{port} ({name}.address, {name}.port): {why}")
 
 
 def systemd_sockets(environ: Mapping[str, str] | None = None) -> dict[str, int]:
@@ -115,17 +134,29 @@ class Listeners:
         self._reuse: dict[str, list[socket.socket]] = {}
 
     def listen(self, name: str, factory: Any) -> Any:
-        """Listen on port C{name} in the main process; return the listening port."""
+        """
+        Listen on port C{name} in the main process; return the listening port.
+
+        @raise ListenFailed: naming the port and why it cannot be used.
+        """
         listen = getattr(self.config, name)
         if name in self.inherited:
-            return adopt(self.reactor, self.inherited[name], factory)
+            try:
+                return adopt(self.reactor, self.inherited[name], factory)
+            except ConfigError as e:
+                raise ListenFailed(f"the socket systemd passed as {name!r} {e.reason}") from None
+        try:
+            return self._listen(name, listen.address, listen.port, factory)
+        except CannotListenError as e:
+            raise ListenFailed.from_error(name, listen.address, listen.port, e) from None
+
+    def _listen(self, name: str, address: str, port: int, factory: Any) -> Any:
         if self.count == 1 or name == "dashboard":
-            return listen_tcp(self.reactor, listen.port, factory, interface=listen.address,
-                              backlog=BACKLOG)
-        sockets = bind_reuseport(listen.address, listen.port, self.count)
+            return listen_tcp(self.reactor, port, factory, interface=address, backlog=BACKLOG)
+        sockets = bind_reuseport(address, port, self.count)
         first = sockets.pop(0)
         try:
-            port = adopt(self.reactor, first.fileno(), factory)
+            listening = adopt(self.reactor, first.fileno(), factory)
         except BaseException:
             for sock in sockets:
                 sock.close()
@@ -133,7 +164,7 @@ class Listeners:
         finally:
             first.close()
         self._reuse[name] = sockets
-        return port
+        return listening
 
     def for_process(self, index: int) -> dict[str, int]:
         """The listening sockets (fds in this process) for process C{index} ≥ 1."""

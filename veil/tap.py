@@ -22,6 +22,7 @@ from twisted.python import usage
 
 from veil import config as veil_config
 from veil.errors import ConfigError, EmbeddedPostgresError
+from veil.logs import route_stdlib_logging
 
 _log = Logger()
 
@@ -85,22 +86,43 @@ def makeService(options: Options) -> IService:
 
     reactor.callWhenRunning(stop_cleanly_on_signals, reactor)
     resolve_names_on_own_threads(reactor)
+    route_stdlib_logging(reactor)
     parent = getattr(options, "parent", None)
-    logger = parent.get("logger") if parent is not None else None
+    logger = logger_name(parent.get("logger")) if parent is not None else None
     role = ProcessRole(config_path=options.config_path, logger=logger, sockets=options.sockets)
     return VeilService(options.config, reactor, exit_on_request(reactor, []), role=role)
+
+
+def logger_name(logger: Any) -> str | None:
+    """
+    The dotted name of C{twistd --logger}'s observer factory, for the other
+    Veil processes' command lines: twistd replaces the option's value by
+    the object it names.
+    """
+    if logger is None or isinstance(logger, str):
+        return logger
+    return f"{logger.__module__}.{logger.__qualname__}"
 
 
 def exit_on_request(reactor: Any, status: list[int]) -> Any:
     """
     A function that stops the reactor and, once every service has stopped,
     ends the process with the status it is given (the first one wins).
+
+    It may be called before the reactor runs (C{twistd} starts the services
+    first, so a start-up step that fails at once fails then): the reactor
+    is then stopped as soon as it has started, and the services are
+    stopped, ports closed, as on any other stop.
     """
     def request_exit(code: int) -> None:
-        if not status:
-            status.append(code)
-            reactor.addSystemEventTrigger("after", "shutdown", _exit_now, status)
+        if status:
+            return
+        status.append(code)
+        reactor.addSystemEventTrigger("after", "shutdown", _exit_now, status)
+        if reactor.running:
             reactor.stop()
+        else:
+            reactor.callWhenRunning(reactor.stop)
 
     return request_exit
 

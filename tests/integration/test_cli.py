@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import io
 import json
 import os
@@ -67,6 +68,10 @@ class CliCase(TestCase):
         self.assertEqual(result.status, 0, result.err)
         self.assertEqual(result.err, "")
         return result
+
+    def unreachable(self) -> dict[str, str]:
+        """An environment whose database cannot be reached at all."""
+        return {"VEIL_DATABASE_URL": f"host={self.mktemp()} dbname=nothing"}
 
     def rows(self, query: str, params: tuple = ()) -> list[tuple]:
         with psycopg.connect(self.conninfo, autocommit=True) as conn:
@@ -134,10 +139,6 @@ class SitesAddTests(CliCase):
         self.assertEqual(self.rows("SELECT upstream FROM sites"), [("http://10.0.0.5",)])
         self.assertEqual(self.rows("SELECT count(*) FROM audit_log"), [(1,)])
 
-    def unreachable(self) -> dict[str, str]:
-        """An environment whose database cannot be reached at all."""
-        return {"VEIL_DATABASE_URL": f"host={self.mktemp()} dbname=nothing"}
-
     def test_bad_domain(self) -> None:
         """A bad domain is refused with a clear message before any connection is tried."""
         cases = {
@@ -146,7 +147,12 @@ class SitesAddTests(CliCase):
             "*.example.com": "wildcard",
             "shop..example.com": "not a valid domain name",
             "shop-.example.com": "not a valid domain name",
-            ("a" * 64) + ".example.com": "not a valid domain name",
+            ("a" * 64) + ".example.com": "a label has 64 characters, more than 63",
+            "sh_op.example.com": "characters other than letters, digits and hyphens",
+            "a" * 300: "300 characters, more than 253",
+            ("a" * 60 + ".") * 5 + "com": "308 characters, more than 253",
+            ("a" * 60 + ".") * 4 + "a" * 6 + ".com": "254 characters, more than 253",
+            "a" * 5000: "5000 characters, more than 253",
         }
         for domain, message in cases.items():
             result = self.main("sites", "add", domain, "--origin", "http://10.0.0.5",
@@ -154,6 +160,12 @@ class SitesAddTests(CliCase):
             self.assertEqual(result.status, 1, domain)
             self.assertIn(message, result.err)
             self.assertNotIn("connect", result.err)
+            self.assertNotIn("a" * 61, result.err)  # a long input is cut in the message
+        longest = ("a" * 62 + ".") * 3 + "a" * 60 + ".com"
+        self.assertEqual(len(longest), 253)
+        result = self.main("sites", "add", longest, "--origin", "http://10.0.0.5",
+                           environ=self.unreachable())
+        self.assertIn("cannot connect", result.err)  # valid: refused only for the database
 
     def test_bad_origin(self) -> None:
         """A bad origin URL is refused with a clear message before any connection is tried."""
@@ -252,7 +264,9 @@ class DecisionsTests(CliCase):
         """30s, 15m, 1h, 7d and 1h30m expire that long after creation; forever never does."""
         expected = {"30s": timedelta(seconds=30), "15m": timedelta(minutes=15),
                     "1h": timedelta(hours=1), "7d": timedelta(days=7),
-                    "1h30m": timedelta(minutes=90), "forever": None}
+                    "1h30m": timedelta(minutes=90), "90m": timedelta(minutes=90),
+                    "1w2d3h4m5s": timedelta(days=9, seconds=3 * 3600 + 4 * 60 + 5),
+                    "forever": None}
         for text, duration in expected.items():
             decision_id = await self.add("198.51.100.1", "--for", text)
             [(lifetime,)] = self.rows(
@@ -299,10 +313,55 @@ class DecisionsTests(CliCase):
             (["10.0.0.1", "--for", "1y"], "is not a duration"),
             (["10.0.0.1", "--for", "0s"], "longer than zero"),
             (["10.0.0.1", "--for", "5000d"], "longer than ten years"),
+            (["10.0.0.1", "--for", "1h1h"], "is not a duration"),
+            (["10.0.0.1", "--for", "30m1h"], "is not a duration"),
+            (["10.0.0.1", "--for", "1h30m1h"], "is not a duration"),
+            (["10.0.0.1", "--for", "1s1w"], "is not a duration"),
         ):
-            result = self.main("decisions", "add", *argv)
+            result = self.main("decisions", "add", *argv, environ=self.unreachable())
             self.assertEqual(result.status, 1, argv)
             self.assertIn(message, result.err)
+            self.assertNotIn("connect", result.err)
+
+    async def test_bad_reason(self) -> None:
+        """
+        A reason longer than 500 characters, or holding a control or
+        invisible character (an escape sequence, a line break, a
+        bidirectional override), is refused and nothing is written.
+        """
+        for reason, message in (("x" * 501, "at most 500"), ("ok\x1b[2Jgone", "U+001B"),
+                                ("two\nlines", "U+000A"), ("bidi \u202e txt", "U+202E")):
+            result = await self.veil("decisions", "add", "10.0.0.1", "--for", "1h",
+                                     "--reason", reason)
+            self.assertEqual(result.status, 1, reason)
+            self.assertIn(message, result.err)
+            self.assertNotIn("\x1b", result.err)
+        self.assertEqual(self.rows("SELECT count(*) FROM decisions"), [(0,)])
+
+    async def test_longest_reason(self) -> None:
+        """A reason of 500 characters is kept whole."""
+        decision_id = await self.add("10.0.0.1", "--for", "1h", "--reason", "r" * 500)
+        self.assertEqual(self.rows("SELECT reason FROM decisions WHERE id = %s",
+                                   (decision_id,)), [("r" * 500,)])
+
+    async def test_list_escapes_control_characters(self) -> None:
+        """
+        A row that holds control characters (written before reasons were
+        checked, or by another writer) is listed with them escaped: no
+        escape sequence, bell, line break or bidirectional override
+        reaches the terminal; --json keeps the exact text, JSON-escaped.
+        """
+        evil = "\x1b]0;owned\x07\x1b[2J\x9b1m\u202eevil\nline\x00"
+        self.rows("INSERT INTO decisions (target, type, reason, source)"
+                  " VALUES ('203.0.113.9', 'ban', %s, 'manual')", (evil.replace("\x00", ""),))
+        out = (await self.ok("decisions", "list")).out
+        for raw in ("\x1b", "\x07", "\x9b", "\u202e"):
+            self.assertNotIn(raw, out)
+        self.assertEqual(len(out.splitlines()), 2)
+        self.assertIn("\\x1b]0;owned\\x07\\x1b[2J\\x9b1m\\u202eevil\\x0aline", out)
+        listed = (await self.ok("decisions", "list", "--json")).out
+        self.assertNotIn("\x1b", listed)
+        self.assertEqual(json.loads(listed)[0]["reason"], evil.replace("\x00", ""))
 
     async def test_unknown_site(self) -> None:
         """A decision for a site that does not exist is refused."""
@@ -473,6 +532,37 @@ class ConnectionTests(CliCase):
         result = self.main("sites", "list", environ={"VEIL_DATA_DIR": str(data_dir)})
         self.assertEqual(result.status, 1)
         self.assertIn(cli.NOT_RUNNING, result.err)
+
+    def hold_cluster_lock(self, data_dir: Path) -> None:
+        """Hold the embedded cluster's lock as a running Veil does (this process, its pid)."""
+        fd = os.open(data_dir / "postgres.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        self.addCleanup(os.close, fd)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.write(fd, f"{os.getpid()}\n".encode())
+
+    def test_embedded_running_but_down(self) -> None:
+        """
+        Veil runs on the data directory (it holds the cluster's lock) but
+        its cluster does not answer, socket gone or refusing: the command
+        says so, with Veil's pid, and does not tell the operator to start
+        Veil.
+        """
+        data_dir = self.data_dir()
+        self.hold_cluster_lock(data_dir)
+        result = self.main("sites", "list", environ={"VEIL_DATA_DIR": str(data_dir)})
+        self.assertEqual(result.status, 1)
+        self.assertIn(f"Veil is running (pid {os.getpid()}) but its embedded PostgreSQL"
+                      " does not answer", result.err)
+        self.assertNotIn("start Veil", result.err)
+        socket_dir = socket_dir_for(data_dir)
+        socket_dir.mkdir(mode=0o700, exist_ok=True)
+        self.addCleanup(shutil.rmtree, socket_dir, True)
+        stale = socket.socket(socket.AF_UNIX)
+        stale.bind(str(socket_dir / f".s.PGSQL.{PORT}"))
+        stale.close()
+        result = self.main("sites", "list", environ={"VEIL_DATA_DIR": str(data_dir)})
+        self.assertIn("Veil is running", result.err)
+        self.assertIn("refuses connections", result.err)
 
     def test_unreachable_url(self) -> None:
         """A database.url nobody answers at is reported, with exit status 1."""

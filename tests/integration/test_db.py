@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import io
+import logging
 import os
+import sys
 import tempfile
 
 import psycopg
 from twisted.internet import reactor
+from twisted.internet.testing import EventLoggingObserver
+from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.trial.unittest import TestCase
 
 from tests.support.postgres import fresh_database
+from tests.support.waiting import until
 from veil.errors import StoreUnavailable
+from veil.logs import route_stdlib_logging
 from veil.store.db import Database
 
 
@@ -125,3 +132,36 @@ class UnreachableTests(TestCase):
         self.assertIsNotNone(db.last_error)
         # Bounded: far below the class timeout (not a speed assertion).
         self.assertLess(reactor.seconds() - started_at, 15)
+
+    async def test_pool_retries_logged_once(self) -> None:
+        """
+        The pool's reconnection attempts during an outage, which psycopg
+        logs through the standard library, reach Twisted's log as one
+        line each kind (the rest counted and held back), never standard
+        error, where twistd would print each as [stderr#error].
+        """
+        stderr = io.StringIO()
+        self.patch(sys, "stderr", stderr)
+        bridge = route_stdlib_logging(reactor)
+        self.addCleanup(logging.getLogger().removeHandler, bridge)
+        records: list[logging.LogRecord] = []
+        counter = logging.Handler(logging.WARNING)
+        counter.emit = records.append
+        logging.getLogger("psycopg.pool").addHandler(counter)
+        self.addCleanup(logging.getLogger("psycopg.pool").removeHandler, counter)
+        events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        empty = tempfile.mkdtemp(prefix="veil-nopg-")
+        self.addCleanup(os.rmdir, empty)
+        started(self, f"host={empty} dbname=nothing user=nobody", connect_timeout=1.0)
+
+        def pool_events() -> list[dict]:
+            return [e for e in events if e.get("log_namespace") == "psycopg.pool"]
+
+        await until(lambda: len(records) >= 2 and pool_events(), 15,
+                    "two failed connection attempts")
+        self.assertEqual(len(pool_events()), 1)
+        event = pool_events()[0]
+        self.assertEqual(event["log_level"], LogLevel.warn)
+        self.assertIn("error connecting", formatEvent(event))
+        self.assertNotIn("\n", formatEvent(event))
+        self.assertEqual(stderr.getvalue(), "")

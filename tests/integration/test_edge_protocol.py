@@ -22,8 +22,10 @@ from __future__ import annotations
 
 import hashlib
 import re
+import shutil
 import socket
 import ssl
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -49,18 +51,24 @@ from twisted.internet.testing import EventLoggingObserver
 from twisted.internet.threads import deferToThread
 from twisted.logger import globalLogPublisher
 from twisted.python.failure import Failure
-from twisted.trial.unittest import TestCase
+from twisted.trial.unittest import SkipTest, TestCase
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 from zope.interface import implementer
 
+from tests.support.waiting import until
 from veil.acme.challenges import ACME_IDENTIFIER_OID, tls_alpn01_certificate
 from veil.acme.internal_ca import InternalCA
 from veil.edge.contexts import ServerTLS, build_challenge_tls, build_server_tls
 from veil.edge.hello import ClientHello
 from veil.edge.keys import generate_key
 from veil.edge.protocol import (
+    ALERT_DECODE_ERROR,
+    ALERT_ILLEGAL_PARAMETER,
     ALERT_INTERNAL_ERROR,
+    ALERT_PROTOCOL_VERSION,
+    ALERT_RECORD_OVERFLOW,
+    ALERT_UNEXPECTED_MESSAGE,
     ALERT_UNRECOGNIZED_NAME,
     EdgeFactory,
     EdgeProtocol,
@@ -933,14 +941,16 @@ class BadInputTests(EdgeTestCase):
 
     async def test_hello_too_large(self) -> None:
         """
-        A ClientHello longer than the factory's max_hello is refused with a
-        close as soon as its length is known; counted as too_large.
+        A ClientHello longer than the factory's max_hello (the handshake
+        message, its record's header not counted) is refused with an
+        illegal_parameter alert and a close as soon as its length is
+        known; counted as too_large.
         """
         hello = client_hello("shop.test", [b"http/1.1"])
-        self.listen(self.known("shop.test"), max_hello=len(hello) - 1)
+        self.listen(self.known("shop.test"), max_hello=len(hello) - 5 - 1)
         client = await self.raw_client(hello)
         await within(client.closed)
-        self.assertEqual(bytes(client.received), b"")
+        self.assertEqual(bytes(client.received), ALERT_ILLEGAL_PARAMETER)
         self.assertEqual(self.rejections(), {"too_large": 1})
         self.assertEqual(self.asked, [])
         self.assertNothingLogged()
@@ -1057,4 +1067,180 @@ class TlsAlpn01Tests(EdgeTestCase):
                          self.certs.leaf("acme.test"))
         client.transport.loseConnection()
         await within(client.closed)
+        self.assertNothingLogged()
+
+
+def tls_record(kind: int, fragment: bytes) -> bytes:
+    """One TLS record (version 0x0303) carrying C{fragment}."""
+    return bytes([kind, 3, 3]) + len(fragment).to_bytes(2, "big") + fragment
+
+
+class ThinEcho(Factory):
+    """An echo application that runs on the edge's thin TLS layer, like the proxy."""
+
+    protocol = Echo
+    thin_tls = True
+
+
+class MalformedHelloTests(EdgeTestCase):
+    """
+    A hello that starts like TLS but is refused gets the fatal alert of its
+    reason (RFC 8446 section 6.2), as docs/runtime.md lists them, then the
+    close.
+    """
+
+    async def test_alert_per_reason(self) -> None:
+        """
+        Malformed (a session id of 33 bytes): decode_error; a record
+        version from before SSL 3: protocol_version; a record over 2^14
+        bytes: record_overflow; a record of another type inside the hello,
+        or another handshake message: unexpected_message.  Each is counted
+        under its reason.
+        """
+        hello = client_hello("shop.test", [b"http/1.1"])
+        message = hello[5:]
+        bad_session = bytearray(hello)
+        bad_session[5 + 4 + 2 + 32] = 33
+        cases = [
+            (bytes(bad_session), "malformed", ALERT_DECODE_ERROR),
+            (b"\x16\x02\x00\x00\x05hello", "bad_record_version", ALERT_PROTOCOL_VERSION),
+            (b"\x16\x03\x01\x40\x01" + bytes(64), "record_too_large", ALERT_RECORD_OVERFLOW),
+            (tls_record(22, message[:100]) + tls_record(23, message[100:]),
+             "non_handshake_record", ALERT_UNEXPECTED_MESSAGE),
+            (tls_record(22, b"\x02\x00\x00\x26" + bytes(38)), "not_client_hello",
+             ALERT_UNEXPECTED_MESSAGE),
+        ]
+        self.listen(self.known("shop.test"))
+        for data, reason, alert in cases:
+            client = await self.raw_client(data)
+            await within(client.closed)
+            self.assertEqual(bytes(client.received), alert, reason)
+        self.assertEqual(self.rejections(), {reason: 1 for _, reason, _ in cases})
+        self.assertEqual(self.asked, [])
+        self.assertNothingLogged()
+
+    async def test_too_fragmented(self) -> None:
+        """
+        A hello cut into one-byte records, whose headers outweigh the hello
+        limit, gets illegal_parameter; the same hello in two records is
+        read although its records take more bytes than the limit.
+        """
+        hello = client_hello("shop.test", [b"http/1.1"])
+        message = hello[5:]
+        self.listen(self.known("shop.test"), max_hello=len(message))
+        client = await self.raw_client(
+            b"".join(tls_record(22, message[i:i + 1]) for i in range(len(message))))
+        await within(client.closed)
+        self.assertEqual(bytes(client.received), ALERT_ILLEGAL_PARAMETER)
+        self.assertEqual(self.rejections(), {"too_fragmented": 1})
+        client = await self.raw_client(tls_record(22, message[:50]) + tls_record(22, message[50:]))
+        await until(lambda: self.asked, WAIT, "the resolver asked about the hello")
+        self.assertEqual([h.server_name for h in self.asked], ["shop.test"])
+        client.transport.loseConnection()
+        await within(client.closed)
+        self.assertNothingLogged()
+
+    async def test_one_warning_per_reason(self) -> None:
+        """
+        Twenty garbage connections and five plain-HTTP ones are all counted
+        but logged once per reason (the warnings are rate-limited).
+        """
+        self.listen(self.known("shop.test"))
+        for data in [b"\x00\xffgarbage"] * 20 + [b"GET / HTTP/1.1\r\n\r\n"] * 5:
+            client = await self.raw_client(data)
+            await within(client.closed)
+        self.assertEqual(self.rejections(), {"not_tls": 20, "plain_http": 5})
+        self.assertEqual(self.warnings(), ["not_tls", "plain_http"])
+        self.assertNothingLogged()
+
+
+class HandshakeTimeoutTests(EdgeTestCase):
+    """
+    Once TLS has started (the hello was complete and the certificate
+    chosen), the handshake must complete within handshake_timeout.
+    """
+
+    async def stalled(self, app: Callable[[ClientHello, Any], Factory]) -> None:
+        self.listen(self.known("shop.test"), app, handshake_timeout=0.5)
+        client = await self.raw_client(client_hello("shop.test", [b"http/1.1"]))
+        await within(client.closed)
+        self.assertEqual(bytes(client.received[:3]), b"\x16\x03\x03")  # the server's flight
+        self.assertEqual(self.tls_started(), 1)
+        self.assertEqual(self.rejections(), {"handshake_timeout": 1})
+        self.assertEqual(self.warnings(), ["handshake_timeout"])
+        self.assertEqual(self.factory.deadlines.items, set())
+        self.assertNothingLogged()
+
+    async def test_stalled_after_hello(self) -> None:
+        """
+        A client that sends a complete ClientHello and then nothing is cut
+        off after handshake_timeout (Twisted's TLS protocol behind it).
+        """
+        await self.stalled(app_factory_for)
+
+    async def test_stalled_after_hello_thin_layer(self) -> None:
+        """The same on the thin TLS layer the proxy runs on."""
+        await self.stalled(lambda hello, creator: ThinEcho())
+
+    async def test_completed_handshake_untimed(self) -> None:
+        """
+        A handshake that completes leaves no deadline behind, on either TLS
+        layer: the connection is the application's from then on.
+        """
+        for app in (echo_factory_for, lambda hello, creator: ThinEcho()):
+            self.listen(self.known("shop.test"), app, handshake_timeout=0.5)
+            client = await self.memory_client("shop.test", [b"http/1.1"])
+            await within(client.handshake)
+            client.send(b"ping")
+            self.assertEqual(await within(client.plaintext_of(4)), b"ping")
+            server = self.factory.connections[-1]
+            self.assertEqual(server.deadline, 0.0)
+            self.assertEqual(self.factory.deadlines.items, set())
+            client.transport.loseConnection()
+            await within(client.closed)
+        self.assertEqual(self.rejections(), {})
+        self.assertNothingLogged()
+
+
+def s_client(port: int, *options: str) -> tuple[int, str]:
+    """C{openssl s_client} against the edge (run in a thread): exit status and output."""
+    done = subprocess.run(
+        ["openssl", "s_client", "-connect", f"127.0.0.1:{port}", "-servername", "shop.test",
+         *options],
+        input=b"", capture_output=True, timeout=WAIT, check=False)
+    return done.returncode, (done.stdout + done.stderr).decode("utf-8", "replace")
+
+
+class GroupTests(EdgeTestCase):
+    """The edge negotiates X25519, P-256 or P-384 only, checked with openssl s_client."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        if shutil.which("openssl") is None:
+            raise SkipTest("openssl (the command) is not installed")
+
+    async def test_groups(self) -> None:
+        """
+        A client offering only X448 or only P-521 is refused with a
+        handshake_failure alert, over TLS 1.3 and 1.2; over TLS 1.3 one
+        offering X25519, P-256 or P-384 gets that group; over TLS 1.2 (whose
+        client must also offer P-256, the ECDSA certificate's curve, as RFC
+        8422 has it) the server's order decides and P-521 is never chosen.
+        """
+        self.listen(self.known("shop.test"))
+        for version in ("-tls1_3", "-tls1_2"):
+            for group in ("X448", "P-521"):
+                status, output = await within(deferToThread(
+                    s_client, self.port, version, "-groups", group))
+                self.assertNotEqual(status, 0, output)
+                self.assertIn("alert handshake failure", output, (version, group))
+        for version, group, shown in [
+            ("-tls1_3", "X25519", "X25519"), ("-tls1_3", "P-256", "ECDH, prime256v1"),
+            ("-tls1_3", "P-384", "ECDH, secp384r1"), ("-tls1_2", "P-256:X25519", "X25519"),
+            ("-tls1_2", "P-521:P-256", "ECDH, prime256v1"),
+        ]:
+            status, output = await within(deferToThread(
+                s_client, self.port, version, "-groups", group))
+            self.assertEqual(status, 0, output)
+            self.assertIn(f"Server Temp Key: {shown},", output, (version, group))
         self.assertNothingLogged()

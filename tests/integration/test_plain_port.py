@@ -11,7 +11,9 @@ import uuid
 import psycopg
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.testing import EventLoggingObserver
 from twisted.internet.threads import deferToThreadPool
+from twisted.logger import LogLevel, globalLogPublisher
 from twisted.python.threadpool import ThreadPool
 from twisted.trial.unittest import TestCase
 
@@ -200,3 +202,24 @@ class PlainPortInVeilTests(TestCase):
                                   " ORDER BY status").fetchall()
         self.assertEqual(logged[0], (open_id, "open.test", "/echo", 200))
         self.assertEqual(logged[1][1:], ("closed.test", "/x", 308))
+
+    async def test_http01_in_internal_ca_mode(self) -> None:
+        """
+        With the internal CA (no ACME account, so no CA ever asks), an
+        http-01 request is a plain 404 for any host, with no warning
+        logged; never the 503 "still starting" of a Veil still starting.
+        """
+        veil = await start_veil(self, empty_database(self))
+        self.assertEqual(veil.config.tls.mode, "internal")
+        events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        threads = ThreadPool(minthreads=0, maxthreads=1, name="test-plain-internal")
+        threads.start()
+        self.addCleanup(threads.stop)
+        port = veil.edge.ports["http"].getHost().port
+        responses, _ = await deferToThreadPool(
+            reactor, threads, talk, port, get(CHALLENGE + "some-token", host="shop.test"),
+            get(CHALLENGE + "other", host="nobody.test"), responses=2)
+        self.assertEqual([r.status for r in responses], [404, 404])
+        self.assertEqual(responses[0].body, b"Veil: no such challenge.\n")
+        self.assertEqual([e for e in events if e["log_level"] in (LogLevel.warn, LogLevel.error)],
+                         [])

@@ -27,6 +27,7 @@ from twisted.trial.unittest import TestCase
 from tests.integration.test_twistd import REPO, Veil, free_port, postgres_pids
 from tests.support.origin import OriginFactory
 from tests.support.waiting import until
+from veil.processes import ChildFailed, ProcessGroup
 from veil.store import embedded
 
 
@@ -105,11 +106,12 @@ class ProcessesTests(TestCase):
         environ.update(env)
         return environ
 
-    def spawn(self, *args: str, prefix: list[str] | None = None, **env: str) -> Veil:
+    def spawn(self, *args: str, prefix: list[str] | None = None,
+              twistd: tuple[str, ...] = (), **env: str) -> Veil:
         veil = Veil()
         argv = prefix or [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
         transport = reactor.spawnProcess(
-            veil, sys.executable, argv + ["--nodaemon", "--pidfile=", "veil", *args],
+            veil, sys.executable, argv + ["--nodaemon", "--pidfile=", *twistd, "veil", *args],
             env=self.environ(**env), path=str(self.data_dir))
         self.processes.append((veil, transport))
         return veil
@@ -213,6 +215,27 @@ class ProcessesTests(TestCase):
         self.assertIn(b"Veil process 1 (pid %d) stopped: exit status 0" % second_child,
                       veil.output)
 
+    async def test_json_logger(self) -> None:
+        """
+        The systemd unit's command line, twistd --logger
+        veil.logs.json_observer veil --workers 2: the other process is
+        started with the same logger (by name), both become ready, and
+        every line either writes is a JSON event, the child's tagged with
+        its number.
+        """
+        veil = self.spawn("--workers", "2", twistd=("--logger", "veil.logs.json_observer"))
+        body = await self.health(veil)
+        self.assertTrue(body["workers"]["processes"]["1"]["ready"])
+        _, transport = self.processes[-1]
+        transport.signalProcess("TERM")
+        self.assertEqual(await veil.ended.addTimeout(40, reactor), 0, veil.output.decode())
+        # jsonFileLogObserver: RS (0x1e), the JSON object, a line feed.
+        records = [r for r in veil.output.decode().split("\n") if r]
+        self.assertEqual([r for r in records if not r.startswith("\x1e{")], [])
+        events = [json.loads(r[1:]) for r in records]
+        self.assertIn(1, {event.get("veil_process") for event in events})
+        self.assertIn("Veil {version} ready", {event.get("log_format") for event in events})
+
     async def test_child_stops_when_main_dies(self) -> None:
         """A child whose main process is killed sees its pipe close and stops."""
         veil = self.spawn("--workers", "2")
@@ -251,3 +274,25 @@ class ProcessesTests(TestCase):
         status = await veil.ended.addTimeout(60, reactor)
         self.assertEqual(status, 1, veil.output.decode())
         self.assertIn(b"'admin' is not one of: edge, http, dashboard", veil.output)
+
+
+class ProcessGroupTests(TestCase):
+    """L{ProcessGroup} on the real reactor, for what the twistd tests cannot provoke."""
+
+    timeout = 30
+
+    async def test_child_cannot_be_started(self) -> None:
+        """
+        A child that cannot even be started (exec fails, or a bad command
+        line) fails start() with ChildFailed naming it, leaves nothing
+        behind, and stop() still completes: the main process can stop its
+        cluster in order.
+        """
+        for argv in ([sys.executable, "-c", object()], ["/nonexistent/veil-child"]):
+            group = ProcessGroup(reactor, 2, lambda index, argv=argv: list(argv),
+                                 lambda index: {}, {})
+            with self.assertRaises(ChildFailed) as raised:
+                await group.start()
+            self.assertIn("Veil process 1", str(raised.exception))
+            self.assertEqual(group.children, {})
+            await group.stop()

@@ -14,6 +14,7 @@ from twisted.trial.unittest import TestCase
 
 from tests.support.postgres import cluster, fresh_database
 from tests.support.waiting import until
+from veil.store.logrows import copy_line
 from veil.store.requestlog import ID_LOCK_KEY, Announcement, LogRow, RequestLog, Spool
 
 
@@ -84,6 +85,34 @@ class RequestLogTests(TestCase):
                 " host(client_ip), request_id, user_agent, blocked FROM request_log").fetchone()
         self.assertEqual(got, (ts, None, "h\\\tst", "/a\\b\tc\nd\re", None, None, None, 0.25,
                                "2001:db8::1", "r\\N", "agent\ufffdx", True))
+
+    async def test_verdict_columns(self) -> None:
+        """A signature verdict's rule ids, score and excerpt reach their columns."""
+        log = self.start()
+        log.append(row(1)._replace(classification="malicious", attack_type="sqli",
+                                   blocked=True, rule_ids=(942100, 942190), anomaly_score=10,
+                                   excerpt="GET /?id=[args:id]\tmatched"))
+        log.append(row(2))
+        await until(lambda: count(self.conninfo) == 2, what="the rows written")
+        with psycopg.connect(self.conninfo) as conn:
+            got = conn.execute("SELECT rule_ids, anomaly_score, excerpt FROM request_log"
+                               " ORDER BY request_id").fetchall()
+        self.assertEqual(got, [([942100, 942190], 10, "GET /?id=[args:id]\tmatched"),
+                               (None, None, None)])
+
+    async def test_spool_from_before_verdict_columns_replayed(self) -> None:
+        """COPY lines spooled before the verdict columns existed are replayed with NULLs."""
+        site = uuid.uuid4()
+        self.spool.mkdir(parents=True)
+        line = copy_line(row(7, site))
+        earlier = "\t".join(line.split("\t")[:-3]) + "\n"
+        (self.spool / "000000000000.rows").write_text(earlier)
+        self.start()
+        await until(lambda: count(self.conninfo) == 1, what="the spooled row written")
+        with psycopg.connect(self.conninfo) as conn:
+            got = conn.execute("SELECT request_id, site_id, rule_ids, excerpt"
+                               " FROM request_log").fetchall()
+        self.assertEqual(got, [("req-7", site, None, None)])
 
     async def test_spool_of_earlier_versions_replayed(self) -> None:
         """A spool file in the JSON form earlier versions wrote is replayed too."""

@@ -23,9 +23,10 @@ from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.task import deferLater
+from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import TestCase
 
-from tests.integration.test_migrate import DATA_MODEL
+from tests.integration.test_migrate import DATA_MODEL, empty_database
 from veil.store import embedded
 
 T = TypeVar("T")
@@ -74,8 +75,8 @@ def postgres_pids(pgdata: Path) -> list[int]:
     return pids
 
 
-class TwistdTests(TestCase):
-    """The Quick start: twistd veil on embedded defaults comes up, stops cleanly, reuses its data."""
+class TwistdTestCase(TestCase):
+    """Runs C{twistd veil} processes on a data directory of the test's own."""
 
     timeout = 180
 
@@ -106,6 +107,7 @@ class TwistdTests(TestCase):
         }
         environ.update(env)
         veil = Veil()
+        veil.ports = [int(environ[f"VEIL_{name}_PORT"]) for name in ("DASHBOARD", "EDGE", "HTTP")]
         transport = reactor.spawnProcess(
             veil, sys.executable,
             [sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
@@ -160,6 +162,18 @@ class TwistdTests(TestCase):
     def conninfo(self) -> str:
         return embedded.conninfo_for(self.data_dir)
 
+    async def cli(self, *argv: str) -> tuple[bytes, bytes, int]:
+        """Run the C{veil} command on this test's data directory, in a child process."""
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": str(REPO),
+               "VEIL_DATA_DIR": str(self.data_dir)}
+        code = "import sys; from veil.cli import main; sys.exit(main())"
+        return await getProcessOutputAndValue(sys.executable, ("-c", code, *argv), env=env,
+                                              path=str(REPO))
+
+
+class TwistdTests(TwistdTestCase):
+    """The Quick start: twistd veil on embedded defaults comes up, stops cleanly, reuses its data."""
+
     async def test_lifecycle(self) -> None:
         """
         First start creates the cluster and the whole data model and reports
@@ -179,6 +193,15 @@ class TwistdTests(TestCase):
             conn.execute("INSERT INTO kept_between_runs VALUES (7)")
         self.assertLessEqual(DATA_MODEL, names)
         self.assertTrue(postgres_pids(pgdata))
+        # The psql command `veil check-config` gives the operator works.
+        out, err, status = await self.cli("check-config")
+        self.assertEqual(status, 0, err)
+        [line] = [line for line in out.decode().splitlines() if line.startswith("psql ")]
+        command = line.partition(": ")[2]
+        out, err, status = await getProcessOutputAndValue(
+            "/bin/sh", ("-c", f"{command} -Atc 'SELECT count(*) > 0 FROM schema_migrations'"),
+            env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")})
+        self.assertEqual((status, out), (0, b"t\n"), err)
 
         status = await self.stop(*self.processes[-1])
         self.assertEqual(status, 0, veil.output.decode())
@@ -212,6 +235,12 @@ class TwistdTests(TestCase):
             body = await self.ready(veil, 503, within=15)
             self.assertFalse(body["database"]["ok"])
             await self.restart_failed(veil, within=15)
+            # The operator's command tells the outage from a stopped Veil.
+            _, err, status = await self.cli("sites", "list")
+            self.assertEqual(status, 1)
+            self.assertIn(b"Veil is running (pid ", err)
+            self.assertIn(b"embedded PostgreSQL does not answer", err)
+            self.assertNotIn(b"start Veil", err)
         finally:
             os.chmod(pgdata, 0o700)
         await self.ready(veil, 200, within=60)
@@ -219,6 +248,35 @@ class TwistdTests(TestCase):
         status = await self.stop(*self.processes[-1])
         self.assertEqual(status, 0, veil.output.decode())
         self.assertEqual(postgres_pids(pgdata), [])
+
+    async def test_database_away_at_start(self) -> None:
+        """
+        With database.url unreachable, Veil waits for it: /ready is 503 with
+        the reason, and the connection pool's retries reach the log as one
+        rate-limited line, not as [stderr#error] lines; SIGTERM still
+        stops it with status 0.
+        """
+        empty = tempfile.mkdtemp(prefix="veil-nopg-")
+        self.addCleanup(os.rmdir, empty)
+        veil = self.spawn(VEIL_DATABASE_URL=f"host={empty} dbname=veil user=veil",
+                          VEIL_DATABASE_CONNECT_TIMEOUT="1")
+        async def waiting() -> dict | None:
+            body = await self.ready(veil, 503)
+            return body if "the database does not answer" in body["reason"] else None
+
+        body = await self.until(veil, waiting, 30, "no reason given by /ready")
+        self.assertIn("no database connection", body["reason"])
+
+        async def retried() -> bool | None:
+            return True if veil.output.count(b"Waiting for the database") >= 2 else None
+
+        await self.until(veil, retried, 30, "no second wait for the database")
+        self.assertEqual(await self.stop(*self.processes[-1]), 0, veil.output.decode())
+        output = veil.output.decode()
+        self.assertNotIn("[stderr#", output)
+        pool_lines = [line for line in output.splitlines() if "[psycopg.pool#" in line]
+        self.assertEqual(len(pool_lines), 1, output)
+        self.assertIn("error connecting", pool_lines[0])
 
     async def test_bad_config_value(self) -> None:
         """A port of 70000 stops twistd before it binds anything, naming the key."""
@@ -241,3 +299,96 @@ class TwistdTests(TestCase):
         self.assertNotEqual(status, 0)
         self.assertIn(b"database.pool_max", veil.output)
         self.assertIn(str(config).encode(), veil.output)
+
+
+class FatalStartTests(TwistdTestCase):
+    """
+    Every condition that stops start-up ends twistd with exit status 1 and
+    one critical line saying why (no traceback), with its ports released
+    and no PostgreSQL of its own left running, whether the condition is
+    met before the reactor runs (twistd starts the services first) or
+    after.
+    """
+
+    timeout = 120
+
+    async def cannot_start(self, veil: Veil, *why: str) -> str:
+        """
+        Wait for C{veil} to exit; check the status, the one critical line
+        (which contains each of C{why}) and that its ports are free.
+        """
+        status = await veil.ended.addTimeout(60, reactor)
+        output = veil.output.decode()
+        self.assertEqual(status, 1, output)
+        critical = [line for line in output.splitlines() if "#critical]" in line]
+        self.assertEqual(len(critical), 1, output)
+        self.assertIn("Veil cannot start: ", critical[0])
+        for part in why:
+            self.assertIn(part, critical[0])
+        self.assertNotIn("Traceback", output)
+        for port in veil.ports:
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", port))
+        return critical[0]
+
+    async def test_second_veil_on_the_same_data_directory(self) -> None:
+        """
+        A second Veil on a data directory whose embedded cluster another
+        Veil supervises exits (its own ports released, /health gone); the
+        first one keeps serving.
+        """
+        first = self.spawn()
+        await self.ready(first)
+        second = self.spawn(VEIL_DASHBOARD_PORT=str(free_port()))
+        await self.cannot_start(second, "already supervised by another process")
+        body = await self.ready(first)
+        self.assertTrue(body["database"]["ok"])
+        self.assertEqual(await self.stop(*self.processes[0]), 0, first.output.decode())
+
+    async def test_data_directory_not_a_cluster(self) -> None:
+        """A cluster directory holding something else than a cluster stops start-up."""
+        pgdata = self.data_dir / "postgres"
+        pgdata.mkdir(mode=0o700)
+        (pgdata / "notes.txt").write_text("not a cluster\n")
+        user = embedded.run_as_user()  # who runs the cluster: its owner
+        os.chown(pgdata, user.uid, user.gid)
+        veil = self.spawn()
+        await self.cannot_start(veil, "is not a PostgreSQL cluster")
+        self.assertEqual(postgres_pids(self.data_dir / "postgres"), [])
+
+    async def test_port_in_use(self) -> None:
+        """
+        A port in use is one line naming the address, the configuration
+        keys and the cause; the ports bound before it are released and
+        no cluster is started.
+        """
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", 0))
+            taken.listen()
+            port = taken.getsockname()[1]
+            veil = self.spawn(VEIL_HTTP_PORT=str(port))
+            veil.ports.remove(port)
+            line = await self.cannot_start(veil, f"127.0.0.1:{port}", "http.port",
+                                           "already in use")
+        self.assertNotIn("CannotListenError", line)
+        self.assertFalse((self.data_dir / "postgres").exists())
+
+    async def test_failed_migration(self) -> None:
+        """A migration that fails on database.url stops Veil, naming the file."""
+        conninfo = empty_database(self)
+        with psycopg.connect(conninfo, autocommit=True) as conn:
+            conn.execute("CREATE TABLE users (something_else int)")
+        veil = self.spawn(VEIL_DATABASE_URL=conninfo)
+        await self.cannot_start(veil, "001_")
+
+    async def test_unusable_secrets_key(self) -> None:
+        """
+        A key file that holds no key fails the edge's start, after the
+        embedded cluster is up: Veil exits and stops its cluster.
+        """
+        self.data_dir.joinpath("secrets.key").write_text("not a key\n")
+        os.chmod(self.data_dir / "secrets.key", 0o600)
+        veil = self.spawn()
+        await self.cannot_start(veil, "key")
+        self.assertIn(b"PostgreSQL stopped", veil.output)
+        self.assertEqual(postgres_pids(self.data_dir / "postgres"), [])

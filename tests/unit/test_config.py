@@ -171,3 +171,59 @@ class EnvironmentTests(SynchronousTestCase):
         self.assertEqual(config.database.connect_timeout, 1.5)
         e = self.assertRaises(ConfigError, load, None, {"VEIL_DATABASE_CONNECT_TIMEOUT": "soon"})
         self.assertEqual(e.key, "database.connect_timeout")
+
+
+class DnsKeysTests(SynchronousTestCase):
+    """The dns.* keys of onboarding: resolvers, what sites point at, CAA names, time-outs."""
+
+    def test_defaults(self) -> None:
+        """By default: the system's resolvers, nothing to point at, CAA names from tls.mode."""
+        dns = load(None, environ={}).dns
+        self.assertEqual((dns.resolvers, dns.proxy_cname, dns.proxy_addresses,
+                          dns.caa_identifiers), ((), None, (), ()))
+        self.assertEqual((dns.timeout, dns.attempts, dns.check_interval), (2.0, 2, 10.0))
+
+    def test_from_environment(self) -> None:
+        """VEIL_DNS_* values are parsed: host:port lists, lower-case names, short addresses."""
+        dns = load(None, environ={
+            "VEIL_DNS_RESOLVERS": "127.0.0.1:5353, [2001:db8::53]:53,10.0.0.2, 2001:db8::54",
+            "VEIL_DNS_PROXY_CNAME": "Edge.Veil.Example.",
+            "VEIL_DNS_PROXY_ADDRESSES": "198.51.100.7, 2001:0db8::0007",
+            "VEIL_DNS_CAA_IDENTIFIERS": "LetsEncrypt.org",
+            "VEIL_DNS_TIMEOUT": "0.5", "VEIL_DNS_ATTEMPTS": "3",
+        }).dns
+        self.assertEqual(dns.resolvers, (("127.0.0.1", 5353), ("2001:db8::53", 53),
+                                         ("10.0.0.2", 53), ("2001:db8::54", 53)))
+        self.assertEqual(dns.proxy_cname, "edge.veil.example")
+        self.assertEqual(dns.proxy_addresses, ("198.51.100.7", "2001:db8::7"))
+        self.assertEqual(dns.caa_identifiers, ("letsencrypt.org",))
+        self.assertEqual((dns.timeout, dns.attempts), (0.5, 3))
+
+    def test_toml_lists(self) -> None:
+        """In the file, the lists may also be TOML arrays."""
+        path = self.mktemp()
+        Path(path).write_text('[dns]\nresolvers = ["127.0.0.1:5353"]\n'
+                              'proxy_addresses = ["198.51.100.7"]\n')
+        dns = load(path, environ={}).dns
+        self.assertEqual((dns.resolvers, dns.proxy_addresses),
+                         ((("127.0.0.1", 5353),), ("198.51.100.7",)))
+
+    def test_bad_values(self) -> None:
+        """Each bad dns.* value stops start-up naming its key and saying what is wrong."""
+        cases = [
+            ("VEIL_DNS_RESOLVERS", "dns.example.net:53", "dns.resolvers", "IP address"),
+            ("VEIL_DNS_RESOLVERS", "127.0.0.1:99999", "dns.resolvers", "1 to 65535"),
+            ("VEIL_DNS_RESOLVERS", "[fe80::1%eth0]:53", "dns.resolvers", "IP address"),
+            ("VEIL_DNS_RESOLVERS", "[2001:db8::1", "dns.resolvers", "[2001:db8::53]:53"),
+            ("VEIL_DNS_PROXY_CNAME", "edge veil", "dns.proxy_cname", "not a valid host name"),
+            ("VEIL_DNS_PROXY_CNAME", "198.51.100.7", "dns.proxy_cname", "dns.proxy_addresses"),
+            ("VEIL_DNS_PROXY_ADDRESSES", "198.51.100", "dns.proxy_addresses", "not an IPv4"),
+            ("VEIL_DNS_CAA_IDENTIFIERS", "letsencrypt", "dns.caa_identifiers", "domain name"),
+            ("VEIL_DNS_TIMEOUT", "0", "dns.timeout", "out of range"),
+            ("VEIL_DNS_ATTEMPTS", "9", "dns.attempts", "out of range"),
+            ("VEIL_DNS_CHECK_INTERVAL", "soon", "dns.check_interval", "not a number"),
+        ]
+        for variable, value, key, reason in cases:
+            e = self.assertRaises(ConfigError, load, None, {variable: value})
+            self.assertEqual(e.key, key, value)
+            self.assertIn(reason, e.reason, value)

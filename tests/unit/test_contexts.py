@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import NameOID
 from OpenSSL import SSL
+from OpenSSL._util import ffi as _ffi
 from OpenSSL._util import lib as _openssl
 from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
 from twisted.trial.unittest import SynchronousTestCase
@@ -194,6 +195,18 @@ def session_reused(conn: SSL.Connection) -> bool:
     return bool(_openssl.SSL_session_reused(conn._ssl))
 
 
+def client_groups(ctx: SSL.Context, groups: str) -> SSL.Context:
+    """C{ctx}, offering only the key exchange C{groups} (OpenSSL's list syntax)."""
+    assert _openssl.SSL_CTX_set1_curves_list(ctx._context, groups.encode()) == 1
+    return ctx
+
+
+def negotiated_group(conn: SSL.Connection) -> str:
+    """The key exchange group of a completed handshake, by OpenSSL's name."""
+    name = _openssl.SSL_get0_group_name(conn._ssl)
+    return _ffi.string(name).decode() if name != _ffi.NULL else ""
+
+
 def reasons(error: SSL.Error) -> list[str]:
     """
     The OpenSSL reason strings of an error, e.g. C{["no shared cipher"]}.
@@ -263,6 +276,36 @@ class _HandshakeTestsMixin:
         client, server, errors = self.connect(ctx)
         self.assertIn("unsupported protocol", reasons(errors["server"]))
         self.assertIn("client", errors)
+
+    def test_groups(self) -> None:
+        """
+        Key exchange uses X25519, P-256 or P-384 only (Mozilla's
+        intermediate profile): a TLS 1.3 client offering one of them gets
+        it, one offering only X448, P-521 or a finite-field group is
+        refused, and OpenSSL's default offer (hybrid ML-KEM first) gets
+        X25519.  TLS 1.2 the same (where the client also offers P-256 for
+        an ECDSA P-256 certificate, as RFC 8422 has it): P-521 is never
+        chosen.
+        """
+        for offered, expected in [("X25519", "x25519"), ("P-256", "secp256r1"),
+                                  ("P-384", "secp384r1"), ("X448:ffdhe2048:P-384", "secp384r1")]:
+            _, server, errors = self.connect(client_groups(client_context(), offered))
+            self.assertEqual(errors, {}, offered)
+            self.assertEqual(negotiated_group(server).lower(), expected, offered)
+        for offered in ("X448", "P-521", "ffdhe2048", "X448:P-521:ffdhe3072"):
+            _, _, errors = self.connect(client_groups(client_context(), offered))
+            self.assertIn("server", errors, offered)
+        tls12 = SSL.TLS1_2_VERSION
+        for offered, expected in [("P-521:P-256", "secp256r1"), ("X448:P-256", "secp256r1"),
+                                  ("P-521:X25519:P-256", "x25519")]:
+            _, server, errors = self.connect(client_groups(client_context(tls12), offered))
+            self.assertEqual(errors, {}, offered)
+            self.assertEqual(negotiated_group(server).lower(), expected, offered)
+        _, _, errors = self.connect(client_groups(client_context(tls12), "X448:P-521"))
+        self.assertIn("server", errors)
+        _, server, errors = self.connect(client_context())
+        self.assertEqual(errors, {})
+        self.assertEqual(negotiated_group(server).lower(), "x25519")
 
     def test_weak_cipher_refused(self) -> None:
         """

@@ -419,11 +419,54 @@ class RecordLayerTests(SynchronousTestCase):
         e = self.assertRaises(HelloError, reader.feed, data[:9])
         self.assertEqual(e.reason, "too_large")
 
-    def test_too_large_by_records(self) -> None:
-        """Record headers count: tiny records can push a small hello past max_size."""
+    def test_record_headers_do_not_count(self) -> None:
+        """
+        max_size bounds the hello message, not its records' headers: a hello
+        of exactly max_size bytes is accepted in one record or cut into
+        many, one byte more is too_large either way.
+        """
         data = openssl_hello()
-        self.assertIsNotNone(parse(data, max_size=len(data)))
-        self.assertEqual(reason(refragment(data, 100), max_size=len(data)), "too_large")
+        size = len(handshake_message(data))
+        for cut in (data, refragment(data, 100), refragment(data, 7)):
+            self.assertGreater(len(cut), size)
+            hello = parse(cut, max_size=size)
+            self.assertEqual(hello.server_name, "example.com")
+            self.assertEqual(reason(cut, max_size=size - 1), "too_large")
+
+    def test_sixteen_kib_hello(self) -> None:
+        """
+        A hello of exactly 16 KiB (the default limit), which needs two
+        records on the wire (16,394 bytes), is read; 16 KiB and one byte
+        is too_large.
+        """
+        padding = 16384 - len(message(body([sni(b"big.example")]))) - 4
+        big = message(body([sni(b"big.example"), extension(21, bytes(padding))]))
+        self.assertEqual(len(big), 16384)
+        data = record(big[:16000]) + record(big[16000:])
+        self.assertEqual(len(data), 16394)
+        self.assertEqual(parse(data).server_name, "big.example")
+        bigger = message(body([sni(b"big.example"), extension(21, bytes(padding + 1))]))
+        self.assertEqual(reason(record(bigger[:16000]) + record(bigger[16000:])), "too_large")
+
+    def test_too_fragmented(self) -> None:
+        """
+        Record headers may add up to max_size bytes on top of the hello;
+        a hello cut into more records than that (one byte each) is
+        too_fragmented, before it is all buffered.
+        """
+        data = openssl_hello()
+        size = len(handshake_message(data))
+        self.assertIsNotNone(parse(refragment(data, 6), max_size=size))
+        tiny = refragment(data, 1)
+        reader = HelloReader(max_size=size)
+        fed = 0
+        with self.assertRaises(HelloError) as raised:
+            while fed < len(tiny):
+                reader.feed(tiny[fed:fed + 64])
+                fed += 64
+        self.assertEqual(raised.exception.reason, "too_fragmented")
+        self.assertLess(fed, 2 * size)
+        self.assertLess(fed, len(tiny))
 
     def test_trailing_handshake_data(self) -> None:
         """Bytes after the hello inside its last record are malformed."""

@@ -7,7 +7,15 @@ from datetime import datetime, timezone
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from veil.store.logrows import COLUMNS, Batch, LogRow, copy_line
+from veil.store.logrows import (
+    COLUMNS,
+    EXCERPT_MAX,
+    RULE_IDS_MAX,
+    Batch,
+    LogRow,
+    copy_line,
+    upgrade_line,
+)
 
 SITE = uuid.UUID("6f1c0e1e-8d0a-4c36-9d0e-2f5a4f3b9a11")
 TS = datetime(2026, 12, 1, 18, 30, 0, 123456, tzinfo=timezone.utc)
@@ -32,7 +40,7 @@ class CopyLineTests(SynchronousTestCase):
         self.assertEqual(fields, [
             "2026-12-01T18:30:00.123456+00:00", str(SITE), "shop.test", "GET", "/p", "q=1",
             "200", "0", "1300", "1.500", "0.750", "192.0.2.1", "abc", "ua",
-            "\\N", "\\N", "\\N", "\\N", "f"])
+            "\\N", "\\N", "\\N", "\\N", "f", "\\N", "\\N", "\\N"])
 
     def test_escapes(self) -> None:
         """Backslash, tab, newline and CR are escaped; NUL becomes U+FFFD; None is \\N."""
@@ -40,7 +48,32 @@ class CopyLineTests(SynchronousTestCase):
                              blocked=True))
         fields = line[:-1].split("\t")
         self.assertEqual(fields[4], "a\\\\b\\tc\\nd\\re\ufffd")
-        self.assertEqual((fields[1], fields[6], fields[-1]), ("\\N", "\\N", "t"))
+        self.assertEqual((fields[1], fields[6], fields[COLUMNS.index("blocked")]),
+                         ("\\N", "\\N", "t"))
+
+
+    def test_verdict_fields(self) -> None:
+        """
+        Rule ids become an integer array, the score a number, the excerpt
+        escaped text; excerpt and ids are cut to their bounds.
+        """
+        line = copy_line(row(classification="malicious", attack_type="sqli", blocked=True,
+                             rule_ids=(942100, 941100), anomaly_score=10,
+                             excerpt="GET /?id=1'\tOR"))
+        self.assertEqual(line[:-1].split("\t")[-5:],
+                         ["sqli", "t", "{942100,941100}", "10", "GET /?id=1'\\tOR"])
+        long = copy_line(row(rule_ids=tuple(range(1000)), excerpt="x" * (EXCERPT_MAX + 10)))
+        ids, _, excerpt = long[:-1].split("\t")[-3:]
+        self.assertEqual(ids.count(",") + 1, RULE_IDS_MAX)
+        self.assertEqual(len(excerpt), EXCERPT_MAX)
+
+    def test_earlier_lines_upgraded(self) -> None:
+        """A line written before the verdict columns existed gets them as NULL."""
+        current = copy_line(row())
+        earlier = "\t".join(current.split("\t")[:-3]) + "\n"
+        self.assertEqual(upgrade_line(earlier), current)
+        self.assertEqual(upgrade_line(current), current)
+        self.assertEqual(Batch.from_lines([earlier]).lines, [current])
 
 
 class BatchTests(SynchronousTestCase):

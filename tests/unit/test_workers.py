@@ -141,3 +141,43 @@ class PeriodicWorkerTests(SynchronousTestCase):
         w.run_now()
         self.assertEqual(runs, [0, 10])
         self.assertEqual(w.status()["next_run"][:4], "1970")
+
+    def test_run_soon(self) -> None:
+        """
+        run_soon runs at once after a success, once more right after a run
+        under way, and waits for the back-off after a failure.
+        """
+        clock, runs, outcomes = Clock(), [], []
+        pending: list[Deferred[None]] = []
+
+        def job() -> Deferred[None]:
+            runs.append(clock.seconds())
+            if outcomes and outcomes.pop(0) == "hold":
+                d: Deferred[None] = Deferred()
+                pending.append(d)
+                return d
+            return succeed(None)
+
+        w = PeriodicWorker("table", job, clock, every=60.0, backoff=lambda n: 5.0)
+        w.run_soon()  # not running: nothing
+        w.startService()
+        self.addCleanup(w.stopService)
+        clock.advance(0)
+        clock.advance(10)
+        w.run_soon()
+        self.assertEqual(runs, [0, 10])
+        outcomes.append("hold")
+        clock.advance(60)
+        w.run_soon()
+        w.run_soon()
+        self.assertEqual(runs, [0, 10, 70])
+        pending.pop().callback(None)
+        clock.advance(0)
+        self.assertEqual(runs, [0, 10, 70, 70])
+        w.job = lambda: (runs.append(clock.seconds()), fail(StoreUnavailable("away")))[1]
+        w.run_soon()
+        self.assertEqual(w.failures, 1)
+        w.run_soon()
+        self.assertEqual(runs, [0, 10, 70, 70, 70])
+        clock.advance(5)
+        self.assertEqual(runs, [0, 10, 70, 70, 70, 75])

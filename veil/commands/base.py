@@ -1,6 +1,12 @@
 """
 What the C{veil} subcommands share: the stores they run with, how a handler
 is declared, and the plain-text output helpers.
+
+Text from the database is shown through L{printable}, as L{table} does for
+every cell: rows written before their input was checked, or by other
+writers, may hold control characters, and printed raw those would reach
+the operator's terminal (escape sequences that move the cursor, rewrite
+lines, set the window title, ...).
 """
 
 from __future__ import annotations
@@ -52,7 +58,17 @@ def store_command(parser: argparse.ArgumentParser, handler: Handler,
 
 def group(commands: argparse._SubParsersAction, name: str, help: str,
           dest: str = "action", metavar: str = "ACTION") -> argparse._SubParsersAction:
-    """Add the command group C{name} and return its subcommands."""
+    """
+    The subcommands of the command group C{name}, added if it is not there
+    yet: several modules may add subcommands to one group (C{veil waf}),
+    and the first to register gives the group its help.
+    """
+    existing = commands.choices.get(name)
+    if existing is not None:
+        for action in existing._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                return action
+        raise ValueError(f"command {name!r} exists and is not a group")
     return commands.add_parser(name, help=help).add_subparsers(
         dest=dest, required=True, metavar=metavar)
 
@@ -64,11 +80,33 @@ def when(moment: datetime | None, missing: str = "never") -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
+def printable(text: str) -> str:
+    """
+    C{text} with every character a terminal could act on, or that would
+    not show (controls, DEL, C1 controls, format characters such as
+    bidirectional overrides, line and paragraph separators), written as a
+    Python-style escape (C{\\x1b}, C{\\u202e}).
+    """
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else _escape(c) for c in text)
+
+
+def _escape(character: str) -> str:
+    code = ord(character)
+    if code < 0x100:
+        return f"\\x{code:02x}"
+    if code < 0x10000:
+        return f"\\u{code:04x}"
+    return f"\\U{code:08x}"
+
+
 def table(out: IO[str], headings: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
-    """Columns padded to their widest cell."""
-    widths = [max(len(str(cell)) for cell in column) for column in zip(headings, *rows)]
-    for row in (headings, *rows):
-        print("  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip(), file=out)
+    """Columns padded to their widest cell; every cell through L{printable}."""
+    cells = [[printable(str(cell)) for cell in row] for row in (headings, *rows)]
+    widths = [max(len(cell) for cell in column) for column in zip(*cells)]
+    for row in cells:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip(), file=out)
 
 
 async def site_id(stores: Stores, domain: str | None) -> UUID | None:

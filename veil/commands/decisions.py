@@ -14,6 +14,7 @@ from veil.store import admin
 def _check_decisions_add(args: argparse.Namespace) -> None:
     args.target = admin.parse_network(args.target)
     args.duration = admin.parse_duration(args.duration)
+    args.reason = admin.normalise_reason(args.reason)
     if args.site is not None:
         args.site = admin.normalise_domain(args.site)
 
@@ -82,7 +83,9 @@ def register(commands: argparse._SubParsersAction) -> None:
     add.add_argument("--for", dest="duration", required=True, metavar="DURATION",
                      help="30s, 15m, 1h, 7d, 2w, 1h30m, or forever")
     add.add_argument("--site", metavar="DOMAIN", help="only for this site (default: every site)")
-    add.add_argument("--reason", default="", metavar="TEXT", help="why, for the dashboard")
+    add.add_argument("--reason", default="", metavar="TEXT",
+                     help=f"why, for the dashboard (one line, at most {admin.MAX_REASON}"
+                          " characters)")
     store_command(add, decisions_add, _check_decisions_add)
     listing = decisions.add_parser("list", help="list current decisions, newest first")
     listing.add_argument("--site", metavar="DOMAIN", help="only this site's decisions")

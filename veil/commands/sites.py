@@ -1,4 +1,4 @@
-"""C{veil sites add|list|remove}: the sites Veil serves."""
+"""C{veil sites add|list|remove|verify}: the sites Veil serves."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import argparse
 import json
 from typing import IO
 
+from veil.commands import waf
 from veil.commands.base import Stores, group, store_command, table, when
 from veil.store import admin
 
@@ -25,13 +26,41 @@ async def sites_add(stores: Stores, args: argparse.Namespace, out: IO[str]) -> i
         print("DNS is marked verified: a certificate will be issued on the first HTTPS"
               f" request for {site.domain}.", file=out)
     else:
-        print("To prove ownership, create this DNS record:", file=out)
-        print(f"  _veil.{site.domain} TXT {site.dns_token}", file=out)
-        print(f"and point {site.domain} at this Veil (CNAME, or A/AAAA for an apex); the"
-              " proxy's CNAME is not configurable yet.", file=out)
-        print("DNS verification arrives with the DNS worker: until then the site stays"
-              " pending (add it with --verified once its DNS points at Veil).", file=out)
+        _print_dns_instructions(args, site, out)
     return 0
+
+
+def _print_dns_instructions(args: argparse.Namespace, site: admin.SiteRecord,
+                            out: IO[str]) -> None:
+    from veil.dns.check import DnsSettings, dns_instructions
+
+    dns = dns_instructions(DnsSettings.from_config(args.loaded_config), site.domain,
+                           site.dns_token)
+    print("To point the site at Veil and prove ownership, create these DNS records:", file=out)
+    for record in dns["records"]:
+        print(f"  {record['name']} {record['type']} {record['value']}", file=out)
+    if dns["apex_records"] and dns["proxy_cname"]:
+        alternatives = ", ".join(f"{r['type']} {r['value']}" for r in dns["apex_records"])
+        print(f"(for a zone apex, which cannot have a CNAME: {alternatives})", file=out)
+    if dns["missing"]:
+        print(f"This Veil has nothing for sites to point at yet: set {' and '.join(dns['missing'])}"
+              " and restart Veil, or DNS verification cannot succeed.", file=out)
+    print("The DNS worker checks pending sites by itself (after a minute, then less often,"
+          f" for a week); `veil sites verify {site.domain}` checks at once.", file=out)
+
+
+async def sites_verify(stores: Stores, args: argparse.Namespace, out: IO[str]) -> int:
+    from veil.store.sites import VERIFIED_STATUSES
+    from veil.workers.dns import DnsVerifier
+
+    site = await stores.sites.get(args.domain)
+    if site is None:
+        raise admin.SiteNotFound(args.domain)
+    actor = await stores.operator.ensure()
+    verifier = DnsVerifier.from_config(args.loaded_config, stores.db, stores.db.reactor)
+    result = await verifier.check_now(site.id, actor)
+    print(result.text(), file=out)
+    return 0 if result.report.ok and result.status in VERIFIED_STATUSES - {"error"} else 1
 
 
 async def sites_list(stores: Stores, args: argparse.Namespace, out: IO[str]) -> int:
@@ -65,7 +94,7 @@ async def sites_remove(stores: Stores, args: argparse.Namespace, out: IO[str]) -
 
 
 def register(commands: argparse._SubParsersAction) -> None:
-    sites = group(commands, "sites", "add, list and remove sites")
+    sites = group(commands, "sites", "add, list, remove and verify sites")
     add = sites.add_parser("add", help="add a site")
     add.add_argument("domain", metavar="DOMAIN")
     add.add_argument("--origin", required=True, metavar="URL",
@@ -83,3 +112,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     remove = sites.add_parser("remove", help="delete a site and what belongs to it")
     remove.add_argument("domain", metavar="DOMAIN")
     store_command(remove, sites_remove, check_domain)
+    verify = sites.add_parser("verify", help="check the site's DNS now and show the report")
+    verify.add_argument("domain", metavar="DOMAIN")
+    store_command(verify, sites_verify, check_domain)
+    waf.add_sites_set(sites)

@@ -147,6 +147,9 @@ class AppRouter:
         self._timeout = timeout
         self._dashboard = (None if dashboard_host is None else
                            WebSite(dashboard, host=dashboard_host, timeout=timeout, clock=clock))
+        if self._dashboard is not None and hasattr(dashboard, "request_factory"):
+            # The dashboard's own requests: bodies bounded as on its port.
+            self._dashboard.requestFactory = dashboard.request_factory
         self._misdirected = WebSite(_Misdirected(), timeout=timeout, clock=clock)
         self._acme = ChallengeFactory(clock, timeout)
         #: The reverse proxy, once Veil has started (see L{veil.edge.service}).

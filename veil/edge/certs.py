@@ -10,13 +10,15 @@ across processes and nodes, one issuance per name runs under a PostgreSQL
 advisory lock, and the others re-read the store until it appears.
 
 A renewed certificate reaches every process through C{NOTIFY
-veil_certificates}; an expired one is never served while a valid one
-exists.
+veil_certificates}, and the cached names are re-read after every listener
+reconnection and periodically (L{veil.store.tables.Keeper}); an expired
+certificate is never served while a valid one exists.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Mapping
 from typing import Any
 from uuid import UUID
 
@@ -30,17 +32,28 @@ from twisted.python.threadpool import ThreadPool
 
 from veil.acme.challenges import tls_alpn01_certificate
 from veil.acme.issue import Issuer, StoreResponder
-from veil.edge.contexts import ACME_TLS_1, ServerTLS, build_challenge_tls, build_server_tls
+from veil.edge.contexts import (
+    ACME_TLS_1,
+    ServerTLS,
+    build_challenge_tls,
+    build_server_tls,
+)
 from veil.edge.hello import ClientHello
 from veil.edge.keys import generate_key
 from veil.edge.policy import IssuancePolicy
 from veil.errors import IssuanceFailed, IssuanceRefused
 from veil.metrics import Registry
 from veil.store.certs import CertificateStore, RenewalDue, StoredCertificate
+from veil.store.listener import ListenerService, Subscription
 from veil.store.locks import LockSession
 from veil.store.sites import Site, SiteStore
+from veil.store.tables import Keeper
+from veil.workers.base import PeriodicWorker
 
 _log = Logger()
+
+#: The channel the C{certificates} trigger notifies, with the certificate's name.
+CHANNEL = "veil_certificates"
 
 
 @attrs.frozen
@@ -75,8 +88,12 @@ class CertificateResolver:
     _issued: Any = attrs.field(default=None, init=False)
     _failed: Any = attrs.field(default=None, init=False)
     _lookups: Any = attrs.field(default=None, init=False)
+    _keeper: Keeper[str, StoredCertificate | None] = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
+        self._keeper = Keeper("certificate-cache", self, self._load_cached, self.clock,
+                              load_one=self.store.latest,
+                              wants=lambda name: name in self._memory)
         self._issued = self.metrics.counter(
             "veil_certificates_issued_total", "Certificates obtained, by kind (new, renewal)")
         self._failed = self.metrics.counter(
@@ -262,21 +279,39 @@ class CertificateResolver:
 
         return Deferred.fromCoroutine(renew())
 
-    def certificate_changed(self, name: str) -> None:
+    def follow(self, listener: ListenerService) -> list[Subscription]:
+        """
+        Swap in the certificates stored elsewhere (C{NOTIFY veil_certificates},
+        payload: the name) for the names in memory, and re-read every name
+        in memory after each (re)connection of C{listener}.
+        """
+        return self._keeper.follow(listener, CHANNEL)
+
+    def certificate_changed(self, name: str) -> Deferred[None] | None:
         """A certificate for C{name} was stored somewhere: swap it in if cached."""
-        if name in self._memory:
-            self.store.latest(name).addCallbacks(
-                lambda stored: self._swap(name, stored),
-                lambda f: _log.warn("Reloading certificate {name} failed: {error}",
-                                    name=name, error=f.value))
+        return self._keeper.notified(name)
 
     def reload(self) -> Deferred[None]:
-        """After a listener reconnection: re-read every cached name."""
-        async def reload() -> None:
-            for name in list(self._memory):
-                self._swap(name, await self.store.latest(name))
+        """Re-read every cached name (after a listener reconnection, and periodically)."""
+        return self._keeper.reload()
 
-        return Deferred.fromCoroutine(reload())
+    def refresher(self, every: float) -> PeriodicWorker:
+        """The supervised periodic re-read of the cached names."""
+        return self._keeper.refresher(every)
+
+    def _load_cached(self) -> Deferred[dict[str, StoredCertificate | None]]:
+        return self.store.latest_many(list(self._memory))
+
+    # The cache's side of the keeper (L{veil.store.tables.Rows}): a reload
+    # covers the names cached when it started; names cached since stay.
+
+    def replace(self, rows: Mapping[str, StoredCertificate | None]) -> None:
+        for name, stored in rows.items():
+            self.put(name, stored)
+
+    def put(self, name: str, stored: StoredCertificate | None) -> None:
+        if name in self._memory:  # not evicted while it was read
+            self._swap(name, stored)
 
     def _swap(self, name: str, stored: StoredCertificate | None) -> None:
         current = self._memory.get(name)

@@ -19,8 +19,12 @@ Policy (DESIGN section 4, Mozilla "intermediate"):
     more per request than AES-128-GCM (docs/performance.md).  Mozilla's
     intermediate profile leaves the choice to the client; Go's TLS server,
     which Caddy uses, orders suites this way.
-  - Key exchange groups are OpenSSL's defaults (X25519MLKEM768, X25519,
-    P-256, ...); pyOpenSSL has no C{set1_groups}.
+  - Key exchange groups: X25519, P-256 and P-384 (L{GROUPS}), in that
+    order, as Mozilla's intermediate profile says; OpenSSL's defaults would
+    add X448, P-521, the finite-field groups and the hybrid ML-KEM ones.
+    pyOpenSSL has no call for it, so it is set through the OpenSSL
+    binding pyOpenSSL itself uses (C{SSL_CTX_set1_curves_list}, the old
+    name of C{set1_groups_list}).
   - No compression, no renegotiation.
   - ALPN: C{http/1.1} when the client offers it, otherwise no ALPN at all
     (C{h2} is not served yet).
@@ -46,6 +50,7 @@ from collections.abc import Callable
 import attrs
 from cryptography.hazmat.primitives import serialization
 from OpenSSL import SSL
+from OpenSSL._util import lib as _lib
 from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
 from zope.interface import implementer
 
@@ -66,6 +71,9 @@ TLS13_CIPHERSUITES = "TLS_AES_128_GCM_SHA256:TLS_CHACHA20_POLY1305_SHA256:TLS_AE
 #: does not name: with the server's order in force, a client that lists
 #: ChaCha20 first (hardware without AES instructions) still gets it.
 OP_PRIORITIZE_CHACHA = 0x00200000
+
+#: The key exchange groups, in the server's order of preference.
+GROUPS = "X25519:P-256:P-384"
 
 #: The protocol served to ordinary clients.
 HTTP11 = b"http/1.1"
@@ -133,6 +141,9 @@ def _build(
         options |= SSL.OP_NO_TICKET
     ctx.set_options(options)
 
+    if _lib.SSL_CTX_set1_curves_list(ctx._context, GROUPS.encode("ascii")) != 1:
+        _lib.ERR_clear_error()
+        raise CertificateError(f"this OpenSSL refuses the key exchange groups {GROUPS}")
     # Idle connections give their buffers back: the edge holds many.
     ctx.set_mode(SSL.MODE_RELEASE_BUFFERS)
     try:

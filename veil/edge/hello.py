@@ -42,8 +42,8 @@ ACME_TLS_ALPN: Final = b"acme-tls/1"
 #: Every value L{HelloError.reason} can take.
 REASONS: Final = frozenset({
     "plain_http", "not_tls", "sslv2", "bad_record_version", "record_too_large",
-    "non_handshake_record", "not_client_hello", "too_large", "malformed",
-    "truncated", "empty",
+    "non_handshake_record", "not_client_hello", "too_large", "too_fragmented",
+    "malformed", "truncated", "empty",
 })
 
 _RECORD_HEADER: Final = 5
@@ -75,6 +75,8 @@ class HelloError(VeilError):
         C{non_handshake_record} (a later record of another type),
         C{not_client_hello} (a handshake message of another type),
         C{too_large} (the hello would exceed the reader's C{max_size}),
+        C{too_fragmented} (its records' headers alone would take more than
+        C{max_size} bytes: thousands of tiny records),
         C{malformed} (a structural error, explained by C{detail}),
         C{truncated} (the input ended inside the hello) and
         C{empty} (the input ended before any byte arrived).
@@ -159,9 +161,13 @@ class HelloReader:
     implementation.  Errors are final: once L{feed} or L{finish} has raised,
     every later call raises the same L{HelloError}.
 
-    @ivar max_size: the most bytes the hello may occupy on the wire, record
-        headers included; a longer hello is refused with C{too_large} as
-        soon as that is certain.
+    @ivar max_size: the most bytes the ClientHello handshake message may
+        have (its 4-byte handshake header included, the record headers
+        around it not); a longer hello is refused with C{too_large} as
+        soon as that is certain.  However the hello is cut into records,
+        their 5-byte headers may add up to C{max_size} bytes more
+        (C{too_fragmented} beyond), so at most twice C{max_size} bytes are
+        ever buffered.
     """
 
     # A plain class: one is made per connection.
@@ -240,11 +246,18 @@ class HelloReader:
             _check_record_header(header, first=start == 0)
             if len(header) < _RECORD_HEADER:
                 break
-            end = start + _RECORD_HEADER + int.from_bytes(header[3:], "big")
-            if end > self.max_size:
+            length = int.from_bytes(header[3:], "big")
+            carried = len(self._message) + length
+            if carried > self.max_size:
                 raise HelloError(
-                    "too_large", f"a record ends at byte {end}, past {self.max_size}")
+                    "too_large", f"its records carry {carried} bytes, more than {self.max_size}")
             body = start + _RECORD_HEADER
+            if body - len(self._message) > self.max_size:
+                raise HelloError(
+                    "too_fragmented",
+                    f"{(body - len(self._message)) // _RECORD_HEADER} records for"
+                    f" {carried} bytes of hello")
+            end = body + length
             if end > len(self._buffer):
                 self._check_message_header(self._buffer[body:body + _HANDSHAKE_HEADER])
                 break

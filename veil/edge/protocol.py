@@ -9,10 +9,19 @@ CA), and only then builds a L{TLSMemoryBIOProtocol} on the same transport
 and replays the bytes it has read.  It stays the transport's protocol and
 forwards every later event to the TLS protocol.
 
-Garbage, plain HTTP, a missing or invalid server name, a truncated or
-oversized hello, and names Veil will not serve end the connection cleanly
-(a TLS alert where the peer speaks TLS), with a log event and a counter.
-Nothing raises into the reactor.
+Garbage, plain HTTP, a missing or invalid server name, a malformed or
+oversized hello, and names Veil will not serve end the connection cleanly,
+with a counter (C{veil_edge_rejected_total} by reason) and a warning that
+is rate-limited per reason (one a minute, with the count of those held
+back).  Where the peer speaks TLS it gets the fatal alert of
+L{ALERT_FOR_HELLO} or of the refusal; plain HTTP gets a plain-text 400;
+other bytes, and a peer that fell silent or left, get nothing but the
+close.  Nothing raises into the reactor.
+
+Time is bounded at each step: the hello must be complete within
+C{hello_timeout} of the connection, the certificate chosen within
+C{resolve_timeout}, and the handshake complete within C{handshake_timeout}
+of TLS starting (the peer then has the server's first flight).
 """
 
 from __future__ import annotations
@@ -32,7 +41,7 @@ from veil.edge import tlslayer
 from veil.edge.hello import ClientHello, HelloError, HelloReader
 from veil.edge.tlslayer import TLSLayer
 from veil.errors import IssuanceFailed, IssuanceRefused, VeilError
-from veil.logs import redact_ip
+from veil.logs import Throttle, redact_ip
 from veil.metrics import Registry
 from veil.tcp import no_delay
 
@@ -44,9 +53,31 @@ def _alert(description: int) -> bytes:
     return bytes([0x15, 0x03, 0x03, 0x00, 0x02, 0x02, description])
 
 
-ALERT_UNRECOGNIZED_NAME = _alert(112)
-ALERT_INTERNAL_ERROR = _alert(80)
+ALERT_UNEXPECTED_MESSAGE = _alert(10)
+ALERT_RECORD_OVERFLOW = _alert(22)
 ALERT_HANDSHAKE_FAILURE = _alert(40)
+ALERT_ILLEGAL_PARAMETER = _alert(47)
+ALERT_DECODE_ERROR = _alert(50)
+ALERT_PROTOCOL_VERSION = _alert(70)
+ALERT_INTERNAL_ERROR = _alert(80)
+ALERT_UNRECOGNIZED_NAME = _alert(112)
+
+#: The alert a hello refused by L{HelloReader} gets (RFC 8446 section 6.2),
+#: by reason; the other reasons are not TLS (C{not_tls}, C{sslv2},
+#: C{plain_http}, which gets a plain-text 400) or have no peer left to
+#: tell (C{truncated}, C{empty}).
+ALERT_FOR_HELLO = {
+    "malformed": ALERT_DECODE_ERROR,
+    "bad_record_version": ALERT_PROTOCOL_VERSION,
+    "record_too_large": ALERT_RECORD_OVERFLOW,
+    "non_handshake_record": ALERT_UNEXPECTED_MESSAGE,
+    "not_client_hello": ALERT_UNEXPECTED_MESSAGE,
+    "too_large": ALERT_ILLEGAL_PARAMETER,
+    "too_fragmented": ALERT_ILLEGAL_PARAMETER,
+}
+
+#: Seconds between two warnings for the same kind of rejected connection.
+WARN_EVERY = 60.0
 
 _PLAIN_HTTP_BODY = b"This port speaks HTTPS; use an https:// URL.\r\n\r\n"
 _PLAIN_HTTP_ANSWER = (
@@ -66,16 +97,23 @@ AppFactoryFor = Callable[[ClientHello, Any], Factory]
 class EdgeFactory(Factory):
     """Builds an L{EdgeProtocol} for every accepted connection."""
 
+    noisy = False
+
     def __init__(self, resolve: Resolver, app_factory_for: AppFactoryFor,
                  clock: IReactorTime, metrics: Registry, hello_timeout: float = 10.0,
                  max_hello: int = 16384, resolve_timeout: float = 90.0,
-                 thin_tls: bool | None = None, linger: float = tlslayer.LINGER) -> None:
+                 thin_tls: bool | None = None, linger: float = tlslayer.LINGER,
+                 handshake_timeout: float = 10.0) -> None:
         self.resolve = resolve
         self.app_factory_for = app_factory_for
         self.clock = clock
         self.hello_timeout = hello_timeout
-        #: Hello time-outs and close_notify lingers, on one timer.
-        self.deadlines = Deadlines(clock, Deadlines.tick_for(hello_timeout, linger))
+        self.handshake_timeout = handshake_timeout
+        #: Hello and handshake time-outs and close_notify lingers, on one timer.
+        self.deadlines = Deadlines(
+            clock, Deadlines.tick_for(hello_timeout, handshake_timeout, linger))
+        #: One warning per kind of rejection and minute.
+        self.warnings = Throttle(clock, WARN_EVERY)
         self.max_hello = max_hello
         self.resolve_timeout = resolve_timeout
         #: Run the applications that allow it on L{TLSLayer}.
@@ -119,8 +157,11 @@ class EdgeProtocol(Protocol):
         factory.deadlines.add(self)
 
     def dataReceived(self, data: bytes) -> None:
-        if self.tls is not None:
-            self.tls.dataReceived(data)
+        tls = self.tls
+        if tls is not None:
+            tls.dataReceived(data)
+            if self.deadline and self._handshake_done():
+                self._cancel_timer()
             return
         if self._resolving is not None:
             # The transport keeps reading while the certificate is chosen:
@@ -139,7 +180,8 @@ class EdgeProtocol(Protocol):
         try:
             hello = self._reader.feed(data)
         except HelloError as e:
-            self._reject(e.reason, e.detail, http=e.looks_like_http)
+            self._reject(e.reason, e.detail, alert=ALERT_FOR_HELLO.get(e.reason),
+                         http=e.looks_like_http)
             return
         if hello is None:
             return
@@ -205,6 +247,7 @@ class EdgeProtocol(Protocol):
                                 linger=self.factory.linger, peer=self.addr)
                 self.tls = thin
                 self.factory.handshakes.inc()
+                self._time_handshake()
                 thin.start(replay)
                 return
             tls_factory = TLSMemoryBIOFactory(creator, False, app_factory,
@@ -220,13 +263,38 @@ class EdgeProtocol(Protocol):
             return
         self.tls = tls
         self.factory.handshakes.inc()
-        self.tls.dataReceived(replay)
+        self._time_handshake()
+        tls.dataReceived(replay)
+        if self.deadline and self._handshake_done():
+            self._cancel_timer()
+
+    def _time_handshake(self) -> None:
+        factory = self.factory
+        self.deadline = factory.clock.seconds() + factory.handshake_timeout
+        factory.deadlines.add(self)
+
+    def _handshake_done(self) -> bool:
+        """Whether the TLS handshake is complete (the peer's Finished has come)."""
+        tls = self.tls
+        if isinstance(tls, TLSLayer):
+            return tls.handshake_done
+        return tls is not None and tls.getHandle().get_peer_finished() is not None
 
     def expired(self) -> None:
-        """The hello did not come in time (the factory's L{Deadlines} says so)."""
-        self.factory.deadlines.discard(self)
-        self._reject("hello_timeout", f"{len(self._reader.buffered)} bytes in"
-                     f" {self.factory.hello_timeout:g} s")
+        """
+        The hello, or after it the handshake, did not complete in time (the
+        factory's L{Deadlines} says so).
+        """
+        factory = self.factory
+        factory.deadlines.discard(self)
+        if self.tls is None:
+            self._reject("hello_timeout", f"{len(self._reader.buffered)} bytes in"
+                         f" {factory.hello_timeout:g} s")
+        elif not self._closed:
+            self._closed = True
+            self._count("handshake_timeout", f"after {factory.handshake_timeout:g} s",
+                        when="during the TLS handshake")
+            self.transport.abortConnection()
 
     def _reject(self, reason: str, detail: str, alert: bytes | None = None,
                 http: bool = False) -> None:
@@ -241,11 +309,14 @@ class EdgeProtocol(Protocol):
             self.transport.write(alert)
         self.transport.loseConnection()
 
-    def _count(self, reason: str, detail: str) -> None:
-        self.factory.rejected.inc(reason=reason)
-        host = getattr(self.addr, "host", "")
-        _log.warn("Edge connection from {client} closed before TLS: {reason} {detail}",
-                  client=redact_ip(host), reason=reason, detail=detail)
+    def _count(self, reason: str, detail: str, when: str = "before TLS") -> None:
+        factory = self.factory
+        factory.rejected.inc(reason=reason)
+        factory.warnings.emit(
+            _log.warn, reason,
+            "Edge connection from {client} closed {when}: {reason} {detail}{suppressed_text}",
+            client=redact_ip(getattr(self.addr, "host", "")), when=when, reason=reason,
+            detail=detail)
 
     def _cancel_timer(self) -> None:
         if self.deadline:

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from treq.client import HTTPClient
-from twisted.internet.defer import Deferred, fail
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.ssl import Certificate, trustRootFromCertificates
 from twisted.logger import Logger
 from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
@@ -88,9 +88,13 @@ class Edge:
         return self.resolver.resolve(hello)
 
     def _http01(self, token: str) -> Deferred[str | None]:
-        if self.responder is None:
-            return fail(StoreUnavailable("Veil is still starting"))
-        return self.responder.http01(token)
+        if self.responder is not None:
+            return self.responder.http01(token)
+        if self.resolver is not None:
+            # Started without an ACME account (tls.mode = "internal"): no
+            # CA ever asks, so there is no such challenge (a 404).
+            return succeed(None)
+        return fail(StoreUnavailable("Veil is still starting"))
 
     # -- life cycle ----------------------------------------------------------
 
@@ -148,7 +152,7 @@ class Edge:
             store=store, issuer=issuer, policy=policy, locks=locks, sites=site_store,
             clock=self.reactor, metrics=self.metrics, responder=self.responder,
             key_type=config.tls.key_type, cache_size=config.tls.cache_size)
-        listener.subscribe("veil_certificates", resolver.certificate_changed, resolver.reload)
+        resolver.follow(listener)
         self.resolver = resolver
 
         decisions = DecisionTable(DecisionStore(db), self.reactor)
@@ -169,12 +173,13 @@ class Edge:
         settings.on_change(lambda table: setattr(proxy, "maintenance", table.maintenance))
         self._router.proxy = proxy
         return [
-            PeriodicWorker("settings-table", settings.reload, self.reactor, every=60.0),
-            PeriodicWorker("decision-table", decisions.reload, self.reactor, every=60.0),
+            settings.refresher(every=60.0),
+            decisions.refresher(every=60.0),
             PeriodicWorker("decision-expiry", decisions.prune, self.reactor, every=5.0),
             renewal_worker(store, resolver, sites, locks, self.reactor, config.dashboard_host,
                            config.tls.renew_fraction, config.tls.renewal_interval),
-            PeriodicWorker("site-table", sites.reload, self.reactor, every=60.0),
+            sites.refresher(every=60.0),
+            resolver.refresher(every=3600.0),
         ]
 
     def _issuer(self, store: CertificateStore) -> Issuer:

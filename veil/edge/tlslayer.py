@@ -346,6 +346,11 @@ class TLSLayer:
         return self._tls.get_peer_certificate()
 
     @property
+    def handshake_done(self) -> bool:
+        """Whether the handshake has completed."""
+        return not self._handshaking
+
+    @property
     def negotiatedProtocol(self) -> bytes | None:
         return self._tls.get_alpn_proto_negotiated() or None
 

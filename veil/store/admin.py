@@ -72,9 +72,15 @@ class DecisionNotFound(VeilError):
 _LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
 _DOMAIN = re.compile(rf"(?:{_LABEL}\.)+{_LABEL}")
 _HOST = re.compile(rf"(?:{_LABEL}\.)*{_LABEL}")
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
-_DURATION = re.compile(r"(?:\d{1,9}[smhdw])+")
+_LABEL_CHARS = re.compile(r"[a-z0-9-]+")
+_UNITS = {"w": 7 * 86400, "d": 86400, "h": 3600, "m": 60, "s": 1}
+#: Each unit at most once, largest first: 1h30m, not 30m1h or 1h1h.
+_DURATION = re.compile("".join(rf"(?:(?P<{unit}>\d{{1,9}}){unit})?" for unit in _UNITS))
 _LONGEST = timedelta(days=3650)
+MAX_DOMAIN = 253
+MAX_LABEL = 63
+#: The longest reason a decision may carry, in characters.
+MAX_REASON = 500
 
 
 def _is_ip(text: str) -> bool:
@@ -85,31 +91,84 @@ def _is_ip(text: str) -> bool:
     return True
 
 
+def shown(text: str, limit: int = 60) -> str:
+    """
+    Operator input quoted for a message: escaped as Python does (so no
+    control character reaches a terminal) and cut after C{limit}
+    characters.
+    """
+    if len(text) <= limit:
+        return repr(text)
+    return f"{text[:limit]!r}… ({len(text)} characters)"
+
+
 def normalise_domain(text: str) -> str:
     """
     The site domain for C{text}: lower case, IDN labels in their C{xn--}
-    form, no trailing dot; must satisfy C{sites_domain_format}.
+    form, no trailing dot; must satisfy C{sites_domain_format}.  The error
+    names the first rule broken, the length rules first.
     """
     domain = text.strip().lower().removesuffix(".")
+    quoted = shown(text)
     if not domain:
         raise InvalidValue("a domain name is required")
+    if len(domain) > 4 * MAX_DOMAIN:
+        raise InvalidValue(f"{quoted} is not a valid domain name: {len(domain)} characters,"
+                           f" more than {MAX_DOMAIN}")
     if not domain.isascii():
         try:
             domain = domain.encode("idna").decode("ascii")
         except UnicodeError:
-            raise InvalidValue(f"{text!r} is not a valid domain name") from None
+            raise InvalidValue(
+                f"{quoted} is not a valid domain name: an empty or too long label, or"
+                " characters IDNA does not allow") from None
     if domain.startswith("*."):
-        raise InvalidValue(f"{text!r}: wildcard domains are not supported")
+        raise InvalidValue(f"{quoted}: wildcard domains are not supported")
     if _is_ip(domain) or re.fullmatch(r"[0-9.]+", domain):
-        raise InvalidValue(f"{text!r} is an IP address; a site needs a domain name")
+        raise InvalidValue(f"{quoted} is an IP address; a site needs a domain name")
+    why = _domain_problem(domain)
+    if why is not None:
+        raise InvalidValue(f"{quoted} is not a valid domain name: {why}")
     if "." not in domain:
-        raise InvalidValue(f"{text!r} needs at least one dot, like shop.example.com")
-    if len(domain) > 253 or not _DOMAIN.fullmatch(domain):
-        raise InvalidValue(
-            f"{text!r} is not a valid domain name: dot-separated labels of letters,"
-            " digits and inner hyphens, at most 63 characters each"
-        )
+        raise InvalidValue(f"{quoted} needs at least one dot, like shop.example.com")
+    assert _DOMAIN.fullmatch(domain)
     return domain
+
+
+def _domain_problem(domain: str) -> str | None:
+    """The first rule of a DNS name that C{domain} breaks, for a human, or L{None}."""
+    if len(domain) > MAX_DOMAIN:
+        return f"{len(domain)} characters, more than {MAX_DOMAIN}"
+    for label in domain.split("."):
+        if not label:
+            return "an empty label (two dots in a row, or a leading dot)"
+        if len(label) > MAX_LABEL:
+            return (f"a label has {len(label)} characters, more than {MAX_LABEL}"
+                    f" ({label[:20]!r}…)")
+        if not _LABEL_CHARS.fullmatch(label):
+            return (f"the label {shown(label, 20)} holds characters other than letters,"
+                    " digits and hyphens")
+        if label.startswith("-") or label.endswith("-"):
+            return f"the label {shown(label, 20)} starts or ends with a hyphen"
+    return None
+
+
+def normalise_reason(text: str) -> str:
+    """
+    The reason a decision is recorded with: at most L{MAX_REASON}
+    characters, none that a terminal or a page would act on (control and
+    format characters, line breaks).
+    """
+    reason = text.strip()
+    if len(reason) > MAX_REASON:
+        raise InvalidValue(
+            f"the reason has {len(reason)} characters; at most {MAX_REASON} are kept")
+    for character in reason:
+        if not character.isprintable():
+            raise InvalidValue(
+                f"the reason holds U+{ord(character):04X}, a control or invisible character;"
+                " use plain text on one line")
+    return reason
 
 
 def normalise_upstream(text: str) -> str:
@@ -198,12 +257,14 @@ def parse_duration(text: str) -> timedelta | None:
     value = text.strip().lower()
     if value == "forever":
         return None
-    if not _DURATION.fullmatch(value):
+    match = _DURATION.fullmatch(value)
+    if not value or match is None:
         raise InvalidValue(
-            f"{text!r} is not a duration: use a number and a unit (30s, 15m, 1h, 7d, 2w,"
-            " or 1h30m), or 'forever'"
+            f"{shown(text)} is not a duration: use a number and a unit (30s, 15m, 1h, 7d,"
+            " 2w), or several units from the largest down, each once (1h30m, 1d12h), or"
+            " 'forever'"
         )
-    seconds = sum(int(n) * _UNITS[unit] for n, unit in re.findall(r"(\d+)([smhdw])", value))
+    seconds = sum(int(n) * _UNITS[unit] for unit, n in match.groupdict().items() if n)
     if seconds <= 0:
         raise InvalidValue(f"{text!r}: a duration must be longer than zero")
     if seconds > _LONGEST.total_seconds():
@@ -491,14 +552,14 @@ class DecisionAdmin:
         Add a decision for C{target} (every site when C{site_id} is L{None}),
         expiring after C{duration} (never when L{None}).
 
-        @raise InvalidValue: for a bad target or type (at once).
+        @raise InvalidValue: for a bad target, type or reason (at once).
         @raise SiteNotFound: (in the Deferred) when the site is gone.
         """
         network = parse_network(target) if isinstance(target, str) else target
         if type_ not in DECISION_TYPES:
             raise InvalidValue(f"type must be one of {', '.join(DECISION_TYPES)}, not {type_!r}")
         return self._db.transact("admin.decisions.add", _add_decision, network, type_,
-                                 site_id, duration, reason, source, actor)
+                                 site_id, duration, normalise_reason(reason), source, actor)
 
     def all(self, site_id: UUID | None = None,
             include_expired: bool = False) -> Deferred[list[DecisionRecord]]:

@@ -11,12 +11,13 @@ process uses to swap the new certificate into memory.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from uuid import UUID
 
 import attrs
 import psycopg
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 
 from veil.secretbox import SecretBox
 from veil.store.db import Database
@@ -116,6 +117,29 @@ class CertificateStore:
             return None if row is None else self._open(row)
 
         return self._db.transact("certs.latest", latest)
+
+    def latest_many(self, names: Sequence[str]) -> Deferred[dict[str, StoredCertificate | None]]:
+        """
+        L{latest} for each of C{names}, in one query per thousand names:
+        every name maps to its newest valid certificate or L{None}.
+        """
+        wanted = list(names)
+        if not wanted:
+            return succeed({})
+
+        def latest(cur: psycopg.Cursor) -> dict[str, StoredCertificate | None]:
+            found: dict[str, StoredCertificate | None] = dict.fromkeys(wanted)
+            for start in range(0, len(wanted), 1000):
+                cur.execute(
+                    f"SELECT DISTINCT ON (name) {_CERT_COLUMNS} FROM certificates"
+                    " WHERE name = ANY(%s) AND status = 'valid' AND not_after > now()"
+                    " AND not_before <= now() + interval '5 minutes'"
+                    " ORDER BY name, not_after DESC", (wanted[start:start + 1000],))
+                for row in cur.fetchall():
+                    found[row[1]] = self._open(row)
+            return found
+
+        return self._db.transact("certs.latest_many", latest)
 
     def save(self, new: NewCertificate) -> Deferred[StoredCertificate]:
         """

@@ -160,6 +160,16 @@ class Database:
     def _mark_unreachable(self, reason: str) -> None:
         self.healthy, self.last_error = False, reason
 
+    def unreachable(self) -> str | None:
+        """
+        Why the database is known to be unreachable (the last call, or the
+        pool's reconnection attempts, failed to reach it), or L{None}; from
+        what is already known, without I/O.
+        """
+        if self.healthy:
+            return None
+        return self.last_error or "the database has not answered yet"
+
     def _connection(self, timeout: float | None = None) -> _unavailable_on_timeout:
         """
         A pooled connection as a context manager; entering it raises

@@ -604,6 +604,55 @@ def pg_ctl_sync(pgdata: Path | str, args: list[str], *, bindir: Path | None = No
     return output
 
 
+# -- who supervises the cluster ---------------------------------------------------
+
+
+def supervisor_pid(data_dir: Path | str) -> int | None:
+    """
+    The pid of the Veil process that supervises the embedded cluster under
+    C{data_dir} (it holds the C{flock} on the cluster's lock file), or
+    L{None} when no process does: Veil is not running on this data
+    directory.
+
+    Only looks: taking the lock, even for an instant, could make a Veil
+    starting at that moment fail.  The holder is found in C{/proc/locks};
+    where that cannot be read, the pid the holder wrote into the file
+    counts if that process is alive.
+    """
+    path = layout_for(data_dir).lock_file
+    try:
+        st = os.stat(path)
+        with open(path, "rb") as f:
+            written = f.read(32).decode("ascii", "replace").strip()
+    except OSError:
+        return None
+    holders = _flock_holders(st)
+    if holders is not None:
+        return holders[0] if holders else None
+    pid = int(written) if written.isdigit() else 0
+    return pid if pid_alive(pid) else None
+
+
+def _flock_holders(st: os.stat_result) -> list[int] | None:
+    """
+    The pids holding a C{flock} on the file C{st} describes, from
+    C{/proc/locks}; L{None} if that cannot be read.
+    """
+    device = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    try:
+        with open("/proc/locks") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    holders = []
+    for line in lines:
+        fields = line.split()
+        # "1: FLOCK  ADVISORY  WRITE 1234 08:01:5678 0 EOF"; waiters have "->".
+        if len(fields) >= 6 and fields[1] == "FLOCK" and fields[5] == device:
+            holders.append(int(fields[4]) if fields[4].isdigit() else 0)
+    return holders
+
+
 # -- stale state --------------------------------------------------------------
 
 

@@ -5,6 +5,12 @@ Caches subscribe to channels.  Each notification is handed to the reactor
 thread.  Because PostgreSQL never replays a notification missed while the
 connection was down, every (re)connection asks every subscriber for a full
 reload, after the channels are listened to again.
+
+A lost connection is retried after 0.25 s, then 0.5 s, then every second
+(L{reconnect_delay}) for as long as the database is away: so changes made
+while it was away, and after, reach the caches within about a second of
+its return (the time to connect, plus the reload).  The warning that the
+listener is disconnected is logged once a minute at most.
 """
 
 from __future__ import annotations
@@ -22,8 +28,20 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from veil.errors import VeilError
+from veil.logs import Throttle
 
 _log = Logger()
+
+#: Seconds between two "disconnected" warnings.
+WARN_EVERY = 60.0
+
+
+def reconnect_delay(failures: int, cap: float = 1.0) -> float:
+    """
+    The wait before reconnection attempt C{failures} (1 for the first
+    after a failure): 0.25 s, doubling, at most C{cap}.
+    """
+    return min(cap, 0.25 * 2 ** min(max(failures, 1) - 1, 10))
 
 
 @attrs.define(eq=False)
@@ -53,7 +71,7 @@ class ListenerService(Service):
     reactor: Any  # IReactorThreads and IReactorTime
     poll_interval: float = 0.5
     connect_timeout: float = 5.0
-    max_backoff: float = 30.0
+    max_backoff: float = 1.0
     backend_pid: int | None = attrs.field(default=None, init=False)
     connections: int = attrs.field(default=0, init=False)
     last_error: str | None = attrs.field(default=None, init=False)
@@ -62,6 +80,10 @@ class ListenerService(Service):
     _thread: threading.Thread | None = attrs.field(default=None, init=False)
     _finished: list[Deferred[None]] = attrs.field(factory=list, init=False)
     _ended: bool = attrs.field(default=False, init=False)
+    _warnings: Throttle = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self._warnings = Throttle(self.reactor, WARN_EVERY)
 
     def subscribe(self, channel: str, on_notify: Callable[[str], object],
                   on_reload: Callable[[], object]) -> Subscription:
@@ -106,8 +128,10 @@ class ListenerService(Service):
     def _disconnected(self, error: str, delay: float) -> None:
         self.backend_pid = None
         self.last_error = error
-        _log.warn("Change listener disconnected ({error}); reconnecting in {delay:.1f} s",
-                  error=error, delay=delay)
+        self._warnings.emit(
+            _log.warn, "disconnected",
+            "Change listener disconnected ({error}); reconnecting in {delay:g} s"
+            "{suppressed_text}", error=error, delay=delay)
 
     def _dispatch(self, channel: str, payload: str) -> None:
         for subscription in list(self._subscriptions):
@@ -157,7 +181,7 @@ class ListenerService(Service):
             self.reactor.callFromThread(self._end)
 
     def _backoff(self, failures: int, error: str) -> None:
-        delay = min(self.max_backoff, 0.25 * (2 ** min(failures, 10)))
+        delay = reconnect_delay(failures, self.max_backoff)
         self.reactor.callFromThread(self._disconnected, error, delay)
         self._stopping.wait(delay)
 

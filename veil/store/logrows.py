@@ -43,10 +43,22 @@ class LogRow(NamedTuple):
     confidence: float | None = None
     attack_type: str | None = None
     blocked: bool = False
+    #: The ids of the rules that matched (after exclusions), for the
+    #: signature stage's verdict (schema 004).
+    rule_ids: tuple[int, ...] | None = None
+    #: Their summed severities.
+    anomaly_score: int | None = None
+    #: For non-benign rows: a redacted excerpt of the request (cut to
+    #: L{EXCERPT_MAX} characters when written).
+    excerpt: str | None = None
 
 
 #: The columns a L{LogRow} fills, in order (C{COPY}'s column list, after C{id}).
 COLUMNS: tuple[str, ...] = LogRow._fields
+
+#: The longest C{excerpt} written, in characters, and the most rule ids.
+EXCERPT_MAX = 4096
+RULE_IDS_MAX = 64
 
 _NULL = "\\N"
 #: COPY text escapes; NUL cannot be stored in text at all, so it becomes U+FFFD.
@@ -73,7 +85,7 @@ def copy_line(row: LogRow) -> str:
     # Written out field by field, without helper calls: once per request.
     (ts, site_id, host, method, path, query, status, bytes_in, bytes_out, duration_ms,
      origin_ms, client_ip, request_id, user_agent, classification, classifier, confidence,
-     attack_type, blocked) = row
+     attack_type, blocked, rule_ids, anomaly_score, excerpt) = row
     n, e = _NULL, _ESCAPES
     return (f"{ts.isoformat()}\t{n if site_id is None else _uuid(site_id)}\t"
             f"{n if host is None else host.translate(e)}\t"
@@ -91,7 +103,29 @@ def copy_line(row: LogRow) -> str:
             f"{n if classifier is None else classifier.translate(e)}\t"
             f"{n if confidence is None else '%.4f' % confidence}\t"
             f"{n if attack_type is None else attack_type.translate(e)}\t"
-            f"{'t' if blocked else 'f'}\n")
+            f"{'t' if blocked else 'f'}\t"
+            f"{n if rule_ids is None else _int_array(rule_ids)}\t"
+            f"{n if anomaly_score is None else anomaly_score}\t"
+            f"{n if excerpt is None else excerpt[:EXCERPT_MAX].translate(e)}\n")
+
+
+def _int_array(values: tuple[int, ...]) -> str:
+    """An C{integer[]} in COPY text: C{{942100,941100}} (only matching rows get one)."""
+    return "{" + ",".join([str(int(v)) for v in values[:RULE_IDS_MAX]]) + "}"
+
+
+_SEPARATORS = len(COLUMNS) - 1
+
+
+def upgrade_line(line: str) -> str:
+    """
+    A C{COPY} line spooled by an earlier version, which lacks the columns
+    added since (always at the end), with those columns as NULL.
+    """
+    missing = _SEPARATORS - line.count("\t")
+    if missing <= 0:
+        return line
+    return line.removesuffix("\n") + "\t\\N" * missing + "\n"
 
 
 class Batch:
@@ -138,6 +172,7 @@ class Batch:
         """A batch of lines made by L{copy_line} (read back from the spool)."""
         batch = cls()
         for line in lines:
+            line = upgrade_line(line)
             batch.lines.append(line)
             ts, site, _ = line.split("\t", 2)
             batch.months.add((int(ts[0:4]), int(ts[5:7])))

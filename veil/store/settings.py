@@ -8,13 +8,13 @@ in the database's thread pool and swapped in on the reactor thread; the hot
 path reads plain attributes (L{SettingsTable.maintenance}).
 
 Wiring: the owner subscribes the table to the listener, awaits a first
-L{SettingsTable.reload}, and runs a supervised reload, e.g.
-C{PeriodicWorker("settings-table", table.reload, reactor, every=60.0)}.
+L{SettingsTable.reload}, and runs its supervised reload,
+C{table.refresher(every=60.0)} (L{veil.store.tables}).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import attrs
@@ -22,10 +22,11 @@ import psycopg
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 
 from veil.store.db import Database
 from veil.store.listener import ListenerService, Subscription
+from veil.store.tables import Keeper
+from veil.workers.base import PeriodicWorker
 
 _log = Logger()
 
@@ -65,7 +66,8 @@ class SettingsStore:
 @attrs.define(eq=False)
 class SettingsTable:
     """
-    The settings, in memory.
+    The settings, in memory (kept current by a L{veil.store.tables.Keeper};
+    every change reloads them whole).
 
     @ivar maintenance: the cluster-wide maintenance switch.
     @ivar loaded: whether a load has completed at least once.
@@ -76,8 +78,11 @@ class SettingsTable:
     maintenance: bool = attrs.field(default=False, init=False)
     loaded: bool = attrs.field(default=False, init=False)
     _values: dict[str, Any] = attrs.field(factory=dict, init=False)
-    _generation: int = attrs.field(default=0, init=False)
+    _keeper: Keeper[str, Any] = attrs.field(init=False)
     _listeners: list[Callable[[SettingsTable], object]] = attrs.field(factory=list, init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self._keeper = Keeper("settings-table", self, self.store.load_all, self.clock)
 
     def get(self, key: str, default: Any = None) -> Any:
         """The value of C{key}, or C{default} when it is not set."""
@@ -87,41 +92,44 @@ class SettingsTable:
         """Call C{callback(table)} after every load that changed a value."""
         self._listeners.append(callback)
 
-    def subscribe(self, listener: ListenerService) -> Subscription:
+    def subscribe(self, listener: ListenerService) -> list[Subscription]:
         """Follow C{veil_settings}, and reload after each (re)connection."""
-        return listener.subscribe(CHANNEL, self._notified, self.reload)
+        return self._keeper.follow(listener, CHANNEL)
 
     def reload(self) -> Deferred[None]:
         """
-        Load every setting and swap them in.  If another reload starts
-        before this one's rows arrive, only the later one swaps.
+        Load every setting and swap them in.  If reloads overlap, a
+        snapshot older than the one in is dropped.
         """
-        self._generation += 1
-        generation = self._generation
+        return self._keeper.reload()
 
-        def swap(values: dict[str, Any]) -> None:
-            if generation != self._generation:
-                return
-            changed = values != self._values
-            self._values = values
-            before = self.maintenance
-            self.maintenance = maintenance_enabled(values.get(MAINTENANCE_KEY))
-            self.loaded = True
-            if self.maintenance != before:
-                _log.info("Cluster-wide maintenance is {state}",
-                          state="on" if self.maintenance else "off")
-            if changed:
-                for callback in list(self._listeners):
-                    try:
-                        callback(self)
-                    except Exception:  # noqa: BLE001 - one bad callback must not stop the rest
-                        _log.failure("Settings change callback failed")
+    def refresher(self, every: float) -> PeriodicWorker:
+        """The supervised periodic reload, the safety net behind NOTIFY."""
+        return self._keeper.refresher(every)
 
-        return self.store.load_all().addCallback(swap)
+    # -- Rows (the keeper's side) ------------------------------------------------
 
-    def _notified(self, payload: str) -> Deferred[None]:
-        def failed(failure: Failure) -> None:
-            _log.error("Settings reload after a change to {key} failed (the next reload"
-                       " fixes it): {error}", key=payload, error=failure.value)
+    def replace(self, values: Mapping[str, Any]) -> None:
+        changed = values != self._values
+        self._values = dict(values)
+        before = self.maintenance
+        self.maintenance = maintenance_enabled(values.get(MAINTENANCE_KEY))
+        self.loaded = True
+        if self.maintenance != before:
+            _log.info("Cluster-wide maintenance is {state}",
+                      state="on" if self.maintenance else "off")
+        if changed:
+            for callback in list(self._listeners):
+                try:
+                    callback(self)
+                except Exception:  # noqa: BLE001 - one bad callback must not stop the rest
+                    _log.failure("Settings change callback failed")
 
-        return self.reload().addErrback(failed)
+    def put(self, key: str, value: Any) -> None:
+        # Without load_one the keeper reloads whole; one key is the same swap.
+        values = dict(self._values)
+        if value is None:
+            values.pop(key, None)
+        else:
+            values[key] = value
+        self.replace(values)

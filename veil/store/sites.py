@@ -3,26 +3,27 @@ Site queries, and the in-memory site table every request is routed by.
 
 The table is loaded whole at start-up, kept current by C{NOTIFY veil_sites}
 (payload: the site's id) and reloaded whole after every listener
-reconnection and periodically as a safety net.  Lookups are dictionary
-reads on the reactor thread.
+reconnection and periodically as a safety net (L{veil.store.tables}).
+Lookups are dictionary reads on the reactor thread.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 from uuid import UUID
 
 import attrs
 import psycopg
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
-from twisted.logger import Logger
 
 from veil.store.db import Database
-from veil.store.listener import ListenerService
+from veil.store.listener import ListenerService, Subscription
+from veil.store.tables import Keeper, KeyedRows
+from veil.workers.base import PeriodicWorker
 
-_log = Logger()
+#: The channel the C{sites} and C{site_members} triggers notify, with the site's id.
+CHANNEL = "veil_sites"
 
 #: Statuses whose host names may get certificates on demand: DNS verified.
 #: C{error} is reached only from these, when an issuance failed, so the name
@@ -101,81 +102,57 @@ class SiteStore:
 @attrs.define(eq=False)
 class SiteTable:
     """
-    Every site, by lower-case domain, in memory.
-
-    @ivar loaded: whether a full load has completed at least once.
+    Every site, by lower-case domain, in memory (kept current by a
+    L{veil.store.tables.Keeper}).
     """
 
     store: SiteStore
     clock: IReactorTime
     _by_domain: dict[str, Site] = attrs.field(factory=dict, init=False)
-    _by_id: dict[UUID, Site] = attrs.field(factory=dict, init=False)
-    loaded: bool = attrs.field(default=False, init=False)
-    _generation: int = attrs.field(default=0, init=False)
-    _listeners: list[Callable[[Site | None, Site | None], object]] = attrs.field(
-        factory=list, init=False)
+    _rows: KeyedRows[UUID, Site] = attrs.field(init=False)
+    _keeper: Keeper[UUID, Site] = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self._rows = KeyedRows(self._index_all, self._index_one)
+        self._keeper = Keeper("site-table", self._rows, self._load_all, self.clock,
+                              load_one=self.store.one, key=UUID)
 
     def get(self, host: str) -> Site | None:
         """The site for C{host} (already lower-case, no port), or L{None}."""
         return self._by_domain.get(host)
 
     def sites(self) -> list[Site]:
-        return list(self._by_id.values())
+        return self._rows.values()
+
+    @property
+    def loaded(self) -> bool:
+        """Whether a full load has completed at least once."""
+        return self._rows.loaded
 
     def on_change(self, callback: Callable[[Site | None, Site | None], object]) -> None:
         """Call C{callback(old, new)} whenever a site is added, changed or removed."""
-        self._listeners.append(callback)
+        self._rows.on_change(callback)
 
-    def subscribe(self, listener: ListenerService) -> None:
-        listener.subscribe("veil_sites", self._notified, self.reload)
+    def subscribe(self, listener: ListenerService) -> list[Subscription]:
+        """Follow C{veil_sites}, and reload whole after each (re)connection."""
+        return self._keeper.follow(listener, CHANNEL)
 
     def reload(self) -> Deferred[None]:
         """Load every site and swap the table in whole."""
-        self._generation += 1
-        generation = self._generation
+        return self._keeper.reload()
 
-        def swap(sites: list[Site]) -> Deferred[None] | None:
-            if generation != self._generation:
-                # A single-site update landed while this snapshot was being
-                # read, so the snapshot may be older than the table: read again.
-                return self.reload()
-            old = self._by_id
-            self._by_id = {s.id: s for s in sites}
-            self._by_domain = {s.domain: s for s in sites}
-            self.loaded = True
-            for site_id in old.keys() | self._by_id.keys():
-                before, after = old.get(site_id), self._by_id.get(site_id)
-                if before != after:
-                    self._changed(before, after)
+    def refresher(self, every: float) -> PeriodicWorker:
+        """The supervised periodic reload, the safety net behind NOTIFY."""
+        return self._keeper.refresher(every)
 
-        return self.store.all().addCallback(swap)
+    def _load_all(self) -> Deferred[dict[UUID, Site]]:
+        return self.store.all().addCallback(lambda sites: {s.id: s for s in sites})
 
-    def _notified(self, payload: str) -> None:
-        try:
-            site_id = UUID(payload)
-        except ValueError:
-            self.reload().addErrback(self._reload_failed)
-            return
-        self.store.one(site_id).addCallbacks(
-            lambda site: self._update(site_id, site), self._reload_failed)
+    def _index_all(self, sites: dict[UUID, Site]) -> None:
+        self._by_domain = {s.domain: s for s in sites.values()}
 
-    def _reload_failed(self, failure: Any) -> None:
-        _log.error("Site table update failed: {error}", error=failure.value)
-
-    def _update(self, site_id: UUID, site: Site | None) -> None:
-        self._generation += 1
-        before = self._by_id.pop(site_id, None)
+    def _index_one(self, site_id: UUID, before: Site | None, after: Site | None) -> None:
         if before is not None and self._by_domain.get(before.domain) == before:
             del self._by_domain[before.domain]
-        if site is not None:
-            self._by_id[site_id] = site
-            self._by_domain[site.domain] = site
-        if before != site:
-            self._changed(before, site)
-
-    def _changed(self, before: Site | None, after: Site | None) -> None:
-        for callback in list(self._listeners):
-            try:
-                callback(before, after)
-            except Exception:
-                _log.failure("Site change callback failed")
+        if after is not None:
+            self._by_domain[after.domain] = after

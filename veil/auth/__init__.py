@@ -1,0 +1,1 @@
+"""Accounts, sign-in, sessions, API tokens and the limits around them."""

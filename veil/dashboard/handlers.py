@@ -1,0 +1,31 @@
+"""
+The dashboard's handler groups and header links, in one place.
+
+A new group of routes is a class with L{veil.dashboard.web.route} methods;
+add an instance here (one line) and, for a page reachable from the header,
+a L{NavItem}.
+"""
+
+from __future__ import annotations
+
+from veil.dashboard.account import AccountPages
+from veil.dashboard.api.account import AccountApi
+from veil.dashboard.api.sites import SitesApi
+from veil.dashboard.home import HomePage
+from veil.dashboard.services import Services
+from veil.dashboard.signin import SignInPages
+from veil.dashboard.web import NavItem
+
+NAV = (
+    NavItem("Sites", "/"),
+)
+
+
+def groups(services: Services) -> list[object]:
+    return [
+        SignInPages(services),
+        HomePage(services),
+        AccountPages(services),
+        AccountApi(services),
+        SitesApi(services),
+    ]

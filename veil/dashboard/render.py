@@ -1,0 +1,122 @@
+"""
+Pages and static files.
+
+Templates are Jinja2 with autoescaping on for every template (attack
+payloads are displayed: everything that reaches the page is escaped unless
+a template marks it safe, which none does).  Undefined variables are
+errors, not empty strings.  Static files (one CSS file, plain JavaScript,
+an icon) are read from the package once, at start-up, and served from
+memory under C{/static/NAME?v=HASH}: with a matching C{v} they may be
+cached for a year, since the URL changes with the content.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from datetime import UTC, datetime
+from importlib import resources
+from typing import Any
+
+import attrs
+from jinja2 import Environment, PackageLoader, StrictUndefined
+
+STATIC_TYPES = {
+    ".css": b"text/css; charset=utf-8",
+    ".js": b"text/javascript; charset=utf-8",
+    ".svg": b"image/svg+xml",
+    ".png": b"image/png",
+    ".ico": b"image/x-icon",
+}
+
+
+@attrs.frozen
+class StaticFile:
+    name: str
+    data: bytes
+    content_type: bytes
+    version: str
+
+    @property
+    def etag(self) -> bytes:
+        return f'"{self.version}"'.encode("ascii")
+
+
+def load_static() -> dict[str, StaticFile]:
+    """Every file in the package's C{static} directory, by name."""
+    files: dict[str, StaticFile] = {}
+    for entry in resources.files("veil.dashboard").joinpath("static").iterdir():
+        suffix = "." + entry.name.rpartition(".")[2]
+        if entry.is_file() and suffix in STATIC_TYPES:
+            data = entry.read_bytes()
+            files[entry.name] = StaticFile(entry.name, data, STATIC_TYPES[suffix],
+                                           hashlib.sha256(data).hexdigest()[:12])
+    return files
+
+
+def when(moment: datetime | None, missing: str = "never") -> str:
+    """A moment for people, in UTC (the page's script shows it in local time)."""
+    if moment is None:
+        return missing
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+_BROWSERS = (
+    ("Edg/", "Edge"), ("OPR/", "Opera"), ("Firefox/", "Firefox"),
+    ("HeadlessChrome/", "Headless Chrome"), ("Chromium/", "Chromium"), ("Chrome/", "Chrome"),
+    ("Version/", "Safari"), ("curl/", "curl"), ("python-requests/", "Python requests"),
+)
+_SYSTEMS = (
+    ("Android", "Android"), ("iPhone", "iOS"), ("iPad", "iPadOS"), ("CrOS", "ChromeOS"),
+    ("Windows", "Windows"), ("Mac OS X", "macOS"), ("Linux", "Linux"),
+)
+
+
+def browser(user_agent: str | None) -> str:
+    """A short name for a user agent: C{Firefox 128 on Linux}."""
+    if not user_agent:
+        return "Unknown browser"
+    name = None
+    for marker, label in _BROWSERS:
+        found = re.search(re.escape(marker) + r"([0-9]+)", user_agent)
+        if found is not None:
+            name = f"{label} {found.group(1)}"
+            break
+    system = next((label for marker, label in _SYSTEMS if marker in user_agent), None)
+    if name is None:
+        return user_agent[:60]
+    return f"{name} on {system}" if system else name
+
+
+def sign_in_method(method: str) -> str:
+    return {"password": "password", "github": "GitHub", "magic_link": "e-mail link",
+            "setup": "first-run setup"}.get(method, method)
+
+
+def iso(moment: datetime | None) -> str:
+    return "" if moment is None else moment.astimezone(UTC).isoformat()
+
+
+def templates(static: dict[str, StaticFile]) -> Environment:
+    """The template environment, with C{static(name)} and the date filters."""
+    env = Environment(
+        loader=PackageLoader("veil.dashboard", "templates"),
+        autoescape=True,
+        undefined=StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+
+    def static_url(name: str) -> str:
+        return f"/static/{name}?v={static[name].version}"
+
+    env.globals["static"] = static_url
+    env.filters["when"] = when
+    env.filters["iso"] = iso
+    env.filters["browser"] = browser
+    env.filters["sign_in_method"] = sign_in_method
+    return env
+
+
+def render(env: Environment, name: str, context: dict[str, Any]) -> bytes:
+    return env.get_template(name).render(context).encode("utf-8")

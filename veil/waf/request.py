@@ -1,0 +1,337 @@
+"""
+The request as the WAF inspects it: a lazy view over what the proxy has
+parsed (method, raw target, header list, the body prefix).
+
+Nothing is decoded or parsed until a rule reads it: a request without a
+query and a body costs the construction of this object and the values the
+loaded rules ask for.  Values are grouped in I{collections} named as in
+L{veil.waf.policy} (C{args}, C{headers}, C{xml}, ...); L{Request.parts}
+returns a collection's values with their target names.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from veil.waf import bodies
+from veil.waf.decoding import has_invalid_escape, normalise_path, text_of
+
+Headers = Sequence[tuple[bytes, bytes]]
+
+
+class Part:
+    """Some of a collection's values and, for each, the target names it has."""
+
+    __slots__ = ("resolve", "targets", "values")
+
+    def __init__(self, values: list[str], targets: list[str] | None,
+                 resolve: Callable[[str], list[str]] | None = None) -> None:
+        self.values = values
+        #: One target name per value, or L{None} when C{resolve} finds them.
+        self.targets = targets
+        self.resolve = resolve
+
+    def names_of(self, index: int) -> list[str]:
+        """The target names of value C{index} (a JSON string can be at several paths)."""
+        if self.targets is not None:
+            return [self.targets[index]]
+        assert self.resolve is not None
+        return self.resolve(self.values[index]) or ["args"]
+
+
+#: Argument names that hold secrets: their values are masked in excerpts.
+SECRET_WORDS = ("pass", "pwd", "secret", "token", "auth", "session", "sess", "key", "csrf",
+                "xsrf", "otp", "pin", "cvv", "cvc", "card", "ssn", "signature", "code_verifier",
+                "credential", "cookie", "jwt", "bearer", "nonce")
+
+
+def is_secret_name(name: str) -> bool:
+    """Whether a parameter or header called C{name} is likely to hold a secret."""
+    lowered = name.lower()
+    return any(word in lowered for word in SECRET_WORDS)
+
+
+class Request:
+    """
+    One request's inspectable parts, computed on first use.
+
+    C{method}, C{target} and C{headers} are as the proxy parsed them (bytes;
+    header names in any case); C{body} is the start of the body the proxy
+    held for inspection and C{complete} says whether it is all of it.
+    """
+
+    __slots__ = (
+        "_anomalies",
+        "_body",
+        "_content_type",
+        "_cookies",
+        "_header_index",
+        "_header_text",
+        "_headers",
+        "_media",
+        "_method",
+        "_parsed",
+        "_path",
+        "_query",
+        "_query_args",
+        "_target",
+        "complete",
+    )
+
+    def __init__(self, method: bytes, target: bytes, headers: Headers, body: bytes = b"",
+                 complete: bool = True, content_type: bytes | None = None) -> None:
+        self._method = method
+        self._target = target
+        self._headers = headers
+        self._body = body
+        self.complete = complete
+        self._content_type = content_type
+        self._header_text: list[tuple[str, str]] | None = None
+        self._header_index: dict[str, list[str]] | None = None
+        self._query: str | None = None
+        self._path: str | None = None
+        self._query_args: list[tuple[str, str]] | None = None
+        self._parsed: bodies.Body | None = None
+        self._cookies: list[tuple[str, str]] | None = None
+        self._anomalies: list[tuple[str, str]] | None = None
+        self._media: tuple[str, dict[str, str]] | None = None
+
+    # -- the request line ----------------------------------------------------------------
+
+    @property
+    def method(self) -> str:
+        return self._method.decode("latin-1")
+
+    @property
+    def uri(self) -> str:
+        """The request target as received."""
+        return text_of(self._target)
+
+    @property
+    def raw_path(self) -> str:
+        return self.uri.partition("?")[0]
+
+    @property
+    def query(self) -> str:
+        """The raw query string (after the first C{?}), or empty."""
+        if self._query is None:
+            self._query = self.uri.partition("?")[2]
+        return self._query
+
+    @property
+    def path(self) -> str:
+        """The normalised path (see L{veil.waf.decoding.normalise_path})."""
+        if self._path is None:
+            self._path = normalise_path(self.raw_path)
+        return self._path
+
+    @property
+    def body(self) -> bytes:
+        return self._body
+
+    # -- headers and cookies -------------------------------------------------------------
+
+    @property
+    def headers(self) -> list[tuple[str, str]]:
+        """The headers as text, names in lower case, in the order received."""
+        if self._header_text is None:
+            self._header_text = [(name.decode("latin-1").lower(), text_of(value))
+                                 for name, value in self._headers]
+        return self._header_text
+
+    @property
+    def header_index(self) -> dict[str, list[str]]:
+        """The header values by lower-cased name."""
+        if self._header_index is None:
+            index: dict[str, list[str]] = {}
+            for key, value in self.headers:
+                index.setdefault(key, []).append(value)
+            self._header_index = index
+        return self._header_index
+
+    def header(self, name: str) -> str | None:
+        """The first value of header C{name} (lower case), or L{None}."""
+        values = self.header_index.get(name)
+        return values[0] if values else None
+
+    @property
+    def cookies(self) -> list[tuple[str, str]]:
+        if self._cookies is None:
+            cookies = []
+            for key, value in self.headers:
+                if key == "cookie":
+                    for item in value.split(";"):
+                        name, _, content = item.partition("=")
+                        name = name.strip()
+                        if name or content:
+                            cookies.append((name, content.strip()))
+            self._cookies = cookies
+        return self._cookies
+
+    # -- arguments and the body ----------------------------------------------------------
+
+    @property
+    def query_args(self) -> list[tuple[str, str]]:
+        if self._query_args is None:
+            args: list[tuple[str, str]] = []
+            query = self.query
+            if query:
+                bodies.parse_pairs(query, args)
+            self._query_args = args
+        return self._query_args
+
+    @property
+    def media_type(self) -> tuple[str, dict[str, str]]:
+        """The body's media type (lower case, empty when none is sent) and its parameters."""
+        if self._media is None:
+            raw = self._content_type
+            if raw is None:
+                for name, value in self._headers:
+                    if len(name) == 12 and name.lower() == b"content-type":
+                        raw = value
+                        break
+            self._media = bodies.split_content_type(raw.decode("latin-1")) if raw else ("", {})
+        return self._media
+
+    @property
+    def parsed_body(self) -> bodies.Body:
+        """The body's values (parsed on first use)."""
+        if self._parsed is None:
+            media, params = self.media_type
+            self._parsed = bodies.parse_body(self._body, self.complete, media, params)
+        return self._parsed
+
+    @property
+    def args(self) -> list[tuple[str, str]]:
+        """Named arguments from the query, a form and multipart fields (not JSON)."""
+        return self.query_args + self.parsed_body.args
+
+    @property
+    def anomalies(self) -> list[tuple[str, str]]:
+        """Parse anomalies: (kind, target) pairs, kinds as in L{veil.waf.bodies.ANOMALIES}."""
+        if self._anomalies is None:
+            found = []
+            query = self.query
+            if query:
+                if has_invalid_escape(query):
+                    found.append((bodies.BAD_URLENCODING, "uri"))
+                if len(self.query_args) >= bodies.MAX_VALUES:
+                    found.append((bodies.LIMITS, "uri"))
+            if self._body:
+                found += self.parsed_body.anomalies
+            self._anomalies = found
+        return self._anomalies
+
+    # -- collections ---------------------------------------------------------------------
+
+    def parts(self, collection: str, names: frozenset[str] | None = None) -> list[Part]:
+        """
+        The values of C{collection} with their target names; with C{names},
+        only the members of that name (C{headers} and C{cookies} only).
+        """
+        return _COLLECTIONS[collection](self, names)
+
+
+def _pairs_part(collection: str, pairs: list[tuple[str, str]],
+                names: frozenset[str] | None) -> Part:
+    if names is not None:
+        pairs = [(k, v) for k, v in pairs if k in names]
+    prefix = collection + ":"
+    return Part([v for _, v in pairs if v], [prefix + k for k, v in pairs if v])
+
+
+def _method(request: Request, names: frozenset[str] | None) -> list[Part]:
+    return [Part([request.method], ["method"])]
+
+
+def _uri(request: Request, names: frozenset[str] | None) -> list[Part]:
+    return [Part([request.uri], ["uri"])]
+
+
+def _path(request: Request, names: frozenset[str] | None) -> list[Part]:
+    return [Part([request.path], ["path"])]
+
+
+def _args(request: Request, names: frozenset[str] | None) -> list[Part]:
+    parts = []
+    query = request.query_args
+    if query:
+        parts.append(_pairs_part("args", query, names))
+    if request.body:
+        body = request.parsed_body
+        if body.args:
+            parts.append(_pairs_part("args", body.args, names))
+        if body.json_values and names is None:
+            parts.append(Part(body.json_values, None,
+                              lambda value: ["args:" + p for p in body.json_paths(value)]))
+    return parts
+
+
+def _args_names(request: Request, names: frozenset[str] | None) -> list[Part]:
+    found = [k for k, _ in request.query_args if k]
+    if request.body:
+        body = request.parsed_body
+        found += [k for k, _ in body.args if k]
+        found += [k for k in body.names if k]
+    return [Part(found, ["args_names"] * len(found))] if found else []
+
+
+def _headers(request: Request, names: frozenset[str] | None) -> list[Part]:
+    if names is None:
+        pairs = [(k, v) for k, v in request.headers if k != "cookie"]
+    else:
+        index = request.header_index
+        pairs = [(k, v) for k in names if k in index for v in index[k]]
+    return [Part([v for _, v in pairs], ["headers:" + k for k, _ in pairs])] if pairs else []
+
+
+def _cookies(request: Request, names: frozenset[str] | None) -> list[Part]:
+    cookies = request.cookies
+    return [_pairs_part("cookies", cookies, names)] if cookies else []
+
+
+def _cookies_names(request: Request, names: frozenset[str] | None) -> list[Part]:
+    found = [k for k, _ in request.cookies if k]
+    return [Part(found, ["cookies_names"] * len(found))] if found else []
+
+
+def _xml(request: Request, names: frozenset[str] | None) -> list[Part]:
+    if not request.body or not request.parsed_body.xml:
+        return []
+    return [_pairs_part("xml", request.parsed_body.xml, names)]
+
+
+def _files(request: Request, names: frozenset[str] | None) -> list[Part]:
+    if not request.body or not request.parsed_body.files:
+        return []
+    return [_pairs_part("files", request.parsed_body.files, names)]
+
+
+def _file_content(request: Request, names: frozenset[str] | None) -> list[Part]:
+    if not request.body or not request.parsed_body.contents:
+        return []
+    return [_pairs_part("file_content", request.parsed_body.contents, names)]
+
+
+def _body(request: Request, names: frozenset[str] | None) -> list[Part]:
+    if not request.body:
+        return []
+    text = request.parsed_body.text
+    return [Part([text], ["body"])] if text else []
+
+
+_COLLECTIONS: dict[str, Callable[[Request, frozenset[str] | None], list[Part]]] = {
+    "method": _method,
+    "uri": _uri,
+    "path": _path,
+    "args": _args,
+    "args_names": _args_names,
+    "headers": _headers,
+    "cookies": _cookies,
+    "cookies_names": _cookies_names,
+    "xml": _xml,
+    "files": _files,
+    "file_content": _file_content,
+    "body": _body,
+}
+
