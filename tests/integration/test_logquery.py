@@ -97,7 +97,8 @@ class RequestsTests(QueryCase):
             row(t + s, 2, status=404, path="/missing"),
             row(t + 2 * s, 3, status=503, method="POST", path="/api/cart"),
             row(t + 3 * s, 4, status=403, blocked=True, attack_type="sqli",
-                classification="malicious", client_ip="203.0.113.9", path="/api/q"),
+                classification="malicious", client_ip="203.0.113.9", path="/api/q",
+                rule_ids=(942100, 942190), anomaly_score=10, excerpt="q=1' OR 1=1 --"),
             row(t + 4 * s, 5, client_ip="2001:db8::7", path="/api_old"),
             row(t + 5 * s, 6, site=OTHER),
             row(t + 6 * s, 7, status=200, attack_type="xss", classification="suspicious",
@@ -148,10 +149,14 @@ class RequestsTests(QueryCase):
         self.assertEqual((record.ts, record.site_id, record.status, record.client_ip,
                           record.blocked, record.path), (self.t + timedelta(seconds=3), SITE,
                                                          403, "203.0.113.9", True, "/api/q"))
+        self.assertEqual((record.rule_ids, record.anomaly_score, record.excerpt),
+                         ([942100, 942190], 10, "q=1' OR 1=1 --"))
         data = json.loads(json.dumps(record.to_json()))
         self.assertEqual(data["site_id"], str(SITE))
         self.assertEqual(data["ts"], record.ts.isoformat())
-        self.assertEqual(record.log_row().request_id, "r4")
+        self.assertEqual(data["rule_ids"], [942100, 942190])
+        logged = record.log_row()
+        self.assertEqual((logged.request_id, logged.rule_ids), ("r4", (942100, 942190)))
 
     async def test_latest(self) -> None:
         """latest(): the most recent rows of the site by time, newest first."""

@@ -109,9 +109,11 @@ class CsvTests(SynchronousTestCase):
             self.assertEqual(csv_cell(text), text)
 
     def test_values(self) -> None:
-        """None is empty; numbers, booleans, UUIDs and times are written plainly."""
-        self.assertEqual([csv_cell(v) for v in (None, -3, 1.5, True, False, SITE, T)],
-                         ["", "-3", "1.5", "true", "false", str(SITE), T.isoformat()])
+        """None is empty; numbers, booleans, UUIDs, times and rule ids are written plainly."""
+        self.assertEqual([csv_cell(v) for v in (None, -3, 1.5, True, False, SITE, T,
+                                                [942100, 941100])],
+                         ["", "-3", "1.5", "true", "false", str(SITE), T.isoformat(),
+                          "942100 941100"])
 
     def test_rows(self) -> None:
         """Commas, quotes and line breaks are quoted by RFC 4180 and read back the same."""

@@ -117,6 +117,11 @@ class RequestRecord(NamedTuple):
     confidence: float | None
     attack_type: str | None
     blocked: bool
+    #: The WAF's verdict (schema 004): the rules that matched, their score,
+    #: and for non-benign rows a redacted excerpt of the request.
+    rule_ids: list[int] | None = None
+    anomaly_score: int | None = None
+    excerpt: str | None = None
 
     @property
     def cursor(self) -> str:
@@ -125,7 +130,9 @@ class RequestRecord(NamedTuple):
 
     def log_row(self) -> LogRow:
         """The row as the proxy logged it (without its id)."""
-        return LogRow(*self[1:])
+        rule_ids = None if self.rule_ids is None else tuple(self.rule_ids)
+        return LogRow(*self[1:20], rule_ids=rule_ids, anomaly_score=self.anomaly_score,
+                      excerpt=self.excerpt)
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict (UUIDs and times as strings)."""
@@ -754,6 +761,8 @@ def csv_cell(value: Any) -> Any:
         return value.isoformat()
     if isinstance(value, (bool, int, float, uuid.UUID)):
         return str(value).lower() if isinstance(value, bool) else str(value)
+    if isinstance(value, (list, tuple)):
+        return " ".join(str(v) for v in value)
     text = str(value)
     if text.startswith(_FORMULA_START):
         return "'" + text
