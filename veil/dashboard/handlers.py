@@ -10,7 +10,13 @@ from __future__ import annotations
 
 from veil.dashboard.account import AccountPages
 from veil.dashboard.api.account import AccountApi
+from veil.dashboard.api.admin import AdminApi
+from veil.dashboard.api.decisions import DecisionsApi
+from veil.dashboard.api.members import MembersApi
+from veil.dashboard.api.requests import RequestsApi
 from veil.dashboard.api.sites import SitesApi
+from veil.dashboard.api.stream import StreamApi
+from veil.dashboard.api.waf import WafApi
 from veil.dashboard.home import HomePage
 from veil.dashboard.services import Services
 from veil.dashboard.signin import SignInPages
@@ -28,4 +34,10 @@ def groups(services: Services) -> list[object]:
         AccountPages(services),
         AccountApi(services),
         SitesApi(services),
+        MembersApi(services),
+        DecisionsApi(services),
+        WafApi(services),
+        RequestsApi(services),
+        AdminApi(services),
+        StreamApi(services),
     ]
