@@ -18,12 +18,19 @@ from veil.dashboard.api.sites import SitesApi
 from veil.dashboard.api.stream import StreamApi
 from veil.dashboard.api.waf import WafApi
 from veil.dashboard.home import HomePage
+from veil.dashboard.pages.admin import AdminPages
+from veil.dashboard.pages.members import MemberPages
+from veil.dashboard.pages.protection import ProtectionPages
+from veil.dashboard.pages.sites import SitePages
+from veil.dashboard.pages.traffic import TrafficPages
 from veil.dashboard.services import Services
 from veil.dashboard.signin import SignInPages
 from veil.dashboard.web import NavItem
 
 NAV = (
     NavItem("Sites", "/"),
+    NavItem("Users", "/admin/users", admin=True),
+    NavItem("Audit log", "/admin/audit", admin=True),
 )
 
 
@@ -40,4 +47,9 @@ def groups(services: Services) -> list[object]:
         RequestsApi(services),
         AdminApi(services),
         StreamApi(services),
+        SitePages(services),
+        TrafficPages(services),
+        ProtectionPages(services),
+        MemberPages(services),
+        AdminPages(services),
     ]

@@ -180,14 +180,19 @@ async def explain(call: Call, record: RequestRecord, site: SiteDetail) -> dict[s
     score = record.anomaly_score or 0
     path = normalised_path(record.path)
     proposals = []
+    existing = []
+    if explanation is not None and explanation.rules:
+        existing = await call.services.waf.exclusions(site.domain)
     for rule in () if explanation is None else explanation.rules:
         if rule.severity is None:
             continue
         targets = rule.targets
         target = targets[0] if len(targets) == 1 else None
+        same = next((e.id for e in existing if (e.rule_id, e.path_prefix, e.target)
+                     == (rule.rule_id, path, target)), None)
         proposals.append({
             "rule_id": rule.rule_id, "path_prefix": path, "target": target,
-            "targets_seen": list(targets),
+            "targets_seen": list(targets), "existing": same,
             "covers_this_request": covers(rule.rule_id, rule, path, target, path),
             "score_after": score - rule.severity,
             "passes_after": score - rule.severity < site.threshold,
