@@ -102,7 +102,8 @@ class MemberPages:
                 done = "invited" if sent else "not_sent"
                 return Redirect(f"/sites/{call.site.id}/members?done={done}")
         call.query = {}
-        return await self._page(call, 422, errors=errors, form=body, notice=None)
+        form = {"email": "", "role": "viewer", **body}
+        return await self._page(call, 422, errors=errors, form=form, notice=None)
 
     @route("POST", "/sites/<uuid:site_id>/members/<uuid:user_id>/role",
            access=site_write("owner"), body=ROLE_FORM, summary="Change a member's role")

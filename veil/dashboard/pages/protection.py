@@ -94,7 +94,8 @@ class ProtectionPages:
                 errors = field_errors(e)
         if errors:
             call.query = {}
-            return await self._decisions(call, 422, errors=errors, form=body, notice=None)
+            form = {"target": "", "type": "block", "duration": "24h", "reason": "", **body}
+            return await self._decisions(call, 422, errors=errors, form=form, notice=None)
         return Redirect(f"/sites/{call.site.id}/decisions?done=added")
 
     @route("POST", "/sites/<uuid:site_id>/decisions/<uuid:decision_id>/remove",
@@ -158,7 +159,8 @@ class ProtectionPages:
                 errors["pattern"] = str(e)
         if errors or method is None or pattern is None:
             call.query = {}
-            return await self._waf(call, 422, errors=errors, form=body, notice=None)
+            form = {"method": "*", "pattern": "", "mode": "skip", **body}
+            return await self._waf(call, 422, errors=errors, form=form, notice=None)
         await self.services.waf.set_profile(site.domain, pattern, mode, call.user.id,
                                             method=method)
         return Redirect(f"/sites/{site.id}/waf?done=profiled")

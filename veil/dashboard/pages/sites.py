@@ -272,8 +272,9 @@ class SitePages:
         parse("max_body_size", parse_size)
         for flag in ("allow_plain_http", "origin_tls_verify", "maintenance", "allow_trace"):
             values[flag] = body.get(flag, "") in ("on", "true", "1")
-        form = {**body, **{k: values[k] for k in ("allow_plain_http", "origin_tls_verify",
-                                                  "maintenance", "allow_trace")}}
+        form = {**{field: body.get(field, "") for field in SETTINGS_FORM.fields},
+                **{k: values[k] for k in ("allow_plain_http", "origin_tls_verify",
+                                          "maintenance", "allow_trace")}}
         if not errors:
             try:
                 await change_settings(call, values)
