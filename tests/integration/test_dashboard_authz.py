@@ -112,9 +112,24 @@ class SiteAuthorizationTests(TestCase):
     async def test_routes_exist(self) -> None:
         """The walk covers real routes (and this test's probes)."""
         running, site_id, *_ = await self._world()
-        paths = {e.spec.path for e, _, _ in site_requests(running, site_id)}
-        self.assertIn("/api/v1/sites/<uuid:site_id>/membership", paths)
-        self.assertIn("/api/v1/sites/<uuid:site_id>/probe", paths)
+        paths = {(e.spec.method, e.spec.path) for e, _, _ in site_requests(running, site_id)}
+        for method, path in (
+                ("GET", "/api/v1/sites/<uuid:site_id>/membership"),
+                ("POST", "/api/v1/sites/<uuid:site_id>/probe"),
+                ("GET", "/api/v1/stream"), ("GET", "/api/v1/sites/<uuid:site_id>"),
+                ("PATCH", "/api/v1/sites/<uuid:site_id>"),
+                ("DELETE", "/api/v1/sites/<uuid:site_id>"),
+                ("POST", "/api/v1/sites/<uuid:site_id>/verify"),
+                ("GET", "/api/v1/sites/<uuid:site_id>/requests/export"),
+                ("GET", "/api/v1/sites/<uuid:site_id>/requests/<key>"),
+                ("POST", "/api/v1/sites/<uuid:site_id>/invitations"),
+                ("DELETE", "/api/v1/sites/<uuid:site_id>/decisions/<uuid:decision_id>"),
+                ("POST", "/api/v1/sites/<uuid:site_id>/exclusions"),
+                ("GET", "/sites/<uuid:site_id>"), ("POST", "/sites/<uuid:site_id>/settings"),
+                ("POST", "/sites/<uuid:site_id>/delete"),
+                ("POST", "/sites/<uuid:site_id>/members/<uuid:user_id>/role")):
+            self.assertIn((method, path), paths)
+        self.assertGreater(len(paths), 50)
 
     async def test_non_member_gets_404(self) -> None:
         """

@@ -222,7 +222,7 @@ class ExportResource(Resource):
         self.flt = flt
         self.fmt = fmt
 
-    def render_GET(self, request: IRequest) -> Any:
+    def _headers(self, request: IRequest) -> None:
         content_type, suffix = EXPORT_FORMATS[self.fmt]
         site = self.call.site
         assert site is not None
@@ -231,6 +231,15 @@ class ExportResource(Resource):
         request.setHeader(b"content-type", content_type.encode("ascii"))
         request.setHeader(b"content-disposition", (
             f'attachment; filename="{site.domain}-requests-{stamp}.{suffix}"').encode("ascii"))
+
+    def render_HEAD(self, request: IRequest) -> bytes:
+        self._headers(request)
+        return b""
+
+    def render_GET(self, request: IRequest) -> Any:
+        self._headers(request)
+        site = self.call.site
+        assert site is not None
         finished: list[bool] = []
         request.notifyFinish().addBoth(lambda _: finished.append(True))
         d = self.call.services.logs.export(self.flt, self.fmt, request)
@@ -252,8 +261,6 @@ class ExportResource(Resource):
 
         d.addCallbacks(done, failed)
         return NOT_DONE_YET
-
-    render_HEAD = render_GET
 
 
 class RequestsApi:
