@@ -259,6 +259,7 @@ class OnboardingTests(VeilCase):
                                              ("TXT", "_veil.shop.test", result["token"])])
         self.assertEqual(result["status_after_check"], "active")
         self.assertTrue(result["same_page"], "the page was reloaded")
+        self.assertFalse(result["shown_while_paused"])
         self.assertEqual(result["live_row"]["status"], "200")
         # The delivery time measured (proxy response to row shown), in the test log:
         _log.info("Live row shown {ms:.0f} ms after the edge's response",
@@ -418,6 +419,17 @@ def _onboard(link: str, base: str, origin: str, http_port: int,
         result["latency"] = time.monotonic() - sent
         cells = row.find_elements(By.TAG_NAME, "td")
         result["live_row"] = {"status": cells[2].text}
+        # Paused, new rows wait (counted) until Resume; the counters still move.
+        driver.find_element(By.ID, "live-toggle").click()
+        held = f"/while-paused-{time.monotonic_ns()}"
+        if through_edge(held)[0] != 200:
+            raise AssertionError("the edge did not proxy the request")
+        WebDriverWait(driver, 10, poll_frequency=0.02).until(
+            lambda d: "1 new request waiting" in d.find_element(By.ID, "live-paused").text)
+        result["shown_while_paused"] = held in driver.find_element(By.ID, "live-rows").text
+        driver.find_element(By.ID, "live-toggle").click()
+        WebDriverWait(driver, 10, poll_frequency=0.02).until(
+            lambda d: held in d.find_element(By.ID, "live-rows").text)
         result["same_page"] = driver.execute_script("return window.veilMarker") == "still here"
         visited("overview")
         driver.get(f"{base}/sites/{site_id}/requests")

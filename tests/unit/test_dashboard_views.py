@@ -129,5 +129,7 @@ class FilterTests(SynchronousTestCase):
         self.assertEqual(detail({"from": 1, "to": "two", "list": [1]}),
                          'from: 1, to: two, list: [1]')
         self.assertEqual(len(detail({"x": "y" * 400})), 300)
+        self.assertEqual(detail({"site_id": "d3e01b0e-60a2-4f64-b9ac-c0e2e12f54ba"}),
+                         "site_id: d3e01b0e…")
         self.assertEqual(when("2026-12-01T10:00:00+00:00"), "2026-12-01 10:00 UTC")
         self.assertEqual(when("not a time"), "not a time")

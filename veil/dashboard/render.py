@@ -139,6 +139,14 @@ def size(value: int | None) -> str:
     return f"{value} B"
 
 
+_UUID = re.compile(r"\b([0-9a-f]{8})-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\b")
+
+
+def short_id(text: Any) -> str:
+    """Text with every UUID cut to its first eight characters (C{d3e01b0e…})."""
+    return _UUID.sub(lambda m: m.group(1) + "…", str(text))
+
+
 def detail(value: Any) -> str:
     """An audit row's detail on one line: C{key: value, ...} (the template escapes it)."""
     if not isinstance(value, dict) or not value:
@@ -149,7 +157,7 @@ def detail(value: Any) -> str:
     for key, item in value.items():
         shown = item if isinstance(item, str) else json.dumps(item, default=str,
                                                               ensure_ascii=False)
-        parts.append(f"{key}: {shown}")
+        parts.append(f"{key}: {short_id(shown)}")
     text = ", ".join(parts)
     return text if len(text) <= 300 else text[:299] + "…"
 
@@ -177,6 +185,7 @@ def templates(static: dict[str, StaticFile]) -> Environment:
     env.filters["percent"] = percent
     env.filters["size"] = size
     env.filters["detail"] = detail
+    env.filters["short_id"] = short_id
     return env
 
 
