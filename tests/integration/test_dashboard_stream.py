@@ -217,3 +217,39 @@ class RevocationTests(StreamCase):
         reply = await self.owner.api("DELETE", f"/api/v1/sites/{self.site_id}")
         self.assertEqual(reply.code, 204)
         await self.ended(client)
+
+
+class RecheckTests(StreamCase):
+    """After the listener reconnects (notifications may be lost), streams are checked again."""
+
+    async def start(self, **options: object) -> None:
+        self.running = await start_dashboard(self, live_options={"coalesce": 0.01})
+        self.owner_user = await self.running.user("owner@example.com")
+        self.site_id = await self.running.site(self.owner_user, "shop.example.com")
+        self.owner = await self.running.sign_in("owner@example.com")
+        reply = await self.owner.api("POST", "/api/v1/tokens", {"name": "watch"})
+        self.token_id, self.token = reply.json()["id"], reply.json()["token"]
+        self.now = datetime.now(UTC).replace(microsecond=0)
+
+    async def test_recheck_all(self) -> None:
+        """
+        With no listener to hear it, a revoked token's stream goes on; checking
+        every stream again ends it, and the session's stream, still valid, stays.
+        """
+        await self.start()
+        by_token = await self.connect(self.bearer())
+        by_session = await self.connect(self.cookie(self.owner))
+        await by_token.wait_for("hydrate")
+        await by_session.wait_for("hydrate")
+        await self.owner.api("DELETE", f"/api/v1/tokens/{self.token_id}")
+        self.assertEqual(self.running.live.streams, 2)
+        ended = await self.running.live.recheck_all()
+        self.assertEqual(ended, 1)
+        event = await by_token.wait_for("end")
+        self.assertEqual(event.json(), {"reason": "revoked"})
+        self.publish(1)
+        self.assertEqual((await by_session.wait_for("request")).json()["path"], "/live/1")
+        await self.running.db.query("test.unmember", "DELETE FROM site_members"
+                                    " WHERE user_id = %s", (self.owner_user.id,))
+        self.assertEqual(await self.running.live.recheck_all(), 1)
+        await by_session.wait_for("end")
