@@ -438,6 +438,57 @@ def _latest(cur: psycopg.Cursor, site: uuid.UUID, limit: int) -> list[RequestRec
     return [RequestRecord(*r) for r in cur.fetchall()]
 
 
+def _one(cur: psycopg.Cursor, site: uuid.UUID, ts: datetime,
+         row_id: int) -> RequestRecord | None:
+    cur.execute(sql.SQL("SELECT {} FROM request_log WHERE site_id = %s AND ts = %s AND id = %s")
+                .format(_SELECT), (site, ts, row_id))
+    found = cur.fetchone()
+    return None if found is None else RequestRecord(*found)
+
+
+@attrs.frozen
+class Impact:
+    """
+    What an exclusion of one rule would have changed over a range of a
+    site's logged requests (L{RequestLogQueries.exclusion_impact}).
+
+    @ivar matched: requests the rule matched (under the path prefix).
+    @ivar let_through: of those, the malicious ones (blocked, or logged as
+        "would block" in monitor mode) whose score without the rule's
+        severity is below the threshold: they would have passed.
+    @ivar clients: distinct client addresses among C{let_through}.
+    """
+
+    since: datetime
+    until: datetime
+    matched: int
+    let_through: int
+    clients: int
+
+
+def _impact(cur: psycopg.Cursor, site: uuid.UUID, rule_id: int, severity: int,
+            path_prefix: str | None, threshold: int, since: datetime,
+            until: datetime) -> Impact:
+    conditions = [sql.SQL("site_id = %s AND ts >= %s AND ts < %s"
+                          " AND rule_ids @> ARRAY[%s::integer]")]
+    values: list[Any] = [site, since, until, rule_id]
+    if path_prefix is not None:
+        conditions.append(sql.SQL("path LIKE %s"))
+        values.append(_like_prefix(path_prefix))
+    # Served by the partial index on attacks (schema 001): rows with rule ids
+    # are the non-benign ones.
+    conditions.append(sql.SQL("attack_type IS NOT NULL"))
+    cur.execute(sql.SQL(
+        "SELECT count(*), count(*) FILTER (WHERE passes),"
+        " count(DISTINCT client_ip) FILTER (WHERE passes) FROM ("
+        " SELECT client_ip, classification = 'malicious'"
+        "   AND coalesce(anomaly_score, 0) - %s < %s AS passes"
+        " FROM request_log WHERE {}) AS hits").format(sql.SQL(" AND ").join(conditions)),
+        [severity, threshold, *values])
+    matched, passes, clients = cur.fetchone()
+    return Impact(since, until, matched, passes, clients)
+
+
 # -- stats -----------------------------------------------------------------------
 
 @attrs.frozen
@@ -913,6 +964,26 @@ class RequestLogQueries:
     def latest(self, site_id: uuid.UUID, limit: int) -> Deferred[list[RequestRecord]]:
         """The C{limit} most recent rows of a site, by time, newest first."""
         return self._run("logquery.latest", _latest, site_id, limit)
+
+    def one(self, site_id: uuid.UUID, ts: datetime, row_id: int) -> Deferred[RequestRecord | None]:
+        """The row of site C{site_id} at position C{(ts, row_id)} (a cursor's), or C{None}."""
+        return self._run("logquery.one", _one, site_id, ts, row_id)
+
+    def exclusion_impact(self, site_id: uuid.UUID, rule_id: int, severity: int,
+                         path_prefix: str | None, threshold: int, since: datetime,
+                         until: datetime) -> Deferred[Impact]:
+        """
+        Over C{[since, until)}: how many of the site's logged requests rule
+        C{rule_id} (of C{severity}) matched under C{path_prefix}, and how
+        many of them an exclusion of it would have let through at
+        C{threshold} (L{Impact}).  The log keeps which rules matched, not
+        which part of the request, so a target the exclusion is limited to
+        is not taken into account: the count is an upper bound.
+        """
+        if since >= until:
+            raise QueryError("until", "must be later than since")
+        return self._run("logquery.exclusion_impact", _impact, site_id, rule_id, severity,
+                         path_prefix, threshold, since, until)
 
     def stats(self, site_id: uuid.UUID, since: datetime, until: datetime,
               bucket: int | None = None, top: int = 10) -> Deferred[Stats]:
