@@ -31,7 +31,9 @@ from veil.auth.runtime import auth_workers, make_accounts
 from veil.config import Config
 from veil.dashboard.app import DashboardApp, Readiness
 from veil.dashboard.dashboard import Dashboard
+from veil.dashboard.explain import Explainer
 from veil.dashboard.handlers import NAV, groups
+from veil.dashboard.live import LiveMount
 from veil.dashboard.services import Services
 from veil.dashboard.web import Mounted
 from veil.errors import StoreUnavailable, VeilError
@@ -44,6 +46,7 @@ from veil.sockets import Listeners, ListenFailed, adopt
 from veil.store.db import Database
 from veil.store.listener import ListenerService
 from veil.store.locks import LockSession
+from veil.store.logquery import RequestLogQueries
 from veil.store.migrate import migrate
 from veil.store.policies import PolicyStore, PolicyTable
 from veil.store.requestlog import RequestLog
@@ -98,6 +101,7 @@ class VeilService(Service):
     @ivar db: the L{Database}, once start-up has reached it.
     @ivar dns: onboarding by DNS (L{DnsVerifier}: "Check now", origin
         proposals, DNS instructions), once start-up has reached the database.
+    @ivar live: the dashboard's live stream (L{LiveMount}), likewise.
     """
 
     name = "veil"
@@ -128,6 +132,7 @@ class VeilService(Service):
         self.engine: Engine | None = None
         self.workers: list[PeriodicWorker] = []
         self.dns: DnsVerifier | None = None
+        self.live: LiveMount | None = None
         self.dashboard_port: Any = None
         self.dashboard: Dashboard | None = None
         self.accounts: Any = None
@@ -247,9 +252,11 @@ class VeilService(Service):
         locks = self.locks = LockSession(conninfo, self.reactor,
                                          connect_timeout=config.database.connect_timeout)
         locks.start()
+        self.dns = DnsVerifier.from_config(config, db, self.reactor)
         await self._start_accounts(db)
         self.listener = ListenerService(conninfo, self.reactor,
                                         connect_timeout=config.database.connect_timeout)
+        self._start_live(db)
         self.request_log = RequestLog(
             conninfo, self.reactor, spool_dir(config.data_dir / "spool", role.index),
             publish=self.hub.publish, origin=self.hub.origin,
@@ -272,7 +279,6 @@ class VeilService(Service):
             self.edge.bind(lambda name, factory: adopt(self.reactor, sockets[name], factory))
         self.listener.startService()
         workers = config.workers
-        self.dns = DnsVerifier.from_config(config, db, self.reactor)
         self.workers = edge_workers + [
             dns_worker(self.dns, locks, self.reactor, every=config.dns.check_interval),
             policies.refresher(every=60.0),
@@ -307,8 +313,11 @@ class VeilService(Service):
         accounts = self.accounts = make_accounts(self.config, self.reactor, db, bound_port=bound)
         await accounts.start()
         assert self.dashboard is not None
-        self.dashboard.services.accounts = accounts
-        self.dashboard.services.db = db
+        services = self.dashboard.services
+        services.use_database(db, self.edge.origin_policy)
+        services.dns = self.dns
+        services.explainer = Explainer(self.reactor)
+        services.accounts = accounts
         if self.role.is_main:
             link = await accounts.create_setup_link()
             if link is not None:
@@ -316,6 +325,14 @@ class VeilService(Service):
                     "No account exists yet. Create the first administrator within one hour"
                     " at {setup_link} (or run: veil users add EMAIL --admin --password-stdin)",
                     setup_link=link)
+
+    def _start_live(self, db: Database) -> None:
+        """The live stream: fed by the hub, its revocations by the listener."""
+        assert self.dashboard is not None and self.listener is not None
+        live = self.live = LiveMount(self.hub, RequestLogQueries(db).latest,
+                                     self.accounts.store, self.reactor, metrics=self.metrics)
+        live.follow(self.listener)
+        self.dashboard.services.live = live
 
     async def _start_group(self, conninfo: str) -> None:
         config, role = self.config, self.role
@@ -384,6 +401,11 @@ class VeilService(Service):
         if self.dashboard_port is not None:
             await self.dashboard_port.stopListening()
             self.dashboard_port = None
+        if self.live is not None:
+            self.live.unfollow()
+            self.live.stream.close_all()
+        if self.dashboard is not None and self.dashboard.services.explainer is not None:
+            self.dashboard.services.explainer.stop()
         if self.edge is not None:
             await self.edge.stop()
         if others is not None:

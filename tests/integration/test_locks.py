@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import psycopg
 from twisted.internet import reactor
 from twisted.trial.unittest import TestCase
@@ -64,8 +66,16 @@ class LockSessionTests(TestCase):
         one, two = session(self, self.conninfo), session(self, self.conninfo)
         held = await one.try_lock("worker:x")
         with psycopg.connect(self.conninfo, autocommit=True) as conn:
-            conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-                         " WHERE application_name = 'veil-locks' AND datname = current_database()")
+            gone = [pid for (pid, _) in conn.execute(
+                "SELECT pid, pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE application_name = 'veil-locks' AND datname = current_database()")]
+            # Termination is a signal: the backend (and its locks) may outlive
+            # the call for a moment on a loaded machine.
+            for _ in range(200):
+                if not conn.execute("SELECT count(*) FROM pg_stat_activity WHERE pid = ANY(%s)",
+                                    (gone,)).fetchone()[0]:
+                    break
+                time.sleep(0.05)
         other = await two.try_lock("worker:x")
         self.assertIsNotNone(other)
         # The first session notices on its next use and reconnects.

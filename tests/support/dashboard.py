@@ -24,6 +24,7 @@ import treq
 from treq.client import HTTPClient
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
+from twisted.internet.protocol import Protocol
 from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.resource import Resource
@@ -34,10 +35,15 @@ from veil.auth.runtime import make_accounts
 from veil.auth.store import User
 from veil.config import Config, load
 from veil.dashboard.dashboard import Dashboard, dashboard_site
+from veil.dashboard.explain import Explainer
 from veil.dashboard.handlers import NAV, groups
+from veil.dashboard.live import LiveMount
 from veil.dashboard.services import Services
+from veil.live.hub import Hub
 from veil.store.admin import OperatorAccount, SiteAdmin
 from veil.store.db import Database
+from veil.store.listener import ListenerService
+from veil.workers.dns import DnsVerifier
 
 #: A password that passes the rules.
 PASSWORD = "correct horse battery staple"
@@ -67,6 +73,9 @@ class Running:
     clock: TestClock
     port: Any
     conninfo: str
+    hub: Hub
+    live: LiveMount
+    listener: ListenerService | None = None
 
     @property
     def base(self) -> str:
@@ -107,8 +116,12 @@ class Running:
 
 
 async def start_dashboard(testcase: TestCase, env: Mapping[str, str] | None = None,
-                          extra_groups: Sequence[object] = ()) -> Running:
-    """The dashboard on a fresh database, cleaned up with C{testcase}."""
+                          extra_groups: Sequence[object] = (), listen: bool = False,
+                          live_options: Mapping[str, Any] | None = None) -> Running:
+    """
+    The dashboard on a fresh database, cleaned up with C{testcase}; with
+    C{listen}, a listener follows the revocations that end live streams.
+    """
     conninfo = fresh_database(testcase)
     # Listen first, so that the public URL (links in mail, the GitHub
     # callback) names the real port.
@@ -116,7 +129,11 @@ async def start_dashboard(testcase: TestCase, env: Mapping[str, str] | None = No
     port = reactor.listenTCP(0, dashboard_site(slot), interface="127.0.0.1")
     testcase.addCleanup(port.stopListening)
     environ = {"VEIL_DATABASE_URL": conninfo, "VEIL_DATA_DIR": testcase.mktemp(),
-               "VEIL_AUTH_PUBLIC_URL": f"http://127.0.0.1:{port.getHost().port}"}
+               "VEIL_AUTH_PUBLIC_URL": f"http://127.0.0.1:{port.getHost().port}",
+               # Nothing answers there: a DNS check fails at once unless a test
+               # points dns.resolvers at its own loopback DNS server.
+               "VEIL_DNS_RESOLVERS": "127.0.0.1:9", "VEIL_DNS_TIMEOUT": "0.2",
+               "VEIL_DNS_ATTEMPTS": "1", "VEIL_DNS_PROXY_CNAME": "edge.veil.test"}
     environ.update(env or {})
     config = load(None, environ)
     db = Database(conninfo, reactor, min_size=1, max_size=4, connect_timeout=5.0)
@@ -126,10 +143,25 @@ async def start_dashboard(testcase: TestCase, env: Mapping[str, str] | None = No
     accounts = make_accounts(config, reactor, db, clock)
     await accounts.start()
     testcase.addCleanup(accounts.stop)
-    services = Services(config, clock=clock, reactor=reactor, accounts=accounts, db=db)
+    services = Services(config, clock=clock, reactor=reactor, accounts=accounts)
+    services.use_database(db)
+    services.dns = DnsVerifier.from_config(config, db, reactor)
+    services.explainer = Explainer(reactor)
+    testcase.addCleanup(services.explainer.stop)
+    hub = Hub(reactor, linger=60.0)
+    live = services.live = LiveMount(hub, services.logs.latest, accounts.store, reactor,
+                                     **(live_options or {}))
+    testcase.addCleanup(live.stream.close_all)
+    listener = None
+    if listen:
+        listener = ListenerService(conninfo, reactor, connect_timeout=5.0)
+        live.follow(listener)
+        listener.startService()
+        testcase.addCleanup(listener.stopService)
+        testcase.addCleanup(live.unfollow)
     dashboard = Dashboard(services, [*groups(services), *extra_groups], nav=NAV)
     slot.target = dashboard.resource()
-    return Running(config, db, accounts, dashboard, clock, port, conninfo)
+    return Running(config, db, accounts, dashboard, clock, port, conninfo, hub, live, listener)
 
 
 class _Slot(Resource):
@@ -140,6 +172,16 @@ class _Slot(Resource):
 
     def render(self, request: Any) -> Any:
         return self.target.render(request)
+
+
+class _Drop(Protocol):
+    """Reads nothing: closes the connection as soon as the body starts."""
+
+    def connectionMade(self) -> None:
+        self.transport.stopProducing()
+
+    def connectionLost(self, reason: Any) -> None:
+        pass
 
 
 _CSRF = re.compile(r'name="csrf_token" value="([^"]*)"')
@@ -205,6 +247,25 @@ class Browser:
 
     def get(self, path: str, **kwargs: Any) -> Deferred[Reply] | Any:
         return self.request("GET", path, **kwargs)
+
+    async def status(self, method: str, path: str, *, token: str | None = None,
+                     headers: Mapping[str, str] | None = None) -> Reply:
+        """
+        Only the status and headers of a response (a stream stays open:
+        the connection is dropped once they have come).
+        """
+        all_headers = {"Accept": "application/json", **self.extra_headers, **(headers or {})}
+        if token is not None:
+            all_headers["Authorization"] = f"Bearer {token}"
+        response = await self._http.request(method, self.base + path, headers=all_headers,
+                                            allow_redirects=False, unbuffered=True)
+        body = b""
+        if response.headers.getRawHeaders("content-type", [""])[0].startswith(
+                "text/event-stream"):
+            response.deliverBody(_Drop())
+        else:
+            body = await treq.content(response)
+        return Reply(response.code, response.headers, body)
 
     async def form(self, path: str, fields: Mapping[str, Any], *, csrf: bool = True,
                    headers: Mapping[str, str] | None = None) -> Reply:

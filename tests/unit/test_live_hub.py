@@ -227,6 +227,25 @@ class HubTests(SynchronousTestCase):
         self.assertEqual(self.metrics.counter("veil_live_gaps_total", "")
                          .value(reason="reconnect"), 1)
 
+    def test_recent(self) -> None:
+        """
+        recent(): the ring's latest rows of one site, oldest first, with their
+        cursors; gaps and other sites' rows are left out.
+        """
+        hub = Hub(self.clock, ring_size=5)
+        for n in range(4):
+            hub.publish(row(n, SITE_A if n % 2 else SITE_B))
+        hub.mark_gap("fetch")
+        hub.publish(row(4, SITE_A))
+        hub.publish(row(5, SITE_A))
+        recent = hub.recent(SITE_A, 2)
+        self.assertEqual([(e.cursor, e.row.path) for e in recent],
+                         [(6, "/item/4"), (7, "/item/5")])
+        # The ring holds cursors 3..7: the row of cursor 2 has left it.
+        self.assertEqual([e.cursor for e in hub.recent(SITE_A, 10)], [4, 6, 7])
+        self.assertEqual(hub.recent(SITE_A, 0), [])
+        self.assertEqual(hub.recent(uuid.uuid4(), 3), [])
+
     def test_wanted(self) -> None:
         """
         Other processes' rows are wanted for watched sites, and for a

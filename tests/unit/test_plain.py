@@ -466,6 +466,14 @@ class ParsingTests(SynchronousTestCase):
         self.assertIsNone(normalize_host(b"a" * 254))
         self.assertIsNone(normalize_host(b"[::1]x"))
 
+    def test_host_port_range(self) -> None:
+        """A port above 65535 makes the host invalid, named or IPv6; 65535 and 0 pass."""
+        self.assertEqual(normalize_host(b"a.example:65535"), "a.example")
+        self.assertEqual(normalize_host(b"a.example:0"), "a.example")
+        self.assertIsNone(normalize_host(b"a.example:65536"))
+        self.assertIsNone(normalize_host(b"a.example:99999"))
+        self.assertIsNone(normalize_host(b"[::1]:70000"))
+
     def test_split_target(self) -> None:
         """Origin form passes through; absolute form splits; other forms are refused."""
         self.assertEqual(split_target(b"/a?b"), (None, b"/a?b"))

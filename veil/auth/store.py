@@ -57,6 +57,30 @@ class GithubConflict(VeilError):
     """The matching Veil account is linked to another GitHub account."""
 
 
+class MemberNotFound(VeilError):
+    """The user is not a member of the site (or the invitation is not the site's)."""
+
+
+class OwnerMembership(VeilError):
+    """The site's owner keeps the owner role: it cannot be changed or removed."""
+
+
+class AlreadyMember(VeilError):
+    """The invited address belongs to a member of the site already."""
+
+
+class InvitationUnavailable(VeilError):
+    """
+    An invitation link cannot be used.
+
+    @ivar reason: C{used}, C{expired}, C{revoked}, C{unknown} or C{other_account}.
+    """
+
+    def __init__(self, reason: str, message: str) -> None:
+        self.reason = reason
+        super().__init__(message)
+
+
 # -- records -----------------------------------------------------------------------
 
 
@@ -157,6 +181,54 @@ class SiteSummary:
     mode: str
     role: str | None
     created_at: datetime
+
+
+@attrs.frozen
+class Member:
+    """A member of a site: who, with which role, since when."""
+
+    user_id: UUID
+    email: str
+    display_name: str | None
+    role: str
+    created_at: datetime
+    #: The site's owner (C{sites.owner_id}): its role cannot change.
+    is_owner: bool
+    disabled: bool
+
+
+_MEMBER = ("m.user_id, u.email, u.display_name, m.role, m.created_at, s.owner_id = m.user_id,"
+           " u.disabled_at IS NOT NULL FROM site_members m JOIN users u ON u.id = m.user_id"
+           " JOIN sites s ON s.id = m.site_id")
+
+
+@attrs.frozen
+class Invitation:
+    """An invitation to a site, as lists and the acceptance page show it."""
+
+    id: UUID
+    site_id: UUID
+    domain: str
+    email: str
+    role: str
+    invited_by: str | None
+    created_at: datetime
+    expires_at: datetime
+    accepted_at: datetime | None
+    revoked_at: datetime | None
+
+    def state(self, now: datetime) -> str:
+        """C{open}, C{accepted}, C{revoked} or C{expired}."""
+        if self.accepted_at is not None:
+            return "accepted"
+        if self.revoked_at is not None:
+            return "revoked"
+        return "expired" if self.expires_at <= now else "open"
+
+
+_INVITATION = ("i.id, i.site_id, s.domain, i.email, i.role, u.email, i.created_at, i.expires_at,"
+               " i.accepted_at, i.revoked_at FROM site_invitations i"
+               " JOIN sites s ON s.id = i.site_id LEFT JOIN users u ON u.id = i.invited_by")
 
 
 @attrs.frozen
@@ -615,6 +687,183 @@ def _sites_of(cur: psycopg.Cursor, user_id: UUID, every_site: bool, only: UUID |
     return [SiteSummary(*row) for row in cur.fetchall()]
 
 
+# -- members and invitations ----------------------------------------------------------
+
+
+def _members(cur: psycopg.Cursor, site_id: UUID) -> list[Member]:
+    cur.execute(f"SELECT {_MEMBER} WHERE m.site_id = %s ORDER BY"
+                " array_position(ARRAY['owner', 'admin', 'viewer'], m.role), lower(u.email)",
+                (site_id,))
+    return [Member(*row) for row in cur.fetchall()]
+
+
+def _member(cur: psycopg.Cursor, site_id: UUID, user_id: UUID, lock: bool) -> Member:
+    cur.execute(f"SELECT {_MEMBER} WHERE m.site_id = %s AND m.user_id = %s"
+                + (" FOR UPDATE OF m" if lock else ""), (site_id, user_id))
+    row = cur.fetchone()
+    if row is None:
+        raise MemberNotFound("the user is not a member of this site")
+    return Member(*row)
+
+
+def _set_role(cur: psycopg.Cursor, site_id: UUID, user_id: UUID, role: str,
+              actor: UUID | None, ip: str | None) -> Member:
+    member = _member(cur, site_id, user_id, lock=True)
+    if member.is_owner:
+        raise OwnerMembership("the site's owner keeps the owner role")
+    if member.role == role:
+        return member
+    cur.execute("UPDATE site_members SET role = %s WHERE site_id = %s AND user_id = %s",
+                (role, site_id, user_id))
+    audit(cur, "site.member_role_changed", actor=actor, target_type="site",
+          target_id=str(site_id), ip=ip,
+          detail={"user_id": str(user_id), "from": member.role, "to": role})
+    return attrs.evolve(member, role=role)
+
+
+def _remove_member(cur: psycopg.Cursor, site_id: UUID, user_id: UUID, actor: UUID | None,
+                   ip: str | None) -> Member:
+    member = _member(cur, site_id, user_id, lock=True)
+    if member.is_owner:
+        raise OwnerMembership("the site's owner cannot be removed from it")
+    cur.execute("DELETE FROM site_members WHERE site_id = %s AND user_id = %s",
+                (site_id, user_id))
+    # A token limited to the site would act for nobody's membership: revoke it.
+    cur.execute("UPDATE api_tokens SET revoked_at = now() WHERE user_id = %s AND site_id = %s"
+                " AND revoked_at IS NULL", (user_id, site_id))
+    audit(cur, "site.member_removed", actor=actor, target_type="site", target_id=str(site_id),
+          ip=ip, detail={"user_id": str(user_id), "role": member.role,
+                         "tokens_revoked": cur.rowcount})
+    return member
+
+
+def _create_invitation(cur: psycopg.Cursor, site_id: UUID, email: str, role: str,
+                       token_hash: bytes, actor: UUID | None, now: datetime,
+                       expires_at: datetime, ip: str | None) -> Invitation:
+    cur.execute("SELECT 1 FROM sites WHERE id = %s FOR NO KEY UPDATE", (site_id,))
+    if cur.fetchone() is None:
+        raise MemberNotFound("no such site")
+    cur.execute("SELECT 1 FROM site_members m JOIN users u ON u.id = m.user_id"
+                " WHERE m.site_id = %s AND lower(u.email) = lower(%s)", (site_id, email))
+    if cur.fetchone() is not None:
+        raise AlreadyMember("that address belongs to a member of this site already")
+    # A new invitation replaces an open one for the same address (sent again).
+    cur.execute("UPDATE site_invitations SET revoked_at = %s WHERE site_id = %s"
+                " AND lower(email) = lower(%s) AND accepted_at IS NULL AND revoked_at IS NULL",
+                (now, site_id, email))
+    cur.execute("INSERT INTO site_invitations (site_id, email, role, token_hash, invited_by,"
+                " created_at, expires_at) VALUES (%s, %s, %s, %s, %s, %s, %s) RETURNING id",
+                (site_id, email, role, token_hash, actor, now, expires_at))
+    invitation_id = cur.fetchone()[0]
+    audit(cur, "site.invitation_created", actor=actor, target_type="site",
+          target_id=str(site_id), ip=ip,
+          detail={"invitation_id": str(invitation_id), "role": role})
+    cur.execute(f"SELECT {_INVITATION} WHERE i.id = %s", (invitation_id,))
+    return Invitation(*cur.fetchone())
+
+
+def _invitations(cur: psycopg.Cursor, site_id: UUID, now: datetime) -> list[Invitation]:
+    """The site's invitations not accepted nor revoked (expired ones included), newest first."""
+    cur.execute(f"SELECT {_INVITATION} WHERE i.site_id = %s AND i.accepted_at IS NULL"
+                " AND i.revoked_at IS NULL ORDER BY i.created_at DESC, i.id DESC", (site_id,))
+    return [Invitation(*row) for row in cur.fetchall()]
+
+
+def _revoke_invitation(cur: psycopg.Cursor, site_id: UUID, invitation_id: UUID,
+                       actor: UUID | None, now: datetime, ip: str | None) -> Invitation:
+    cur.execute("UPDATE site_invitations SET revoked_at = %s WHERE id = %s AND site_id = %s"
+                " AND accepted_at IS NULL AND revoked_at IS NULL RETURNING id",
+                (now, invitation_id, site_id))
+    if cur.fetchone() is None:
+        raise MemberNotFound("no open invitation with that id")
+    audit(cur, "site.invitation_revoked", actor=actor, target_type="site",
+          target_id=str(site_id), ip=ip, detail={"invitation_id": str(invitation_id)})
+    cur.execute(f"SELECT {_INVITATION} WHERE i.id = %s", (invitation_id,))
+    return Invitation(*cur.fetchone())
+
+
+def _invitation(cur: psycopg.Cursor, token_hash: bytes) -> Invitation | None:
+    cur.execute(f"SELECT {_INVITATION} WHERE i.token_hash = %s", (token_hash,))
+    row = cur.fetchone()
+    return None if row is None else Invitation(*row)
+
+
+_UNAVAILABLE = {
+    "accepted": "This invitation has been accepted already.",
+    "revoked": "This invitation was withdrawn. Ask the site's owner for a new one.",
+    "expired": "This invitation has expired (invitations are valid for 7 days). Ask the"
+               " site's owner for a new one.",
+    "unknown": "This invitation link is not valid.",
+}
+
+
+def _take_invitation(cur: psycopg.Cursor, token_hash: bytes, now: datetime) -> Invitation:
+    cur.execute("UPDATE site_invitations SET accepted_at = %s WHERE token_hash = %s"
+                " AND accepted_at IS NULL AND revoked_at IS NULL AND expires_at > %s"
+                " RETURNING id", (now, token_hash, now))
+    if cur.fetchone() is None:
+        found = _invitation(cur, token_hash)
+        reason = "unknown" if found is None else found.state(now)
+        raise InvitationUnavailable(reason, _UNAVAILABLE.get(reason, _UNAVAILABLE["unknown"]))
+    found = _invitation(cur, token_hash)
+    assert found is not None
+    return found
+
+
+def _join(cur: psycopg.Cursor, invitation: Invitation, user: User, now: datetime,
+          ip: str | None) -> Invitation:
+    # An existing member (another invitation, or the owner) keeps the stronger role.
+    cur.execute(
+        "INSERT INTO site_members (site_id, user_id, role) VALUES (%s, %s, %s)"
+        " ON CONFLICT (site_id, user_id) DO UPDATE SET role = EXCLUDED.role"
+        " WHERE site_members.role = 'viewer' AND EXCLUDED.role = 'admin'",
+        (invitation.site_id, user.id, invitation.role))
+    cur.execute("UPDATE site_invitations SET accepted_by = %s WHERE id = %s",
+                (user.id, invitation.id))
+    audit(cur, "site.invitation_accepted", actor=user.id, target_type="site",
+          target_id=str(invitation.site_id), ip=ip,
+          detail={"invitation_id": str(invitation.id), "role": invitation.role})
+    return attrs.evolve(invitation, accepted_at=now)
+
+
+def _accept_invitation(cur: psycopg.Cursor, token_hash: bytes, user_id: UUID, now: datetime,
+                       ip: str | None) -> Invitation:
+    found = _user_by_id(cur, user_id)
+    if found is None or found[0].disabled:
+        raise InvitationUnavailable("unknown", _UNAVAILABLE["unknown"])
+    user = found[0]
+    invitation = _take_invitation(cur, token_hash, now)
+    if invitation.email.casefold() != user.email.casefold():
+        raise InvitationUnavailable(
+            "other_account", "This invitation is for another e-mail address: sign in with"
+            " the address it was sent to.")
+    return _join(cur, invitation, user, now, ip)
+
+
+def _accept_as_new_user(cur: psycopg.Cursor, token_hash: bytes, password_hash: str,
+                        now: datetime, ip: str | None) -> tuple[Invitation, User]:
+    """Create the account of the invited address (the link proves the mailbox) and join."""
+    invitation = _take_invitation(cur, token_hash, now)
+    if _user_by_email(cur, invitation.email) is not None:
+        raise UserExists("an account with that e-mail address exists already: sign in")
+    user = _insert_user(cur, invitation.email, password_hash, False)
+    audit(cur, "user.create", actor=user.id, target_type="user", target_id=str(user.id), ip=ip,
+          detail={"admin": False, "password": True, "invitation_id": str(invitation.id)})
+    return _join(cur, invitation, user, now, ip), user
+
+
+def _principals_alive(cur: psycopg.Cursor, session_ids: list[UUID],
+                      token_ids: list[UUID]) -> tuple[list[UUID], list[UUID]]:
+    """Of these sessions and API tokens, those not ended, revoked or of a disabled user."""
+    cur.execute("SELECT s.id FROM sessions s JOIN users u ON u.id = s.user_id"
+                " WHERE s.id = ANY(%s) AND u.disabled_at IS NULL", (session_ids,))
+    sessions = [row[0] for row in cur.fetchall()]
+    cur.execute("SELECT t.id FROM api_tokens t JOIN users u ON u.id = t.user_id"
+                " WHERE t.id = ANY(%s) AND t.revoked_at IS NULL AND u.disabled_at IS NULL",
+                (token_ids,))
+    return sessions, [row[0] for row in cur.fetchall()]
+
+
 # -- clean-up --------------------------------------------------------------------------
 
 
@@ -762,6 +1011,50 @@ class AuthStore:
     def sites_of(self, user_id: UUID, every_site: bool, only: UUID | None,
                  after: str | None, limit: int) -> Deferred[list[SiteSummary]]:
         return self._run("sites_of", _sites_of, user_id, every_site, only, after, limit)
+
+    def members(self, site_id: UUID) -> Deferred[list[Member]]:
+        """A site's members, owner first, then admins and viewers by address."""
+        return self._run("members", _members, site_id)
+
+    def set_role(self, site_id: UUID, user_id: UUID, role: str, actor: UUID | None,
+                 ip: str | None) -> Deferred[Member]:
+        """Change a member's role (audited); L{MemberNotFound}, L{OwnerMembership}."""
+        return self._run("set_role", _set_role, site_id, user_id, role, actor, ip)
+
+    def remove_member(self, site_id: UUID, user_id: UUID, actor: UUID | None,
+                      ip: str | None) -> Deferred[Member]:
+        """Remove a member and revoke its tokens limited to the site (audited)."""
+        return self._run("remove_member", _remove_member, site_id, user_id, actor, ip)
+
+    def create_invitation(self, site_id: UUID, email: str, role: str, token_hash: bytes,
+                          actor: UUID | None, now: datetime, expires_at: datetime,
+                          ip: str | None) -> Deferred[Invitation]:
+        return self._run("create_invitation", _create_invitation, site_id, email, role,
+                         token_hash, actor, now, expires_at, ip)
+
+    def invitations(self, site_id: UUID, now: datetime) -> Deferred[list[Invitation]]:
+        return self._run("invitations", _invitations, site_id, now)
+
+    def revoke_invitation(self, site_id: UUID, invitation_id: UUID, actor: UUID | None,
+                          now: datetime, ip: str | None) -> Deferred[Invitation]:
+        return self._run("revoke_invitation", _revoke_invitation, site_id, invitation_id,
+                         actor, now, ip)
+
+    def invitation(self, token_hash: bytes) -> Deferred[Invitation | None]:
+        return self._run("invitation", _invitation, token_hash)
+
+    def accept_invitation(self, token_hash: bytes, user_id: UUID, now: datetime,
+                          ip: str | None) -> Deferred[Invitation]:
+        return self._run("accept_invitation", _accept_invitation, token_hash, user_id, now, ip)
+
+    def accept_as_new_user(self, token_hash: bytes, password_hash: str, now: datetime,
+                           ip: str | None) -> Deferred[tuple[Invitation, User]]:
+        return self._run("accept_as_new_user", _accept_as_new_user, token_hash, password_hash,
+                         now, ip)
+
+    def principals_alive(self, session_ids: list[UUID],
+                         token_ids: list[UUID]) -> Deferred[tuple[list[UUID], list[UUID]]]:
+        return self._run("principals_alive", _principals_alive, session_ids, token_ids)
 
     def audit(self, action: str, **fields: Any) -> Deferred[None]:
         def write(cur: psycopg.Cursor) -> None:

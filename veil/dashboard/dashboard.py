@@ -54,6 +54,7 @@ from veil.dashboard.web import (
     ANONYMOUS,
     ROLES,
     Call,
+    Delegate,
     Html,
     HttpError,
     Json,
@@ -596,8 +597,10 @@ class Dashboard:
 
     # -- answers --------------------------------------------------------------------
 
-    def _write(self, call: Call, result: Any) -> bytes:
+    def _write(self, call: Call, result: Any) -> Any:
         request = call.request
+        if isinstance(result, Delegate):
+            return result.resource
         if isinstance(result, Redirect):
             set_status(request, result.status)
             request.setHeader(b"location", safe_next(result.location).encode("latin-1"))

@@ -76,6 +76,8 @@ def _operation(spec: RouteSpec) -> dict[str, Any]:
         entry: dict[str, Any] = {"description": response.description}
         if response.body is not None:
             entry["content"] = {response.content_type: {"schema": response.body.schema()}}
+        elif response.content_type != "application/json":
+            entry["content"] = {response.content_type: {"schema": {"type": "string"}}}
         responses[str(response.status)] = entry
     if not responses:
         responses["200"] = {"description": "success"}

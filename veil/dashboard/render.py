@@ -54,10 +54,15 @@ def load_static() -> dict[str, StaticFile]:
     return files
 
 
-def when(moment: datetime | None, missing: str = "never") -> str:
+def when(moment: datetime | str | None, missing: str = "never") -> str:
     """A moment for people, in UTC (the page's script shows it in local time)."""
     if moment is None:
         return missing
+    if isinstance(moment, str):
+        try:
+            moment = datetime.fromisoformat(moment)
+        except ValueError:
+            return moment
     return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
@@ -93,8 +98,68 @@ def sign_in_method(method: str) -> str:
             "setup": "first-run setup"}.get(method, method)
 
 
-def iso(moment: datetime | None) -> str:
+def iso(moment: datetime | str | None) -> str:
+    if isinstance(moment, str):
+        return moment
     return "" if moment is None else moment.astimezone(UTC).isoformat()
+
+
+def number(value: float | None) -> str:
+    """A count for people: C{12,345}."""
+    if value is None:
+        return "—"
+    return f"{value:,}" if isinstance(value, int) else f"{value:,.1f}"
+
+
+def milliseconds(value: float | None) -> str:
+    """A duration: C{0.4 ms}, C{12 ms}, C{1.3 s}."""
+    if value is None:
+        return "—"
+    if value >= 1000:
+        return f"{value / 1000:.1f} s"
+    return f"{value:.1f} ms" if value < 10 else f"{value:.0f} ms"
+
+
+def percent(value: float | None) -> str:
+    if value is None:
+        return "—"
+    shown = value * 100
+    return f"{shown:.1f} %" if 0 < shown < 10 else f"{shown:.0f} %"
+
+
+def size(value: int | None) -> str:
+    """Bytes for people: C{512 B}, C{64 KiB}, C{100 MiB}."""
+    if value is None:
+        return "—"
+    for unit, factor in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if value >= factor:
+            amount = value / factor
+            return f"{amount:.0f} {unit}" if amount >= 10 or amount == int(amount) \
+                else f"{amount:.1f} {unit}"
+    return f"{value} B"
+
+
+_UUID = re.compile(r"\b([0-9a-f]{8})-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\b")
+
+
+def short_id(text: Any) -> str:
+    """Text with every UUID cut to its first eight characters (C{d3e01b0e…})."""
+    return _UUID.sub(lambda m: m.group(1) + "…", str(text))
+
+
+def detail(value: Any) -> str:
+    """An audit row's detail on one line: C{key: value, ...} (the template escapes it)."""
+    if not isinstance(value, dict) or not value:
+        return ""
+    import json
+
+    parts = []
+    for key, item in value.items():
+        shown = item if isinstance(item, str) else json.dumps(item, default=str,
+                                                              ensure_ascii=False)
+        parts.append(f"{key}: {short_id(shown)}")
+    text = ", ".join(parts)
+    return text if len(text) <= 300 else text[:299] + "…"
 
 
 def templates(static: dict[str, StaticFile]) -> Environment:
@@ -115,6 +180,12 @@ def templates(static: dict[str, StaticFile]) -> Environment:
     env.filters["iso"] = iso
     env.filters["browser"] = browser
     env.filters["sign_in_method"] = sign_in_method
+    env.filters["number"] = number
+    env.filters["ms"] = milliseconds
+    env.filters["percent"] = percent
+    env.filters["size"] = size
+    env.filters["detail"] = detail
+    env.filters["short_id"] = short_id
     return env
 
 

@@ -150,6 +150,8 @@ class RouteSpec:
     max_body: int = 64 * 1024
     idle_refresh: bool = True
     tags: tuple[str, ...] = ()
+    #: The answer is a stream that stays open (Server-Sent Events).
+    streams: bool = False
 
     @property
     def api(self) -> bool:
@@ -272,6 +274,23 @@ def not_found() -> HttpError:
     return HttpError("not_found", "There is nothing here.", status=404)
 
 
+def missing(what: str) -> HttpError:
+    """
+    A 404 for a thing of a site the caller may see (a decision, a
+    request, ...): C{decision_not_found}, distinct from the C{not_found} of
+    a site the caller may not see.
+    """
+    return HttpError(f"{what.replace(' ', '_')}_not_found",
+                     f"There is no such {what} on this site.", status=404)
+
+
+def invalid(field: str, message: str, code: str = "invalid", status: int = 422) -> HttpError:
+    """A validation error on one field, shaped like the framework's own (400 or 422)."""
+    return HttpError("validation_failed", "Some fields are not valid.",
+                     {"fields": [{"field": field, "code": code, "message": message}]},
+                     status=status)
+
+
 @attrs.frozen
 class Json:
     value: Any
@@ -300,6 +319,17 @@ class Raw:
     content_type: bytes
     status: int = 200
     headers: Mapping[str, str] = attrs.field(factory=dict)
+
+
+@attrs.frozen
+class Delegate:
+    """
+    Answer with a C{twisted.web} resource that writes the response itself,
+    over time (a live stream, a streamed export): the route's checks have
+    run and the security headers are set; the resource sets the rest.
+    """
+
+    resource: Any
 
 
 def safe_next(value: str | None, default: str = "/") -> str:
@@ -409,6 +439,7 @@ __all__ = [
     "ROLES",
     "Access",
     "Call",
+    "Delegate",
     "Html",
     "HttpError",
     "Json",
@@ -422,6 +453,8 @@ __all__ = [
     "admin_read",
     "admin_write",
     "declared_routes",
+    "invalid",
+    "missing",
     "not_found",
     "parse_uuid",
     "route",

@@ -106,7 +106,7 @@ def parse_host(value: bytes) -> str | None:
 
     The value must be an RFC 3986 host, a C{reg-name} (which includes IPv4
     literals) or a bracketed IPv6 literal, optionally followed by C{:} and
-    up to five digits.  User information, zone identifiers, whitespace and
+    up to five digits (at most 65535).  User information, zone identifiers, whitespace and
     non-ASCII bytes make it invalid.
 
     @return: the host lower-cased, without the port and without one
@@ -135,7 +135,7 @@ def parse_host(value: bytes) -> str | None:
         host = host.removesuffix(".")
         if not host or len(host) > _MAX_HOST:
             return None
-    if not _PORT.fullmatch(port):
+    if not _PORT.fullmatch(port) or (port and int(port) > 65535):
         return None
     return host
 

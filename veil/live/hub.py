@@ -272,6 +272,23 @@ class Hub:
     def subscribers(self) -> int:
         return self._count
 
+    def recent(self, site_id: uuid.UUID, most: int) -> list[Event]:
+        """
+        The ring's latest C{most} rows of C{site_id}, oldest first, as
+        events (the live stream's hydration takes the rows not yet in the
+        database from here).
+        """
+        found: list[Event] = []
+        if most <= 0:
+            return found
+        for cursor, row in reversed(self._ring):
+            if row is not None and row.site_id == site_id:
+                found.append(Event(self.origin, cursor, row))
+                if len(found) >= most:
+                    break
+        found.reverse()
+        return found
+
     # -- subscribers -----------------------------------------------------------
 
     def subscribe(self, site_id: uuid.UUID | None,

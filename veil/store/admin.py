@@ -346,6 +346,83 @@ class MaintenanceStatus:
     sites: tuple[str, ...]
 
 
+@attrs.frozen
+class CertificateSummary:
+    """The newest certificate of a site's domain, as the site page shows it."""
+
+    issuer: str
+    serial: str
+    not_before: datetime
+    not_after: datetime
+    #: When Veil first got a certificate for the domain.
+    first_issued_at: datetime
+
+
+@attrs.frozen
+class StatusChange:
+    """A status the site entered (schema 008's C{site_status_changes})."""
+
+    status: str
+    detail: str | None
+    at: datetime
+
+
+@attrs.frozen
+class SiteDetail:
+    """Everything a site's owner may see and set about it."""
+
+    id: UUID
+    domain: str
+    upstream: str
+    status: str
+    status_detail: str | None
+    mode: str
+    paranoia: int
+    threshold: int
+    inspect_body_limit: int | None
+    body_overflow: str
+    allow_plain_http: bool
+    origin_tls_verify: bool
+    maintenance: bool
+    max_body_size: int
+    allow_trace: bool
+    dns_token: str
+    owner_id: UUID
+    created_at: datetime
+    updated_at: datetime
+    dns_verified_at: datetime | None
+    certificate: CertificateSummary | None = None
+    history: tuple[StatusChange, ...] = ()
+
+
+_DETAIL = ("id, domain, upstream, status, status_detail, mode, paranoia_level,"
+           " anomaly_threshold, inspect_body_limit, body_overflow, allow_plain_http,"
+           " origin_tls_verify, maintenance, max_body_size, allow_trace, dns_token, owner_id,"
+           " created_at, updated_at, dns_verified_at")
+
+#: What L{SiteAdmin.update} may change: the origin and the switches of the
+#: C{sites} row (L{veil.store.waf.WafAdmin.set_settings} and
+#: L{veil.store.site_limits.SiteLimits.set} own the others).
+SITE_COLUMNS = {"upstream": "upstream", "allow_plain_http": "allow_plain_http",
+                "origin_tls_verify": "origin_tls_verify"}
+
+
+@attrs.frozen
+class AuditEntry:
+    """One row of C{audit_log}, with the actor's address for people to read."""
+
+    id: int
+    ts: datetime
+    actor_id: UUID | None
+    actor_email: str | None
+    action: str
+    target_type: str | None
+    target_id: str | None
+    detail: dict[str, Any]
+    ip: str | None
+    site_id: UUID | None
+
+
 # -- transactions (on a database thread) --------------------------------------
 
 
@@ -490,17 +567,115 @@ def _all_decisions(cur: psycopg.Cursor, site_id: UUID | None,
     return [_decision(row) for row in cur.fetchall()]
 
 
-def _remove_decision(cur: psycopg.Cursor, decision_id: UUID,
-                     actor: UUID | None) -> DecisionRecord:
+def _remove_decision(cur: psycopg.Cursor, decision_id: UUID, actor: UUID | None,
+                     site_id: UUID | None = None) -> DecisionRecord:
     cur.execute(f"SELECT {_DECISION} WHERE d.id = %s FOR UPDATE OF d", (decision_id,))
     row = cur.fetchone()
-    if row is None:
+    if row is None or (site_id is not None and row[5] != site_id):
         raise DecisionNotFound(decision_id)
     cur.execute("DELETE FROM decisions WHERE id = %s", (decision_id,))
     decision = _decision(row)
     _audit(cur, actor, "decision.delete", "decision", str(decision_id),
            {"type": decision.type, "source": decision.source})
     return decision
+
+
+def _site_detail(cur: psycopg.Cursor, site_id: UUID) -> SiteDetail | None:
+    cur.execute(f"SELECT {_DETAIL} FROM sites WHERE id = %s", (site_id,))
+    row = cur.fetchone()
+    if row is None:
+        return None
+    site = SiteDetail(*row)
+    cur.execute(
+        "SELECT issuer, serial, not_before, not_after,"
+        " (SELECT min(created_at) FROM certificates WHERE name = %s)"
+        " FROM certificates WHERE name = %s AND status = 'valid'"
+        " ORDER BY not_after DESC LIMIT 1", (site.domain, site.domain))
+    found = cur.fetchone()
+    cur.execute("SELECT status, detail, at FROM site_status_changes WHERE site_id = %s"
+                " ORDER BY id DESC LIMIT 20", (site_id,))
+    history = tuple(StatusChange(*r) for r in reversed(cur.fetchall()))
+    return attrs.evolve(site, certificate=None if found is None else CertificateSummary(*found),
+                        history=history)
+
+
+def _update_site(cur: psycopg.Cursor, domain: str, changes: dict[str, Any],
+                 actor: UUID | None) -> SiteRecord:
+    """The origin and switches of the C{sites} row: changed, audited with before and after."""
+    columns = ", ".join(SITE_COLUMNS[field] for field in changes)
+    cur.execute(f"SELECT {columns} FROM sites WHERE domain = %s FOR NO KEY UPDATE", (domain,))
+    row = cur.fetchone()
+    if row is None:
+        raise SiteNotFound(domain)
+    before = dict(zip(changes, row))
+    changed = {field: value for field, value in changes.items() if before[field] != value}
+    if changed:
+        assignments = ", ".join(f"{SITE_COLUMNS[field]} = %s" for field in changed)
+        cur.execute(f"UPDATE sites SET {assignments} WHERE domain = %s RETURNING id",
+                    (*changed.values(), domain))
+        site_id = cur.fetchone()[0]
+        _audit(cur, actor, "site.update", "site", str(site_id), {
+            "domain": domain,
+            "changes": {SITE_COLUMNS[field]: {"from": before[field], "to": value}
+                        for field, value in changed.items()}})
+    cur.execute(f"SELECT {_SITE} FROM sites WHERE domain = %s", (domain,))
+    return SiteRecord(*cur.fetchone())
+
+
+def _change_site(cur: psycopg.Cursor, domain: str, site: dict[str, Any], waf: dict[str, Any],
+                 limits: dict[str, Any], maintenance: bool | None, actor: UUID | None) -> None:
+    """Every part of a settings change, in one transaction (see L{SiteAdmin.change})."""
+    from veil.store import site_limits
+    from veil.store import waf as waf_store
+
+    if site:
+        _update_site(cur, domain, site, actor)
+    if waf:
+        waf_store._set_settings(cur, domain, waf, actor)
+    if limits:
+        current = site_limits._get(cur, domain)
+        wanted = {k: v for k, v in limits.items() if getattr(current, k) != v}
+        if wanted:
+            site_limits._set(cur, domain, wanted.get("max_body_size"),
+                             wanted.get("allow_trace"), actor)
+    if maintenance is not None:
+        _set_site_maintenance(cur, domain, maintenance, actor)
+
+
+def _decisions_page(cur: psycopg.Cursor, site_id: UUID, after: tuple[datetime, UUID] | None,
+                    limit: int) -> list[DecisionRecord]:
+    keyset = "" if after is None else " AND (d.created_at, d.id) < (%s, %s)"
+    cur.execute(
+        f"SELECT {_DECISION} WHERE d.site_id = %s"
+        " AND (d.expires_at IS NULL OR d.expires_at > now())"
+        f"{keyset} ORDER BY d.created_at DESC, d.id DESC LIMIT %s",
+        (site_id, *(after or ()), limit))
+    return [_decision(row) for row in cur.fetchall()]
+
+
+def _audit_entries(cur: psycopg.Cursor, site_id: UUID | None, before: int | None, limit: int,
+                   action: str | None, actor: UUID | None) -> list[AuditEntry]:
+    where, params = [], []
+    if site_id is not None:
+        where.append("a.site_id = %s")
+        params.append(site_id)
+    if before is not None:
+        where.append("a.id < %s")
+        params.append(before)
+    if action is not None:
+        where.append("a.action LIKE %s")
+        params.append(action.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+                      + "%")
+    if actor is not None:
+        where.append("a.actor_user_id = %s")
+        params.append(actor)
+    clause = f" WHERE {' AND '.join(where)}" if where else ""
+    cur.execute(
+        "SELECT a.id, a.ts, a.actor_user_id, u.email, a.action, a.target_type, a.target_id,"
+        " a.detail, host(a.ip), a.site_id FROM audit_log a"
+        f" LEFT JOIN users u ON u.id = a.actor_user_id{clause}"
+        " ORDER BY a.id DESC LIMIT %s", (*params, limit))
+    return [AuditEntry(*row) for row in cur.fetchall()]
 
 
 # -- the store API -------------------------------------------------------------
@@ -564,6 +739,45 @@ class SiteAdmin:
         return self._db.transact("admin.sites.maintenance", _set_site_maintenance,
                                  normalise_domain(domain), enabled, actor)
 
+    def detail(self, site_id: UUID) -> Deferred[SiteDetail | None]:
+        """
+        The site with every setting, its newest valid certificate and its
+        last 20 status changes (oldest first); L{None} for no such site.
+        """
+        return self._db.transact("admin.sites.detail", _site_detail, site_id)
+
+    def change(self, domain: str, actor: UUID | None, *, site: dict[str, Any] | None = None,
+               waf: dict[str, Any] | None = None, limits: dict[str, Any] | None = None,
+               maintenance: bool | None = None) -> Deferred[None]:
+        """
+        Change a site's settings in one transaction, each part by the store
+        that owns it, each audited: C{site} (L{SITE_COLUMNS}: C{upstream},
+        checked against the origin policy, C{allow_plain_http},
+        C{origin_tls_verify}), C{waf} (L{veil.store.waf.SETTING_COLUMNS},
+        already parsed), C{limits} (C{max_body_size}, C{allow_trace}) and
+        C{maintenance}.
+
+        @raise InvalidValue: (at once) for a bad value.
+        @raise SiteNotFound: (in the Deferred) when the site is gone.
+        """
+        from veil.store.site_limits import check_max_body_size
+        from veil.store.waf import SETTING_COLUMNS
+
+        site = dict(site or {})
+        for field in site:
+            if field not in SITE_COLUMNS:
+                raise InvalidValue(f"{field!r} is not a site setting")
+        if "upstream" in site:
+            site["upstream"] = normalise_upstream(site["upstream"], self._origins)
+        for field in waf or {}:
+            if field not in SETTING_COLUMNS:
+                raise InvalidValue(f"{field!r} is not a WAF setting")
+        limits = dict(limits or {})
+        if "max_body_size" in limits:
+            check_max_body_size(limits["max_body_size"])
+        return self._db.transact("admin.sites.change", _change_site, normalise_domain(domain),
+                                 site, dict(waf or {}), limits, maintenance, actor)
+
 
 class DecisionAdmin:
     """Adding, listing and removing IP decisions."""
@@ -593,10 +807,36 @@ class DecisionAdmin:
         return self._db.transact("admin.decisions.all", _all_decisions, site_id,
                                  include_expired)
 
-    def remove(self, decision_id: UUID, actor: UUID | None) -> Deferred[DecisionRecord]:
-        """Delete a decision; fires with what it was."""
+    def page(self, site_id: UUID, after: tuple[datetime, UUID] | None,
+             limit: int) -> Deferred[list[DecisionRecord]]:
+        """One site's decisions in force, newest first, after the key C{(created_at, id)}."""
+        return self._db.transact("admin.decisions.page", _decisions_page, site_id, after, limit)
+
+    def remove(self, decision_id: UUID, actor: UUID | None,
+               site_id: UUID | None = None) -> Deferred[DecisionRecord]:
+        """
+        Delete a decision (only one of site C{site_id}'s, when given: another's
+        is L{DecisionNotFound}); fires with what it was.
+        """
         return self._db.transact("admin.decisions.remove", _remove_decision, decision_id,
-                                 actor)
+                                 actor, site_id)
+
+
+class AuditLog:
+    """Reading C{audit_log}, newest first."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    def entries(self, *, site_id: UUID | None = None, before: int | None = None,
+                limit: int = 50, action: str | None = None,
+                actor: UUID | None = None) -> Deferred[list[AuditEntry]]:
+        """
+        Rows (of one site, with C{site_id}) whose id is below C{before};
+        C{action} is a prefix (C{site.}, C{auth.sign_in}).
+        """
+        return self._db.transact("admin.audit.entries", _audit_entries, site_id, before, limit,
+                                 action, actor)
 
 
 class SettingsAdmin:

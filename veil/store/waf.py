@@ -466,12 +466,12 @@ def _exclude(cur: psycopg.Cursor, domain: str, actor: UUID | None, rule_id: int 
 
 
 def _unexclude(cur: psycopg.Cursor, exclusion_id: str, actor: UUID | None,
-               comment: str) -> ExclusionRecord:
+               comment: str, only: str | None = None) -> ExclusionRecord:
     cur.execute("SELECT s.domain FROM rules r JOIN sites s ON s.id = r.site_id"
                 " WHERE r.is_active AND r.body -> 'exclusions' @> %s",
                 (_holding(exclusion_id),))
     row = cur.fetchone()
-    if row is None:
+    if row is None or (only is not None and row[0] != only):
         raise ExclusionNotFound(exclusion_id)
     domain = row[0]
     site_id = _lock_site(cur, domain)
@@ -637,12 +637,16 @@ class WafAdmin:
             None if target is None else parse_exclusion_target(target),
             check_text(comment, "the comment"))
 
-    def unexclude(self, exclusion_id: str, actor: UUID | None,
-                  comment: str = "") -> Deferred[ExclusionRecord]:
-        """Remove an exclusion, whichever site it belongs to; fires with what it was."""
+    def unexclude(self, exclusion_id: str, actor: UUID | None, comment: str = "",
+                  domain: str | None = None) -> Deferred[ExclusionRecord]:
+        """
+        Remove an exclusion, whichever site it belongs to (only site
+        C{domain}'s, when given); fires with what it was.
+        """
         return self._db.transact("waf.unexclude", _unexclude,
                                  parse_exclusion_id(exclusion_id), actor,
-                                 check_text(comment, "the comment"))
+                                 check_text(comment, "the comment"),
+                                 None if domain is None else normalise_domain(domain))
 
     def history(self, domain: str, limit: int = 50) -> Deferred[list[RulesVersion]]:
         """The versions of the site's rules document, newest first."""

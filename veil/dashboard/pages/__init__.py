@@ -1,0 +1,1 @@
+"""The dashboard's pages: server-rendered, each usable without JavaScript."""
