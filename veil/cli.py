@@ -173,7 +173,7 @@ def _job(target: Target, handler: Handler, args: argparse.Namespace, env: Env) -
         db.start()
         args.loaded_config = target.config
         try:
-            return await handler(Stores.on(db), args, env.out)
+            return await handler(Stores.on(db, target.config), args, env.out)
         except StoreUnavailable as e:
             message = str(_unreachable(target, e)) if target.embedded else (
                 f"cannot reach the database (database.url): {_one_line(e)}")

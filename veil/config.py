@@ -443,6 +443,8 @@ KEYS: tuple[Key, ...] = (
         "this Veil's name in Via (the same on every node of a cluster; default: from the host)"),
     Key("waf.inspect_body_limit", _integer(0, 1024 * 1024), 64 * 1024,
         "request body bytes held (and inspected) before an origin connection is taken"),
+    Key("waf.enabled", _boolean, True,
+        "the signature stage (false: IP decisions only, no rules compiled or run)"),
 )
 
 _BY_NAME = {key.name: key for key in KEYS}
@@ -523,7 +525,7 @@ class DnsConfig:
 
 @attrs.frozen
 class ProxyConfig:
-    """The proxy's keys (C{proxy.*}), and C{waf.inspect_body_limit}, which it applies."""
+    """The proxy's keys (C{proxy.*}), and the C{waf.*} keys, which it applies."""
 
     allow_private_origins: bool = True
     origin_pool_size: int = 256
@@ -535,6 +537,8 @@ class ProxyConfig:
     send_timeout: float = 60.0
     via_name: str | None = None
     inspect_body_limit: int = 64 * 1024
+    #: C{waf.enabled}: the WAF's signature stage runs.
+    waf_enabled: bool = True
 
 
 @attrs.frozen
@@ -820,4 +824,5 @@ def _proxy(values: dict[str, Any]) -> ProxyConfig:
         send_timeout=values["proxy.send_timeout"],
         via_name=values["proxy.via_name"],
         inspect_body_limit=values["waf.inspect_body_limit"],
+        waf_enabled=values["waf.enabled"],
     )

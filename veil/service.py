@@ -50,6 +50,8 @@ from veil.store.logquery import RequestLogQueries
 from veil.store.migrate import migrate
 from veil.store.policies import PolicyStore, PolicyTable
 from veil.store.requestlog import RequestLog
+from veil.waf.engine import Engine
+from veil.waf.pipeline import compile_engine
 from veil.workers.base import PeriodicWorker
 from veil.workers.dns import DnsVerifier, dns_worker
 from veil.workers.maintenance import partition_worker, session_cleanup_worker
@@ -125,6 +127,9 @@ class VeilService(Service):
         #: Every site's WAF policy (L{veil.store.policies.PolicyTable}): the
         #: proxy calls C{policies.get(site_id)} per request.
         self.policies: PolicyTable | None = None
+        #: The WAF's compiled signature engine (one per process), once
+        #: start-up has built it; L{None} with C{waf.enabled = false}.
+        self.engine: Engine | None = None
         self.workers: list[PeriodicWorker] = []
         self.dns: DnsVerifier | None = None
         self.live: LiveMount | None = None
@@ -201,6 +206,12 @@ class VeilService(Service):
     async def _start(self) -> None:
         config = self.config
         role = self.role
+        # The signature engine compiles (seconds of CPU) on a thread of its
+        # own while the database comes up; the proxy exists only once it is
+        # ready (below), and so does readiness.
+        engine: Deferred[Engine] | None = None
+        if config.proxy.waf_enabled:
+            engine = compile_engine(self.reactor)
         if config.uses_embedded_database:
             from veil.store.embedded import EmbeddedPostgres
 
@@ -254,10 +265,15 @@ class VeilService(Service):
         self.peers = PeerFeed(self.hub, db, self.listener, self.reactor, metrics=self.metrics)
         self.peers.startService()
         self.readiness.detail = "loading sites, certificates and decisions"
-        policies = self.policies = PolicyTable(PolicyStore(db), self.reactor)
+        policies = self.policies = PolicyTable(
+            PolicyStore(db, inspect_body_limit=config.proxy.inspect_body_limit), self.reactor)
         policies.subscribe(self.listener)
         await policies.reload()
-        edge_workers = await self.edge.start(db, locks, self.listener, self.request_log.append)
+        if engine is not None:
+            self.readiness.detail = "compiling the WAF rules"
+            self.engine = await engine
+        edge_workers = await self.edge.start(db, locks, self.listener, self.request_log.append,
+                                             policies=policies, engine=self.engine)
         if not role.is_main:
             sockets = role.sockets
             self.edge.bind(lambda name, factory: adopt(self.reactor, sockets[name], factory))

@@ -24,7 +24,8 @@ def row(n: int, site: uuid.UUID | None = SITE_A) -> LogRow:
         host="shop.test", method="GET", path=f"/item/{n}", query=None, status=200,
         bytes_in=10, bytes_out=20, duration_ms=1.5, origin_ms=1.0, client_ip="192.0.2.1",
         request_id=f"req-{n}", user_agent="curl/8", classification="malicious",
-        classifier="signatures", confidence=0.9, attack_type="sqli", blocked=True)
+        classifier="signature", confidence=0.9, attack_type="sqli", blocked=True,
+        rule_ids=(3011, 3020), anomaly_score=10, excerpt="GET /item?id=1'--")
 
 
 def paths(items: list[Event | Gap]) -> list[str]:
@@ -54,7 +55,10 @@ class HubTests(SynchronousTestCase):
         self.assertEqual(paths(every.take()), ["/item/1", "/item/2", "/item/3"])
 
     def test_event_data(self) -> None:
-        """An event carries the row as a JSON-ready dict, and an increasing SSE id."""
+        """
+        An event carries the row as a JSON-ready dict (with the WAF's verdict:
+        rule ids, score, excerpt), and an increasing SSE id.
+        """
         s = self.hub.subscribe(SITE_A)
         self.hub.publish(row(1))
         self.hub.publish(row(2))
@@ -65,8 +69,9 @@ class HubTests(SynchronousTestCase):
             "method": "GET", "path": "/item/1", "query": None, "status": 200, "bytes_in": 10,
             "bytes_out": 20, "duration_ms": 1.5, "origin_ms": 1.0, "client_ip": "192.0.2.1",
             "request_id": "req-1", "user_agent": "curl/8", "classification": "malicious",
-            "classifier": "signatures", "confidence": 0.9, "attack_type": "sqli",
-            "blocked": True})
+            "classifier": "signature", "confidence": 0.9, "attack_type": "sqli",
+            "blocked": True, "rule_ids": [3011, 3020], "anomaly_score": 10,
+            "excerpt": "GET /item?id=1'--"})
         self.assertEqual(parse_event_id(first.id), (self.hub.origin, 1))
         self.assertEqual(parse_event_id(second.id), (self.hub.origin, 2))
         self.assertGreater(second.cursor, first.cursor)

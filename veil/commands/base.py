@@ -19,6 +19,8 @@ from uuid import UUID
 
 import attrs
 
+from veil.config import Config
+from veil.proxy.origins import OriginPolicy
 from veil.store import admin
 from veil.store.db import Database
 
@@ -28,7 +30,9 @@ class Stores:
     """
     The store API on one L{Database}: the operator account and the admin
     stores every group uses; a group with stores of its own builds them on
-    C{db}.
+    C{db}.  With the configuration, sites are saved under the operator's
+    origin policy (C{proxy.allow_private_origins}, Veil's own ports: see
+    L{OriginPolicy}), as the running proxy will apply it.
     """
 
     db: Database
@@ -36,11 +40,13 @@ class Stores:
     sites: admin.SiteAdmin
     decisions: admin.DecisionAdmin
     settings: admin.SettingsAdmin
+    config: Config | None = None
 
     @classmethod
-    def on(cls, db: Database) -> Stores:
-        return cls(db, admin.OperatorAccount(db), admin.SiteAdmin(db), admin.DecisionAdmin(db),
-                   admin.SettingsAdmin(db))
+    def on(cls, db: Database, config: Config | None = None) -> Stores:
+        origins = None if config is None else OriginPolicy.from_config(config)
+        return cls(db, admin.OperatorAccount(db), admin.SiteAdmin(db, origins),
+                   admin.DecisionAdmin(db), admin.SettingsAdmin(db), config)
 
 
 #: A store command: runs on the reactor, returns the exit status.

@@ -5,6 +5,7 @@ per-site configuration (DESIGN §6).
     veil sites set DOMAIN [--mode block|monitor] [--paranoia 1-4] [--threshold N]
                           [--inspect-body-limit BYTES|default]
                           [--body-overflow inspect-prefix|block]
+                          [--max-body-size BYTES] [--allow-trace|--no-allow-trace]
     veil waf policy DOMAIN [--json]        everything the WAF applies to the site
     veil waf exclude DOMAIN --rule ID|--class C [--path PREFIX] [--target args:q]
                             [--comment TEXT]
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from collections.abc import Callable
 from datetime import datetime
 from typing import IO, Any
@@ -34,6 +36,7 @@ from veil.commands.base import Stores, group, store_command, table, when
 from veil.store import admin
 from veil.store import waf as store
 from veil.store.policies import PolicyStore
+from veil.store.site_limits import SiteLimits, check_max_body_size
 from veil.waf.policy import (
     ATTACK_CLASSES,
     BODY_OVERFLOW,
@@ -57,6 +60,8 @@ def _shown(text: str | None) -> str:
 def _size(limit: int | None) -> str:
     if limit is None:
         return DEFAULT_LIMIT
+    if limit and limit % (1 << 30) == 0:
+        return f"{limit >> 30} GiB"
     if limit and limit % (1024 * 1024) == 0:
         return f"{limit // (1024 * 1024)} MiB"
     if limit and limit % 1024 == 0:
@@ -66,6 +71,13 @@ def _size(limit: int | None) -> str:
 
 def _admin(stores: Stores) -> store.WafAdmin:
     return store.WafAdmin(stores.db)
+
+
+def policy_store(stores: Stores) -> PolicyStore:
+    """Sites' policies as the running Veil builds them (its C{waf.inspect_body_limit})."""
+    if stores.config is None:
+        return PolicyStore(stores.db)
+    return PolicyStore(stores.db, inspect_body_limit=stores.config.proxy.inspect_body_limit)
 
 
 # -- veil sites set ---------------------------------------------------------------------
@@ -80,41 +92,97 @@ _SETTINGS: dict[str, tuple[str, Callable[[Any], Any]]] = {
 }
 
 
+#: A body size: bytes, or a number with a 1024-based unit.
+_BODY_SIZE = re.compile(r"(\d{1,13})\s*(|b|k|kb|kib|m|mb|mib|g|gb|gib|t|tb|tib)")
+_BODY_UNITS = {"": 1, "b": 1, "k": 1 << 10, "kb": 1 << 10, "kib": 1 << 10, "m": 1 << 20,
+               "mb": 1 << 20, "mib": 1 << 20, "g": 1 << 30, "gb": 1 << 30, "gib": 1 << 30,
+               "t": 1 << 40, "tb": 1 << 40, "tib": 1 << 40}
+
+
+def parse_max_body_size(text: str) -> int:
+    """The largest request body a site accepts: C{104857600}, C{100MiB}, C{2G} (1024-based)."""
+    match = _BODY_SIZE.fullmatch(text.strip().lower())
+    if match is None:
+        raise admin.InvalidValue(
+            f"{text!r} is not a size: a number of bytes, optionally with k, M, G or T"
+            " (512k, 100MiB, 2G)")
+    return check_max_body_size(int(match.group(1)) * _BODY_UNITS[match.group(2)])
+
+
 def _check_sites_set(args: argparse.Namespace) -> None:
     args.domain = admin.normalise_domain(args.domain)
     args.changes = {field: parse(getattr(args, option))
                     for option, (field, parse) in _SETTINGS.items()
                     if getattr(args, option) is not None}
-    if not args.changes:
+    args.limits = {}
+    if args.max_body_size is not None:
+        args.limits["max_body_size"] = parse_max_body_size(args.max_body_size)
+    if args.allow_trace is not None:
+        args.limits["allow_trace"] = args.allow_trace
+    if not args.changes and not args.limits:
         raise admin.InvalidValue(
-            "nothing to change: give --mode, --paranoia, --threshold, --inspect-body-limit"
-            " or --body-overflow")
+            "nothing to change: give --mode, --paranoia, --threshold, --inspect-body-limit,"
+            " --body-overflow, --max-body-size or --allow-trace/--no-allow-trace")
 
 
-def _setting(settings: store.WafSettings, field: str) -> str:
+def _setting(settings: Any, field: str) -> str:
     value = getattr(settings, field)
-    return _size(value) if field == "inspect_body_limit" else str(value)
+    if field in ("inspect_body_limit", "max_body_size"):
+        return _size(value)
+    if field == "allow_trace":
+        return "on" if value else "off"
+    return str(value)
+
+
+#: How C{sites set} names what it changed.
+_NAMES = {"inspect_body_limit": "inspect body limit", "body_overflow": "body overflow",
+          "max_body_size": "max body size", "allow_trace": "TRACE"}
+
+
+def _changed(before: Any, after: Any, fields: Any) -> tuple[list[str], list[str]]:
+    """What changed (C{name value (was ...)}) and what did not (C{name already value})."""
+    changed, same = [], []
+    for f in fields:
+        if getattr(before, f) != getattr(after, f):
+            changed.append(f"{_NAMES.get(f, f)} {_setting(after, f)} (was {_setting(before, f)})")
+        else:
+            same.append(f"{_NAMES.get(f, f)} already {_setting(after, f)}")
+    return changed, same
 
 
 async def sites_set(stores: Stores, args: argparse.Namespace, out: IO[str]) -> int:
     actor = await stores.operator.ensure()
-    before, after = await _admin(stores).set_settings(args.domain, actor, **args.changes)
-    names = {"inspect_body_limit": "inspect body limit", "body_overflow": "body overflow"}
-    if before == after:
-        print(f"{after.domain}: nothing changed ("
-              + ", ".join(f"{names.get(f, f)} already {_setting(after, f)}"
-                          for f in args.changes) + ").", file=out)
+    changed: list[str] = []
+    same: list[str] = []
+    domain = args.domain
+    if args.changes:
+        before, after = await _admin(stores).set_settings(args.domain, actor, **args.changes)
+        domain = after.domain
+        more = _changed(before, after, args.changes)
+        changed += more[0]
+        same += more[1]
+    if args.limits:
+        limits = SiteLimits(stores.db)
+        before_limits = await limits.get(args.domain)
+        after_limits = before_limits
+        if any(getattr(before_limits, f) != v for f, v in args.limits.items()):
+            # Audited in its transaction (veil/store/site_limits.py).
+            after_limits = await limits.set(args.domain, actor, **args.limits)
+        domain = after_limits.domain
+        more = _changed(before_limits, after_limits, args.limits)
+        changed += more[0]
+        same += more[1]
+    if not changed:
+        print(f"{domain}: nothing changed (" + ", ".join(same) + ").", file=out)
         return 0
-    print(f"{after.domain}: " + ", ".join(
-        f"{names.get(f, f)} {_setting(after, f)} (was {_setting(before, f)})"
-        for f in args.changes if getattr(before, f) != getattr(after, f)) + ".", file=out)
+    print(f"{domain}: " + ", ".join(changed) + ".", file=out)
     print("Every running Veil process applies it within a second.", file=out)
     return 0
 
 
 def add_sites_set(sites: argparse._SubParsersAction) -> None:
     """C{veil sites set}, in the C{sites} group."""
-    parser = sites.add_parser("set", help="change a site's WAF settings")
+    parser = sites.add_parser("set", help="change a site's WAF and body settings")
     parser.add_argument("domain", metavar="DOMAIN")
     parser.add_argument("--mode", metavar="|".join(MODES),
                         help="block attacks, or only log them as 'would block'")
@@ -128,6 +196,11 @@ def add_sites_set(sites: argparse._SubParsersAction) -> None:
                         " 1 MiB), or 'default'")
     parser.add_argument("--body-overflow", metavar="|".join(BODY_OVERFLOW),
                         help="for a body over the limit: inspect its start, or refuse it (413)")
+    parser.add_argument("--max-body-size", metavar="BYTES",
+                        help="the largest request body accepted (413 beyond): 512k, 100MiB, 2G"
+                        " (default for new sites: 100 MiB)")
+    parser.add_argument("--allow-trace", action=argparse.BooleanOptionalAction, default=None,
+                        help="forward TRACE requests (otherwise they get 405)")
     store_command(parser, sites_set, _check_sites_set)
 
 
@@ -154,7 +227,7 @@ def _policy_data(policy: SitePolicy, settings: store.WafSettings) -> dict[str, A
 
 async def waf_policy(stores: Stores, args: argparse.Namespace, out: IO[str]) -> int:
     settings = await _admin(stores).settings(args.domain)
-    loaded = await PolicyStore(stores.db).one(settings.site_id)
+    loaded = await policy_store(stores).one(settings.site_id)
     policy = loaded.policies.get(settings.site_id)
     if policy is None:  # removed since
         raise admin.SiteNotFound(settings.domain)

@@ -13,7 +13,10 @@ the transformed value it matched, and the score against the threshold.  It
 exits 0 when the request is not malicious and 1 when it is (blocked, or
 logged as "would block" on a site in monitor mode).  Without C{--site} it uses
 the default policy (paranoia 1, threshold 5, block) and needs no database;
-with C{--site} it applies the site's mode and paranoia level from the store.
+with C{--site} it applies the site's policy from the store, as every running
+Veil process holds it: mode, paranoia level, threshold, exclusions and
+endpoint profiles.  C{--mode}, C{--paranoia} and C{--threshold} override the
+policy's.
 
 The engine is built (the rules compiled) before anything connects.
 """
@@ -26,7 +29,10 @@ import sys
 from typing import IO, Any
 from uuid import UUID
 
+import attrs
+
 from veil.commands.base import Stores, group, store_command
+from veil.commands.waf import policy_store
 from veil.errors import VeilError
 from veil.store import admin
 from veil.waf.engine import Engine
@@ -61,10 +67,12 @@ def register(commands: argparse._SubParsersAction) -> None:
     check.add_argument("request", metavar="REQUEST-FILE",
                        help="a raw HTTP/1.1 request, or - to read it from standard input")
     check.add_argument("--site", metavar="DOMAIN", action=_StoreSite, default=None,
-                       help="apply this site's mode and paranoia level (needs the database)")
+                       help="apply this site's policy: mode, paranoia, threshold, exclusions,"
+                       " endpoint profiles (needs the database)")
     check.add_argument("--paranoia", type=int, choices=range(1, STRICTEST_PARANOIA + 1),
                        help="paranoia level (default: the site's, or 1)")
-    check.add_argument("--threshold", type=int, help="anomaly threshold (default 5)")
+    check.add_argument("--threshold", type=int,
+                       help="anomaly threshold (default: the site's, or 5)")
     check.add_argument("--mode", choices=MODES, help="block or monitor (default: the site's,"
                        " or block)")
     check.add_argument("--json", action="store_true", help="the verdict as JSON")
@@ -106,12 +114,14 @@ def _request(path: str) -> Request:
                          " it never reaches the WAF") from None
 
 
-def _policy(args: argparse.Namespace, site_id: UUID = NO_SITE, mode: str = "block",
-            paranoia: int = 1) -> SitePolicy:
+def _policy(args: argparse.Namespace, base: SitePolicy | None = None) -> SitePolicy:
+    """C{base} (the default policy without one) with the command line's overrides."""
     try:
-        return SitePolicy(site_id, mode=args.mode or mode,
-                          paranoia=args.paranoia or paranoia,
-                          threshold=args.threshold or 5)
+        if base is None:
+            base = SitePolicy(NO_SITE)
+        return attrs.evolve(base, mode=args.mode or base.mode,
+                            paranoia=args.paranoia or base.paranoia,
+                            threshold=args.threshold or base.threshold)
     except ValueError as e:
         raise CheckError(str(e)) from None
 
@@ -134,16 +144,24 @@ def prepare_check(args: argparse.Namespace) -> None:
 
 
 async def check_site(stores: Stores, args: argparse.Namespace, out: IO[str]) -> int:
-    """C{veil waf check --site}: the site's mode and paranoia from the C{sites} table."""
-    rows = await stores.db.query(
-        "waf.check.site", "SELECT id, mode, paranoia_level FROM sites WHERE domain = %s",
-        (args.site,))
-    if not rows:
+    """
+    C{veil waf check --site}: the site's policy as the running proxy holds it
+    (mode, paranoia, threshold, exclusions, endpoint profiles), with the
+    command line's overrides.
+    """
+    site = await stores.sites.get(args.site)
+    if site is None:
         raise admin.SiteNotFound(args.site)
-    site_id, mode, paranoia = rows[0]
-    policy = _policy(args, site_id, mode, paranoia)
+    loaded = await policy_store(stores).one(site.id)
+    policy = loaded.policies.get(site.id)
+    if policy is None:  # removed since
+        raise admin.SiteNotFound(args.site)
+    policy = _policy(args, policy)
     verdict = args.engine.inspect(args.parsed, policy, explain=True)
-    return _report(args.engine, verdict, args.parsed, f"site {args.site}", args.json, out)
+    source = f"site {args.site}"
+    if policy.exclusions:
+        source += f" ({len(policy.exclusions)} exclusion{'s' if len(policy.exclusions) > 1 else ''})"
+    return _report(args.engine, verdict, args.parsed, source, args.json, out)
 
 
 def _report(engine: Engine, verdict: Verdict, request: Request, source: str, as_json: bool,

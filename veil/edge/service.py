@@ -12,8 +12,8 @@ renewal worker, and subscribes the caches to their NOTIFY channels.
 from __future__ import annotations
 
 import base64
-from datetime import timedelta
 from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -36,21 +36,22 @@ from veil.edge.policy import IssuancePolicy
 from veil.edge.protocol import EdgeFactory
 from veil.errors import IssuanceFailed, StoreUnavailable
 from veil.metrics import Registry
+from veil.proxy.origins import OriginPolicy
+from veil.proxy.server import DRAIN_TIMEOUT
+from veil.proxy.setup import make_proxy
+from veil.proxy.upstream import OriginPool, SystemAndExtraRoots
 from veil.secretbox import SecretBox
 from veil.store.certs import CertificateStore
 from veil.store.db import Database
 from veil.store.listener import ListenerService
 from veil.store.locks import LockSession
-from veil.store.sites import Site, SiteStore, SiteTable
-from veil.proxy.origins import OriginPolicy
-from veil.proxy.server import DRAIN_TIMEOUT
-from veil.proxy.setup import make_proxy
-from veil.proxy.upstream import OriginPool, SystemAndExtraRoots
 from veil.store.requestlog import LogRow
 from veil.store.settings import SettingsStore, SettingsTable
+from veil.store.sites import Site, SiteStore, SiteTable
 from veil.tcp import listen_tcp
 from veil.waf.decisions import DecisionStore, DecisionTable
-from veil.waf.pipeline import ip_decisions, pipeline
+from veil.waf.engine import Engine
+from veil.waf.pipeline import Firewall, Policies
 from veil.workers.base import PeriodicWorker
 from veil.workers.renewal import renewal_worker
 
@@ -75,6 +76,8 @@ class Edge:
         self.ca: InternalCA | None = None
         self.ports: dict[str, Any] = {}
         self.decisions: DecisionTable | None = None
+        #: The WAF's stages, once started.
+        self.firewall: Firewall | None = None
         self.origins: OriginPool | None = None
         self._http_pool: HTTPConnectionPool | None = None
         self._router = AppRouter(self._site, dashboard, config.dashboard_host, clock=reactor)
@@ -133,10 +136,15 @@ class Edge:
         return PlainPort(plain, lambda: self._router.proxy)
 
     async def start(self, db: Database, locks: LockSession, listener: ListenerService,
-                    request_log: Callable[[LogRow], None]) -> list[PeriodicWorker]:
+                    request_log: Callable[[LogRow], None], *, policies: Policies,
+                    engine: Engine | None) -> list[PeriodicWorker]:
         """
         Set up the caches, the CA, the resolver and the proxy; return the
         workers to run.
+
+        @param policies: every site's WAF policy (kept current by the caller).
+        @param engine: the compiled signature engine, or L{None} for the IP
+            stage alone (C{waf.enabled = false}).
         """
         config = self.config
         config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -170,10 +178,13 @@ class Edge:
         roots = None
         if config.origin_ca_bundle is not None:
             roots = SystemAndExtraRoots(split_chain(config.origin_ca_bundle.read_bytes()))
+        firewall = self.firewall = Firewall(decisions, policies, engine, clock=self.reactor,
+                                            metrics=self.metrics)
         self.origins, proxy = make_proxy(
             config, self.reactor, sites.get, request_log, self.metrics,
-            policy=self.origin_policy, trust_root=roots,
-            inspect=pipeline([ip_decisions(decisions)]))
+            policy=self.origin_policy, trust_root=roots, inspect=firewall.head,
+            inspect_body=firewall.body if engine is not None else None,
+            inspect_body_limit=firewall.body_limit)
         proxy.maintenance = settings.maintenance
         settings.on_change(lambda table: setattr(proxy, "maintenance", table.maintenance))
         self._router.proxy = proxy

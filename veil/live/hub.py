@@ -72,6 +72,9 @@ def row_data(row: LogRow) -> dict[str, Any]:
         "confidence": row.confidence,
         "attack_type": row.attack_type,
         "blocked": row.blocked,
+        "rule_ids": None if row.rule_ids is None else list(row.rule_ids),
+        "anomaly_score": row.anomaly_score,
+        "excerpt": row.excerpt,
     }
 
 

@@ -52,7 +52,7 @@ import os
 from collections import deque
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import attrs
 import httptools
@@ -159,6 +159,23 @@ class Verdict:
     status: int
     retry_after: int | None = None
     reason: str = ""
+
+
+class Judgement(NamedTuple):
+    """
+    What the WAF concluded about a request that is not plainly benign, for
+    its request-log row (L{Exchange.judged}; benign requests have none and
+    cost the log nothing).  Whether the request was refused is the
+    exchange's own C{blocked}.
+    """
+
+    classification: str
+    classifier: str
+    confidence: float | None = None
+    attack_type: str | None = None
+    rule_ids: tuple[int, ...] | None = None
+    anomaly_score: int | None = None
+    excerpt: str | None = None
 
 
 class _Reject(Exception):
@@ -832,7 +849,12 @@ class Exchange:
     and, at the body decision point (the factory's C{inspect_body}, once
     the body's first C{body_limit} bytes are held, or all of it when it is
     shorter, and before any origin connection is taken), L{body_prefix}
-    and L{body_complete}.
+    and L{body_complete}.  C{body_done} is false at head time when a body
+    follows.
+
+    What they may set: C{judged} (a L{Judgement} for the log row),
+    C{inspection} (anything the head hook leaves for the body hook), and,
+    at head time, L{cap_body}.
     """
 
     __slots__ = (
@@ -853,6 +875,8 @@ class Exchange:
         "hold_paused",
         "host",
         "http10",
+        "inspection",
+        "judged",
         "keep_alive",
         "key",
         "length_in",
@@ -926,6 +950,10 @@ class Exchange:
         self.named: frozenset[bytes] = _NO_NAMES
         #: Expect: 100-continue: 0 not asked, 1 asked, 2 answered by Veil.
         self.expect = 0
+        #: What the WAF's head hook leaves for its body hook (None: nothing).
+        self.inspection: Any = None
+        #: The WAF's conclusion for the log row (None: benign, or not inspected).
+        self.judged: Judgement | None = None
 
     # -- what the WAF reads ----------------------------------------------------------
 
@@ -1166,6 +1194,27 @@ class Exchange:
             self.early = [data]
         else:
             self.early.append(data)
+
+    def cap_body(self, limit: int) -> None:
+        """
+        At head time: this request's body may be at most C{limit} bytes (a
+        WAF that refuses what it cannot inspect whole).  A C{Content-Length}
+        over it is a 413 at once; a chunked body is one as soon as it grows
+        past it, before any of it reaches the origin (it is held until it
+        ends or passes the limit).
+        """
+        if self.length_in > limit:
+            f = self.p.f
+            f.refused("too-large", "Refused request bodies over their site's limit: "
+                      "answered 413{suppressed_text}", self.client_ip)
+            f.rejected.inc(status="413")
+            self.refuse(413)
+            return
+        self.max_body = min(self.max_body, limit)
+        if self.body_limit >= 0 and not self.body_done:
+            # One byte more than the limit: decided when the body ends, or
+            # refused when it passes the limit, never on an exact prefix.
+            self.body_limit = limit + 1
 
     def verdict(self, verdict: Verdict) -> None:
         """Answer with the page for a WAF C{verdict}."""
@@ -1589,7 +1638,7 @@ class Exchange:
         site = self.site
         f.requests.inc()
         try:
-            f.log(LogRow(
+            row = LogRow(
                 ts=datetime.fromtimestamp(self.start_ts, UTC),
                 site_id=None if site is None else site.id, host=self.host,
                 method=self.method.decode("latin-1") or None,
@@ -1598,7 +1647,12 @@ class Exchange:
                 status=self.status, bytes_in=self.bytes_in, bytes_out=self.bytes_out,
                 duration_ms=(now - self.start_ts) * 1000.0, origin_ms=self.origin_ms,
                 client_ip=self.client_ip or None, request_id=self.request_id,
-                user_agent=self.user_agent, blocked=self.blocked))
+                user_agent=self.user_agent, blocked=self.blocked)
+            judged = self.judged
+            if judged is not None:
+                # Only rows with something to say pay for saying it.
+                row = row._replace(**judged._asdict())
+            f.log(row)
         except Exception:  # noqa: BLE001 - a bad sink must not break the connection
             _log.failure("Writing a request log row failed")
 
