@@ -205,6 +205,36 @@ class TrafficPageTests(PagesCase):
         self.assertIn("No exclusions", (await self.page(self.owner, f"/sites/{site_id}/waf")).text)
 
 
+    async def test_outcome_is_the_rows(self) -> None:
+        """
+        The explanation says what happened to the request as logged: a request
+        blocked before the site went to monitor mode still reads as blocked,
+        and a monitored one as logged, not blocked.
+        """
+        site_id = await self.seed()
+        now = datetime.now(UTC).replace(microsecond=0)
+        watched = blocked(now - timedelta(minutes=5), site_id, 5, "/watched",
+                          "q=Union%20Select%20stuff", (3010,), 5)._replace(status=200,
+                                                                           blocked=False)
+        write(self.running.conninfo, [watched])
+        await self.running.db.query("test.mode", "UPDATE sites SET mode = 'monitor'"
+                                    " WHERE id = %s", (site_id,))
+        listing = await self.page(self.owner, f"/sites/{site_id}/requests?attack_type=sqli")
+        texts = {}
+        for key in set(re.findall(rf'href="/sites/{site_id}/requests/([A-Za-z0-9_-]+)"',
+                                  listing.text)):
+            text = (await self.page(self.owner, f"/sites/{site_id}/requests/{key}")).text
+            why = re.search(r'<section class="card" id="why">.*?</section>', text, re.S).group(0)
+            texts["/watched" if "GET /watched" in text else "/search"] = why
+        self.assertEqual(sorted(texts), ["/search", "/watched"])
+        self.assertIn("Why it was blocked", texts["/search"])
+        self.assertIn("and it was blocked", texts["/search"])
+        self.assertNotIn("not blocked", texts["/search"])
+        self.assertIn("Why it would have been blocked", texts["/watched"])
+        self.assertIn("it was logged, not blocked (the site was in monitor mode)",
+                      texts["/watched"])
+
+
 class ManagementPageTests(PagesCase):
     """Decisions, settings, members and invitations, activity, administration."""
 
