@@ -107,6 +107,8 @@ def parse(data: bytes, lenient: bool = False) -> RawRequest:
     encodings = [v for k, v in collector.headers if k.lower() == b"transfer-encoding"]
     if method == b"CONNECT" or len(hosts) != 1:
         raise Refused(400, "CONNECT, or not exactly one Host header")
+    if sum(1 for k, _ in collector.headers if k.lower() == b"content-type") > 1:
+        raise Refused(400, "more than one Content-Type header")
     if len(encodings) > 1 or (encodings and (encodings[0].strip().lower() != b"chunked"
                                              or lengths)):
         raise Refused(400, "ambiguous or unsupported Transfer-Encoding")
