@@ -119,10 +119,12 @@ class EncodedBodyTests(TestCase):
         ]
         ids = []
         for content_type, coding, body in cases:
-            response = await one(waf, raw_post(content_type, body,
-                                               b"Content-Encoding: " + coding + b"\r\n"))
+            data = raw_post(content_type, body, b"Content-Encoding: " + coding + b"\r\n")
+            response = await one(waf, data)
             self.assertEqual(response.status, 403, coding)
             ids.append(request_id(response))
+            # veil waf check reads it as the proxy does.
+            self.assertIn(rawrequest.parse(data).request().body, (JSON_SQLI, FORM_SQLI))
         self.assertEqual(origin.received, [])
         rows = await waf.logged(ids)
         self.assertEqual({(r["attack_type"], r["blocked"]) for r in rows}, {("sqli", True)})

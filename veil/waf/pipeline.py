@@ -61,7 +61,6 @@ proxy exists (L{compile_engine}).
 
 from __future__ import annotations
 
-import zlib
 from typing import Any, Protocol
 from uuid import UUID
 
@@ -79,6 +78,7 @@ from veil.waf.bodies import body_kind
 from veil.waf.decisions import DecisionTable
 from veil.waf.engine import Engine
 from veil.waf.policy import SitePolicy
+from veil.waf.rawrequest import content_codings, decompress
 from veil.waf.request import Request
 from veil.waf.verdict import BENIGN, MALICIOUS, SUSPICIOUS
 
@@ -94,10 +94,6 @@ SIGNATURE = "signature"
 
 #: How long a client is told to wait when its body could not be held for inspection.
 BUSY_RETRY_AFTER = 1
-#: At most this many content codings, and gzip members, are undone.
-MAX_CODINGS = 4
-MAX_MEMBERS = 64
-
 # Why a body could not be read: (status in block mode, Retry-After, reason).
 _UNREADABLE = (415, None, "content encoding")
 _NOT_HELD = (503, BUSY_RETRY_AFTER, "body budget")
@@ -319,62 +315,3 @@ def _unambiguous(request: Request, policy: SitePolicy) -> SitePolicy:
         return policy
     return attrs.evolve(policy, profiles=tuple(p for p in policy.profiles if p.mode != "skip"))
 
-
-def content_codings(headers: Any) -> list[str]:
-    """The content codings of a request's body, in the order applied (without C{identity})."""
-    codings = []
-    for name, value in headers:
-        if len(name) == 16 and name.lower() == b"content-encoding":
-            for token in value.decode("latin-1").split(","):
-                token = token.strip().lower()
-                if token and token != "identity":
-                    codings.append(token)
-    return codings
-
-
-def decompress(data: bytes, codings: list[str], limit: int,
-               complete: bool) -> tuple[bytes, bool] | None:
-    """
-    The start of a body with C{codings} undone, at most C{limit} bytes, and
-    whether it is the whole body; L{None} when it cannot be read (a coding
-    other than gzip and deflate, too many codings, a corrupt stream, or a
-    whole body whose stream ends early).  The output is bounded whatever
-    the input holds (a decompression bomb is read to C{limit} and no
-    further).
-    """
-    if len(codings) > MAX_CODINGS:
-        return None
-    for coding in reversed(codings):
-        if coding in ("gzip", "x-gzip"):
-            wbits = 31
-        elif coding == "deflate":
-            # RFC 9110 says zlib; some clients send raw deflate.
-            zlib_header = len(data) >= 2 and data[0] & 0x0F == 8 \
-                and (data[0] << 8 | data[1]) % 31 == 0
-            wbits = 15 if zlib_header else -15
-        else:
-            return None
-        out: list[bytes] = []
-        size = 0
-        rest = data
-        ended = False
-        for _ in range(MAX_MEMBERS):
-            inflater = zlib.decompressobj(wbits)
-            try:
-                piece = inflater.decompress(rest, limit + 1 - size)
-            except zlib.error:
-                return None
-            out.append(piece)
-            size += len(piece)
-            ended = inflater.eof
-            rest = inflater.unused_data
-            if size > limit or not ended or not rest:
-                break
-        else:
-            return None  # more members than anyone sends
-        data = b"".join(out)
-        if size > limit:
-            data, complete = data[:limit], False
-        elif not ended and complete:
-            return None  # the whole body, and its stream stops short
-    return data, complete
