@@ -89,11 +89,11 @@ class RequestIds:
 
 #: What L{classify} says of a request header, for the proxy's checks.
 OTHER, HOST, CONTENT_LENGTH, TRANSFER_ENCODING, CONNECTION, USER_AGENT, UPGRADE, \
-    REQUEST_ID, VIA, EXPECT = range(10)
+    REQUEST_ID, VIA, EXPECT, CONTENT_TYPE = range(11)
 _KINDS = {b"host": HOST, b"content-length": CONTENT_LENGTH,
           b"transfer-encoding": TRANSFER_ENCODING, b"connection": CONNECTION,
           b"user-agent": USER_AGENT, b"upgrade": UPGRADE, b"x-request-id": REQUEST_ID,
-          b"via": VIA, b"expect": EXPECT}
+          b"via": VIA, b"expect": EXPECT, b"content-type": CONTENT_TYPE}
 
 #: And for forwarding: kept, dropped, or appended to (X-Forwarded-For).
 KEEP, DROP, APPEND = 0, 1, 2

@@ -11,7 +11,7 @@ import html
 REASONS = {
     101: b"Switching Protocols", 200: b"OK", 308: b"Permanent Redirect", 400: b"Bad Request",
     403: b"Forbidden", 404: b"Not Found", 405: b"Method Not Allowed", 408: b"Request Timeout",
-    413: b"Content Too Large", 414: b"URI Too Long",
+    413: b"Content Too Large", 414: b"URI Too Long", 415: b"Unsupported Media Type",
     421: b"Misdirected Request", 429: b"Too Many Requests",
     431: b"Request Header Fields Too Large", 500: b"Internal Server Error",
     502: b"Bad Gateway", 503: b"Service Unavailable", 504: b"Gateway Timeout",
@@ -79,6 +79,16 @@ def blocked(request_id: str) -> bytes:
 
 def throttled(request_id: str) -> bytes:
     return _page("Too many requests", "Slow down, then try again.", _with_id(request_id))
+
+
+def unreadable(request_id: str) -> bytes:
+    return _page("Unsupported content encoding", "The site's firewall cannot read this "
+                 "request's body in the encoding it was sent in.", _with_id(request_id))
+
+
+def inspection_busy(request_id: str) -> bytes:
+    return _page("Busy", "The site's firewall is holding as many request bodies as it may; "
+                 "please try again shortly.", _with_id(request_id))
 
 
 def bad_gateway(request_id: str) -> bytes:

@@ -73,6 +73,7 @@ from veil.proxy.budget import BodyBudget
 from veil.proxy.headers import (
     CONNECTION,
     CONTENT_LENGTH,
+    CONTENT_TYPE,
     EXPECT,
     HOST,
     REQUEST_ID,
@@ -154,7 +155,12 @@ Page = tuple
 
 @attrs.frozen
 class Verdict:
-    """What the WAF decided: answer C{status} (403 or 429) instead of proxying."""
+    """
+    What the WAF decided: answer C{status} instead of proxying: 403 (an
+    attack, or an IP decision), 429 (throttled), 415 (a body in a content
+    encoding the WAF cannot read), 503 (a body the proxy could not hold
+    for inspection: the body budget is spent).
+    """
 
     status: int
     retry_after: int | None = None
@@ -990,6 +996,7 @@ class Exchange:
         request_id = None
         expect = None
         loop = False
+        typed = False
         for name, value in self.headers:
             kind = kinds.get(name)
             if kind is None:
@@ -1020,6 +1027,12 @@ class Exchange:
                     loop = True
             elif kind == EXPECT:
                 expect = value
+            elif kind == CONTENT_TYPE:
+                # Parsers disagree on which of two types counts (the WAF
+                # reads the first, many frameworks the last): refused.
+                if typed:
+                    raise _Reject(400)
+                typed = True
         self.request_id = request_id or f.request_id()
         self.rid = self.request_id.encode("ascii", "replace")
         if te is not None:
@@ -1221,8 +1234,8 @@ class Exchange:
         self.blocked = True
         extra = b"" if verdict.retry_after is None else \
             b"Retry-After: %d\r\n" % verdict.retry_after
-        body = (pages.throttled if verdict.status == 429 else pages.blocked)(self.request_id)
-        self.page = (verdict.status, body, extra)
+        page = _VERDICT_PAGES.get(verdict.status, pages.blocked)
+        self.page = (verdict.status, page(self.request_id), extra)
 
     def _answered(self, page: Page) -> None:
         """A local answer (see C{local}) is ready."""
@@ -1655,6 +1668,10 @@ class Exchange:
             f.log(row)
         except Exception:  # noqa: BLE001 - a bad sink must not break the connection
             _log.failure("Writing a request log row failed")
+
+
+#: The page for a L{Verdict}'s status (the blocked page for any other).
+_VERDICT_PAGES = {429: pages.throttled, 415: pages.unreadable, 503: pages.inspection_busy}
 
 
 def _cork(transport: Any) -> None:

@@ -29,6 +29,24 @@ a site in C{block} mode is a 403 with the request id, in C{monitor} mode
 the request goes on and is logged as malicious with C{blocked} false
 ("would block").
 
+What the origin will read is what is inspected:
+
+  - a body with a C{Content-Encoding} of C{gzip} (C{x-gzip}) or C{deflate}
+    (zlib or raw; several codings, gzip members) is decompressed, up to the
+    inspection limit, and inspected decompressed (the origin still gets it
+    as sent); a body in a coding the WAF cannot read (C{br}, C{zstd}, a
+    corrupt stream) is refused with 415 in block mode;
+  - a body the proxy could not hold for inspection (the body budget was
+    spent, so it holds less than the limit of a body that goes on) is
+    refused with 503 and C{Retry-After} in block mode, rather than judged
+    on the little it holds;
+
+both logged as suspicious, and in monitor mode forwarded after the
+engine has read what it can.  A C{skip} endpoint profile applies only when
+the path as sent matches it as well as the resolved one: C{/api/../static/x}
+resolves to C{/static/x}, but an origin that routes the raw path serves
+C{/api}.
+
 Every outcome that is not plainly benign becomes the exchange's
 L{Judgement} (classification, classifier, confidence, attack type, rule
 ids, score, redacted excerpt), which the proxy writes in the request log;
@@ -46,6 +64,7 @@ from __future__ import annotations
 from typing import Any, Protocol
 from uuid import UUID
 
+import attrs
 from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
@@ -59,6 +78,7 @@ from veil.waf.bodies import body_kind
 from veil.waf.decisions import DecisionTable
 from veil.waf.engine import Engine
 from veil.waf.policy import SitePolicy
+from veil.waf.rawrequest import content_codings, decompress
 from veil.waf.request import Request
 from veil.waf.verdict import BENIGN, MALICIOUS, SUSPICIOUS
 
@@ -71,6 +91,12 @@ SCRUTINY_BOOST = 1
 
 IP = "ip"
 SIGNATURE = "signature"
+
+#: How long a client is told to wait when its body could not be held for inspection.
+BUSY_RETRY_AFTER = 1
+# Why a body could not be read: (status in block mode, Retry-After, reason).
+_UNREADABLE = (415, None, "content encoding")
+_NOT_HELD = (503, BUSY_RETRY_AFTER, "body budget")
 
 # What stage 1 alone says, for the log row (the confidence of an explicit
 # decision is whole).
@@ -196,6 +222,19 @@ class Firewall:
         if len(prefix) > limit:
             # One read may bring more than the limit: inspect what it says.
             prefix, complete = prefix[:limit], False
+        if not complete and len(prefix) < limit:
+            # Decided short of the limit on a body that goes on: the body
+            # budget ran out (see veil.proxy.budget).
+            request = Request(exchange.method, exchange.target, exchange.headers, prefix, False)
+            return self._uncleared(exchange, request, policy, boost, _NOT_HELD)
+        codings = content_codings(exchange.headers)
+        if codings:
+            decoded = decompress(prefix, codings, limit, complete)
+            if decoded is None:
+                request = Request(exchange.method, exchange.target, exchange.headers, prefix,
+                                  complete)
+                return self._uncleared(exchange, request, policy, boost, _UNREADABLE)
+            prefix, complete = decoded
         request = Request(exchange.method, exchange.target, exchange.headers, prefix, complete)
         return self._judge(exchange, request, policy, boost)
 
@@ -204,6 +243,8 @@ class Firewall:
     def _judge(self, exchange: Any, request: Request, policy: SitePolicy,
                boost: int) -> Verdict | None:
         assert self.engine is not None
+        if policy.profiles:
+            policy = _unambiguous(request, policy)
         try:
             verdict = self.engine.inspect(request, policy, boost=boost)
         except Exception:  # noqa: BLE001 - a bug must not take the connection down
@@ -222,6 +263,28 @@ class Firewall:
             return Verdict(403, reason=f"signature {verdict.attack_type}")
         return None
 
+    def _uncleared(self, exchange: Any, request: Request, policy: SitePolicy, boost: int,
+                   why: tuple[int, int | None, str]) -> Verdict | None:
+        """
+        A body the WAF could not read whole (C{why}): what can be read is
+        judged (an attack found there is blocked as such); otherwise the
+        request is logged as suspicious and refused with C{why}'s status in
+        block mode, forwarded in monitor mode.
+        """
+        verdict = self._judge(exchange, request, policy, boost)
+        if verdict is not None:
+            return verdict
+        judged = exchange.judged
+        if judged is None or judged.classifier != SIGNATURE:
+            exchange.judged = Judgement(SUSPICIOUS, SIGNATURE, None, "protocol")
+        status, retry_after, reason = why
+        blocked = policy.mode == "block"
+        self._outcomes.inc(classifier=SIGNATURE, classification=SUSPICIOUS,
+                           outcome=f"unread {reason}, " + ("blocked" if blocked else "forwarded"))
+        if blocked:
+            return Verdict(status, retry_after=retry_after, reason=f"unread {reason}")
+        return None
+
     def _failed(self, exchange: Any, policy: SitePolicy) -> Verdict | None:
         """
         The engine raised (a bug): logged, and the request is treated as one
@@ -235,4 +298,20 @@ class Firewall:
         self._outcomes.inc(classifier=SIGNATURE, classification=SUSPICIOUS,
                            outcome="failed, blocked" if blocked else "failed, forwarded")
         return Verdict(403, reason="waf failure") if blocked else None
+
+
+
+def _unambiguous(request: Request, policy: SitePolicy) -> SitePolicy:
+    """
+    C{policy}, without its C{skip} profiles when the request's resolved
+    path falls under one but the path as sent does not (C{/api/../static/x},
+    C{/api/..;/static/x}): an origin that routes the raw path would serve
+    something else than what the profile lets through uninspected.
+    """
+    method, path = request.method, request.path
+    raw = request.raw_path
+    if raw == path or policy.profile_for(method, path) != "skip" \
+            or policy.profile_for(method, raw) == "skip":
+        return policy
+    return attrs.evolve(policy, profiles=tuple(p for p in policy.profiles if p.mode != "skip"))
 

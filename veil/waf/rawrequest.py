@@ -10,6 +10,9 @@ this way, so that what they report is what the proxy would do.
 
 from __future__ import annotations
 
+import zlib
+from typing import Any
+
 import attrs
 import httptools
 
@@ -17,6 +20,10 @@ from veil.edge.plain import split_target
 from veil.proxy.server import MAX_HEAD, MAX_HEADERS, MAX_URL
 from veil.waf.policy import DEFAULT_INSPECT_BODY_LIMIT
 from veil.waf.request import Request
+
+#: At most this many content codings, and gzip members, are undone.
+MAX_CODINGS = 4
+MAX_MEMBERS = 64
 
 
 class Refused(Exception):
@@ -39,9 +46,18 @@ class RawRequest:
     version: str
 
     def request(self, body_limit: int = DEFAULT_INSPECT_BODY_LIMIT) -> Request:
-        """The WAF's view, with the body cut to C{body_limit} as the proxy holds it."""
-        return Request(self.method, self.target, self.headers, self.body[:body_limit],
-                       complete=len(self.body) <= body_limit)
+        """
+        The WAF's view, with the body cut to C{body_limit} as the proxy holds
+        it, and decompressed as the proxy does (see L{decompress}; a body it
+        cannot decompress is left as it is).
+        """
+        body, complete = self.body[:body_limit], len(self.body) <= body_limit
+        codings = content_codings(self.headers)
+        if codings and body:
+            decoded = decompress(body, codings, body_limit, complete)
+            if decoded is not None:
+                body, complete = decoded
+        return Request(self.method, self.target, self.headers, body, complete=complete)
 
 
 class _Collector:
@@ -107,6 +123,8 @@ def parse(data: bytes, lenient: bool = False) -> RawRequest:
     encodings = [v for k, v in collector.headers if k.lower() == b"transfer-encoding"]
     if method == b"CONNECT" or len(hosts) != 1:
         raise Refused(400, "CONNECT, or not exactly one Host header")
+    if sum(1 for k, _ in collector.headers if k.lower() == b"content-type") > 1:
+        raise Refused(400, "more than one Content-Type header")
     if len(encodings) > 1 or (encodings and (encodings[0].strip().lower() != b"chunked"
                                              or lengths)):
         raise Refused(400, "ambiguous or unsupported Transfer-Encoding")
@@ -131,3 +149,63 @@ def _tidy(data: bytes) -> bytes:
     if b"host" not in names:
         lines.insert(1, b"Host: localhost")
     return b"\r\n".join(lines) + b"\r\n\r\n" + body
+
+
+def content_codings(headers: Any) -> list[str]:
+    """The content codings of a request's body, in the order applied (without C{identity})."""
+    codings = []
+    for name, value in headers:
+        if len(name) == 16 and name.lower() == b"content-encoding":
+            for token in value.decode("latin-1").split(","):
+                token = token.strip().lower()
+                if token and token != "identity":
+                    codings.append(token)
+    return codings
+
+
+def decompress(data: bytes, codings: list[str], limit: int,
+               complete: bool) -> tuple[bytes, bool] | None:
+    """
+    The start of a body with C{codings} undone, at most C{limit} bytes, and
+    whether it is the whole body; L{None} when it cannot be read (a coding
+    other than gzip and deflate, too many codings, a corrupt stream, or a
+    whole body whose stream ends early).  The output is bounded whatever
+    the input holds (a decompression bomb is read to C{limit} and no
+    further).
+    """
+    if len(codings) > MAX_CODINGS:
+        return None
+    for coding in reversed(codings):
+        if coding in ("gzip", "x-gzip"):
+            wbits = 31
+        elif coding == "deflate":
+            # RFC 9110 says zlib; some clients send raw deflate.
+            zlib_header = len(data) >= 2 and data[0] & 0x0F == 8 \
+                and (data[0] << 8 | data[1]) % 31 == 0
+            wbits = 15 if zlib_header else -15
+        else:
+            return None
+        out: list[bytes] = []
+        size = 0
+        rest = data
+        ended = False
+        for _ in range(MAX_MEMBERS):
+            inflater = zlib.decompressobj(wbits)
+            try:
+                piece = inflater.decompress(rest, limit + 1 - size)
+            except zlib.error:
+                return None
+            out.append(piece)
+            size += len(piece)
+            ended = inflater.eof
+            rest = inflater.unused_data
+            if size > limit or not ended or not rest:
+                break
+        else:
+            return None  # more members than anyone sends
+        data = b"".join(out)
+        if size > limit:
+            data, complete = data[:limit], False
+        elif not ended and complete:
+            return None  # the whole body, and its stream stops short
+    return data, complete
