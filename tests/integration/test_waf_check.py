@@ -61,6 +61,26 @@ class CheckSiteTests(TestCase):
         self.assertIn("would block (monitor mode)", out)
         self.assertIn("rule 1042", out)
 
+    async def test_skip_profile_as_sent(self) -> None:
+        """
+        A skip profile lets a request through uninspected only when the path
+        as sent matches it too, as in the proxy: C{/api/../static/x} is
+        judged, C{/static/x} is not.
+        """
+        for argv in (("sites", "add", "shop.example.com", "--origin", "http://10.0.0.5",
+                      "--verified"),
+                     ("waf", "profile", "shop.example.com", "/static/*", "--mode", "skip")):
+            status, _, err = await self.veil(*argv)
+            self.assertEqual(status, 0, err)
+        attack = b"?q=%3Cscript%3Ealert(1)%3C/script%3E HTTP/1.1\nHost: shop.example.com\n\n"
+        outcomes = []
+        for path in (b"/static/x", b"/api/../static/x", b"/api/..;/static/x"):
+            self.request.write_bytes(b"GET " + path + attack)
+            status, out, err = await self.veil("waf", "check", "--site", "shop.example.com",
+                                               "--json", str(self.request))
+            outcomes.append((status, json.loads(out)["blocked"]))
+        self.assertEqual(outcomes, [(0, False), (1, True), (1, True)])
+
     async def test_unknown_site(self) -> None:
         """A site that does not exist is an error, not a verdict."""
         self.request.write_bytes(b"GET / HTTP/1.1\nHost: a.test\n\n")

@@ -156,8 +156,9 @@ async def check_site(stores: Stores, args: argparse.Namespace, out: IO[str]) -> 
     policy = loaded.policies.get(site.id)
     if policy is None:  # removed since
         raise admin.SiteNotFound(args.site)
-    policy = _policy(args, policy)
-    verdict = args.engine.inspect(args.parsed, policy, explain=True)
+    request = args.parsed
+    policy = _policy(args, policy).as_sent(request.method, request.path, request.raw_path)
+    verdict = args.engine.inspect(request, policy, explain=True)
     source = f"site {args.site}"
     if policy.exclusions:
         source += f" ({len(policy.exclusions)} exclusion{'s' if len(policy.exclusions) > 1 else ''})"

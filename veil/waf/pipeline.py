@@ -64,7 +64,6 @@ from __future__ import annotations
 from typing import Any, Protocol
 from uuid import UUID
 
-import attrs
 from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
@@ -244,7 +243,7 @@ class Firewall:
                boost: int) -> Verdict | None:
         assert self.engine is not None
         if policy.profiles:
-            policy = _unambiguous(request, policy)
+            policy = policy.as_sent(request.method, request.path, request.raw_path)
         try:
             verdict = self.engine.inspect(request, policy, boost=boost)
         except Exception:  # noqa: BLE001 - a bug must not take the connection down
@@ -298,20 +297,4 @@ class Firewall:
         self._outcomes.inc(classifier=SIGNATURE, classification=SUSPICIOUS,
                            outcome="failed, blocked" if blocked else "failed, forwarded")
         return Verdict(403, reason="waf failure") if blocked else None
-
-
-
-def _unambiguous(request: Request, policy: SitePolicy) -> SitePolicy:
-    """
-    C{policy}, without its C{skip} profiles when the request's resolved
-    path falls under one but the path as sent does not (C{/api/../static/x},
-    C{/api/..;/static/x}): an origin that routes the raw path would serve
-    something else than what the profile lets through uninspected.
-    """
-    method, path = request.method, request.path
-    raw = request.raw_path
-    if raw == path or policy.profile_for(method, path) != "skip" \
-            or policy.profile_for(method, raw) == "skip":
-        return policy
-    return attrs.evolve(policy, profiles=tuple(p for p in policy.profiles if p.mode != "skip"))
 

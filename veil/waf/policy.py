@@ -202,6 +202,19 @@ class SitePolicy:
                 return profile.mode
         return "normal"
 
+    def as_sent(self, method: str, path: str, raw_path: str) -> SitePolicy:
+        """
+        This policy, without its C{skip} profiles when the request's resolved
+        C{path} falls under one but the path as sent (C{raw_path}) does not
+        (C{/api/../static/x}, C{/api/..;/static/x}): an origin that routes the
+        raw path would serve something else than what the profile lets through
+        uninspected.
+        """
+        if raw_path == path or self.profile_for(method, path) != "skip" \
+                or self.profile_for(method, raw_path) == "skip":
+            return self
+        return attrs.evolve(self, profiles=tuple(p for p in self.profiles if p.mode != "skip"))
+
     def excluded(self, rule_id: int, attack_class: str, path: str, target: str,
                  ) -> Exclusion | None:
         """The first exclusion that silences this match, if any."""
