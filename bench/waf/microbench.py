@@ -8,21 +8,37 @@ as the proxy does per request, and inspects it at paranoia 1 with no
 exclusions.
 
     .venv/bin/python bench/waf/microbench.py [--rounds 7] [--iterations 2000] [--profile CASE]
+    .venv/bin/python bench/waf/microbench.py --instructions [--iterations 200]
 
 The median of each round is taken and the best and median round reported
 (the machine is shared; the best round is the least disturbed).  --profile
 runs one case under cProfile and prints the top functions.
+
+--instructions counts the instructions each request costs instead, a figure
+that does not depend on what else the machine is doing: each case runs in
+its own process under valgrind's callgrind with instrumentation switched on
+only around the measured iterations (by a few lines of C built with gcc
+into a temporary directory, calling callgrind's client requests).  Under
+valgrind the CPU has no AVX-512, so hyperscan runs its AVX2 code: the
+counts compare one version of the engine with another, not with the
+microseconds above.
 """
 
 from __future__ import annotations
 
 import argparse
 import cProfile
+import ctypes
 import json
+import os
 import pstats
 import random
+import re
+import shutil
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -69,7 +85,10 @@ FORM = (b"name=Ana+Silva&email=ana.silva%40example.com&address=12+Main+St.&city=
         b"&payment_method=card&shipping=express&terms=on&utm_source=newsletter&utm_medium=email")
 
 CASES = {
-    "GET, no query": (b"GET", b"/collections/womens/products/merino-sweater", BROWSER, b""),
+    # The shared harness's S1 request: wrk's GET with only a Host header.
+    "S1: GET /1k, Host only": (b"GET", b"/1k", [(b"Host", b"127.0.0.1:8080")], b""),
+    "GET, browser, no query": (b"GET", b"/collections/womens/products/merino-sweater", BROWSER,
+                               b""),
     "GET, 5 query args": (b"GET", b"/search?q=merino+wool+sweater&page=2&sort=price_asc&size=M&color=navy",
                           BROWSER, b""),
     "POST form, 502 B": (b"POST", b"/checkout", BROWSER + [
@@ -94,13 +113,85 @@ def measure(engine: Engine, policy: SitePolicy, case, iterations: int) -> float:
     return statistics.median(samples) / 1000.0
 
 
+_CALLGRIND_C = r"""
+#include <valgrind/callgrind.h>
+void start(void) { CALLGRIND_ZERO_STATS; CALLGRIND_START_INSTRUMENTATION; }
+void stop(void) { CALLGRIND_DUMP_STATS_AT("measured"); CALLGRIND_STOP_INSTRUMENTATION; }
+"""
+
+
+def _callgrind_helper(folder: str) -> str:
+    source = os.path.join(folder, "cg.c")
+    library = os.path.join(folder, "cg.so")
+    with open(source, "w") as out:
+        out.write(_CALLGRIND_C)
+    subprocess.run(["gcc", "-O1", "-shared", "-fPIC", "-o", library, source], check=True)
+    return library
+
+
+def under_callgrind(name: str, iterations: int, library: str) -> int:
+    """In the process valgrind runs: the measured iterations between start() and stop()."""
+    helper = ctypes.CDLL(library)
+    engine = Engine()
+    policy = SitePolicy(uuid.uuid4())
+    method, target, headers, body = CASES[name]
+    for _ in range(50):
+        engine.inspect(Request(method, target, headers, body), policy)
+    helper.start()
+    for _ in range(iterations):
+        engine.inspect(Request(method, target, headers, body), policy)
+    helper.stop()
+    return 0
+
+
+def count_instructions(iterations: int, names: list[str]) -> int:
+    if shutil.which("valgrind") is None or shutil.which("gcc") is None:
+        print("--instructions needs valgrind and gcc", file=sys.stderr)
+        return 2
+    print(f"{'request':24} {'instructions':>14}  (per request, mean of {iterations},"
+          f" callgrind)")
+    with tempfile.TemporaryDirectory() as folder:
+        library = _callgrind_helper(folder)
+        for name in names:
+            out = os.path.join(folder, "callgrind.out")
+            subprocess.run(
+                ["valgrind", "--tool=callgrind", "--instr-atstart=no", "--quiet",
+                 f"--callgrind-out-file={out}", sys.executable, __file__, "--callgrind-child",
+                 name, "--iterations", str(iterations), "--library", library],
+                check=True)
+            dumps = [f for f in os.listdir(folder) if f.startswith("callgrind.out")]
+            total = None
+            for dump in dumps:
+                with open(os.path.join(folder, dump)) as f:
+                    text = f.read()
+                if "measured" in text:
+                    found = re.search(r"^(?:summary|totals): (\d+)", text, re.MULTILINE)
+                    total = int(found.group(1)) if found else None
+                os.unlink(os.path.join(folder, dump))
+            shown = f"{total / iterations:14,.0f}" if total else f"{'?':>14}"
+            print(f"{name:24} {shown}", flush=True)
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=7)
-    ap.add_argument("--iterations", type=int, default=2000)
+    ap.add_argument("--iterations", type=int, default=None,
+                    help="per round (2000), or per case with --instructions (200)")
     ap.add_argument("--profile", choices=list(CASES), help="profile one case instead")
+    ap.add_argument("--instructions", action="store_true",
+                    help="count instructions per request under callgrind instead of timing")
+    ap.add_argument("--case", action="append", choices=list(CASES), help="only these cases")
+    ap.add_argument("--callgrind-child", choices=list(CASES), help=argparse.SUPPRESS)
+    ap.add_argument("--library", help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
+    names = a.case or list(CASES)
+    if a.callgrind_child:
+        return under_callgrind(a.callgrind_child, a.iterations, a.library)
+    if a.instructions:
+        return count_instructions(a.iterations or 200, names)
+    a.iterations = a.iterations or 2000
     started = time.perf_counter()
     engine = Engine()
     print(f"engine: {len(engine.rules)} rules compiled in {time.perf_counter() - started:.2f} s;"
@@ -119,7 +210,8 @@ def main(argv=None) -> int:
         measure(engine, policy, case, 200)
     print(f"{'request':24} {'body':>7} {'best us':>9} {'median us':>10}  (median per request,"
           f" {a.rounds} rounds x {a.iterations})")
-    for name, case in CASES.items():
+    for name in names:
+        case = CASES[name]
         rounds = [measure(engine, policy, case, a.iterations) for _ in range(a.rounds)]
         print(f"{name:24} {len(case[3]):7} {min(rounds):9.1f} {statistics.median(rounds):10.1f}")
     return 0
