@@ -34,7 +34,7 @@ from __future__ import annotations
 import re
 from bisect import bisect_right
 from collections.abc import Iterable, Mapping, Sequence
-from itertools import accumulate, compress
+from itertools import accumulate
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +46,7 @@ from veil.waf.dbcache import DatabaseCache, cache_key, default_directory
 from veil.waf.operators import Detector, default_registry, operator_name
 from veil.waf.patterns import (
     CHANGE_FLAGS,
+    CONFIRMED,
     END,
     START,
     byte_class,
@@ -64,10 +65,11 @@ from veil.waf.scanner import (
     Action,
     Family,
     Hit,
+    View,
     compile_confirmation,
     seen_at,
 )
-from veil.waf.transforms import TRANSFORMS
+from veil.waf.transforms import CHANGES, TRANSFORMS
 from veil.waf.verdict import Match, Verdict, judge
 
 __all__ = ["EXPLAIN_CHARS", "MAX_HITS", "Engine", "Unavailable"]
@@ -78,7 +80,7 @@ log = Logger()
 EXPLAIN_CHARS = 200
 
 Spec = tuple[tuple[str, frozenset[str] | None], ...]
-Getters = tuple[tuple[str, Any, frozenset[str] | None, dict[str, Any]], ...]
+Getters = tuple[tuple[str, Any, frozenset[str] | None, View], ...]
 
 #: The default for L{Engine}'s C{cache_dir}: the user's cache directory
 #: for the package's rules, no cache for rules given by the caller.
@@ -226,6 +228,7 @@ class Engine:
         ext: list[tuple[int, int]] = []
         actions: list[list[Action]] = []
         masks: list[int] = []
+        confirms: dict[int, Any] = {}
 
         def add(expression: str, flag: int, min_length: int = 0) -> int:
             key = (expression.encode("utf-8"), flag, (min_length and
@@ -257,13 +260,17 @@ class Engine:
                 continue
             for expression, min_length in CHANGE_FLAGS[name]:
                 form = expression if min_length else per_value(expression)
-                masks[add(form, hyperscan.HS_FLAG_DOTALL, min_length)] |= mask
+                ident = add(form, hyperscan.HS_FLAG_DOTALL, min_length)
+                masks[ident] |= mask
+                if name in CONFIRMED:
+                    confirms[ident] = CHANGES[name]
         if not expressions:
             return None
         db, prefiltered = self._database(expressions, flags, ext, actions)
         for ident in prefiltered:
             actions[ident] = [self._approximate(action) for action in actions[ident]]
-        return Family(spec, chains, db, [tuple(a) for a in actions], masks, always_dirty)
+        return Family(spec, chains, db, [tuple(a) for a in actions], masks, always_dirty,
+                      [confirms.get(i) for i in range(len(expressions))])
 
     def _patterns(self, rule: Rule) -> Iterable[tuple[str, int, int, Any]]:
         """(expression, hyperscan flags, action kind, check) for each pattern of C{rule}."""
@@ -361,6 +368,11 @@ class Engine:
                 for m in found)
         return judge(found, policy.threshold, policy.mode, paranoia, profile, request)
 
+    def forget(self) -> None:
+        """Empty the memo of what values matched (it refills as requests come)."""
+        for family in self._plan.families:
+            family.forget()
+
     def rules_at(self, paranoia: int) -> list[Rule]:
         """The usable rules that run at this paranoia level."""
         dead = {u.rule.id for u in self.unavailable}
@@ -411,42 +423,62 @@ class _Scan:
         return tuple(self.matches)
 
     def _family(self, family: Family, getters: Getters) -> None:
-        """Look the values of C{getters} up in C{family}'s memo (filling it), then report the hits."""
+        """
+        Look the values of C{getters} up in C{family}'s memo (filling it),
+        then report the values that matched.  Each collection's values are
+        taken as a set: the missing ones are a set difference, the matching
+        ones an intersection; only these are looked at one by one.
+        """
         request = self.request
         level = self.paranoia
         batch = []
         if self.fast:
-            incomplete = False
+            pending = []
+            wanted: set[str] = set()
             for collection, values_of, names, view in getters:
                 values = values_of(request, names)
                 if values:
-                    found = list(map(view.get, values))
-                    if None in found:
-                        incomplete = True
-                    batch.append((collection, names, values, found))
-            if incomplete:
-                family.fill(level, batch)
+                    unique = set(values)
+                    absent = unique.difference(view.entries)
+                    if absent:
+                        wanted |= absent
+                        pending.append((collection, absent, view))
+                    batch.append((collection, names, values, unique, view))
+            purge = family.fill(level, pending, wanted) if wanted else ()
         else:
+            purge = ()
             for collection, values_of, names, _ in getters:
                 values = values_of(request, names)
                 if values:
-                    batch.append((collection, names, values,
-                                  [seen_at(family.reference(v), level, collection)
-                                   for v in values]))
-        for collection, names, _, found in batch:
-            if any(found):
-                self._hits(collection, names, found)
+                    view = View()
+                    unique = set(values)
+                    for value in unique:
+                        entry = view.entries[value] = seen_at(family.reference(value), level,
+                                                              collection)
+                        if entry:
+                            view.hot.add(value)
+                    batch.append((collection, names, values, unique, view))
+        for collection, names, values, unique, view in batch:
+            hot = view.hot.intersection(unique)
+            if hot:
+                self._hits(collection, names, values, hot, view.entries)
+        for view, values in purge:
+            for value in values:
+                view.entries.pop(value, None)
+                view.hot.discard(value)
 
-    def _hits(self, collection: str, names: frozenset[str] | None,
-              found: list[tuple[Hit, ...]]) -> None:
-        """Report what the values of one collection matched, with their target names."""
+    def _hits(self, collection: str, names: frozenset[str] | None, values: list[str],
+              hot: set[str], entries: dict[str, tuple[Hit, ...]]) -> None:
+        """Report what the values of one collection in C{hot} matched, with their target names."""
         parts = COLLECTIONS[collection](self.request, names)
         starts = list(accumulate((len(part.values) for part in parts), initial=0))
         seen = self.seen
-        for index in compress(range(len(found)), found):
+        for index, value in enumerate(values):
+            if value not in hot:
+                continue
             part_index = bisect_right(starts, index) - 1
             targets_of = parts[part_index].names_of(index - starts[part_index])
-            for hit in found[index]:
+            for hit in entries[value]:
                 action = hit.action
                 rule = action.rule
                 targets = [t for t in targets_of if action.selects(t)]

@@ -331,11 +331,7 @@ def _args(request: Request, names: frozenset[str] | None) -> list[Part]:
 
 
 def _args_names(request: Request, names: frozenset[str] | None) -> list[Part]:
-    found = [k for k, _ in request.query_args if k]
-    if request.body:
-        body = request.parsed_body
-        found += [k for k, _ in body.args if k]
-        found += [k for k in body.names if k]
+    found = _args_names_values(request, names)
     return [Part(found, ["args_names"] * len(found))] if found else []
 
 
@@ -454,6 +450,17 @@ def _cookies_names_values(request: Request, names: frozenset[str] | None) -> lis
     return [k for k, _ in request.cookies if k]
 
 
+def _args_names_values(request: Request, names: frozenset[str] | None) -> list[str]:
+    found = [k for k, _ in request.query_args if k]
+    if request.body:
+        body = request.parsed_body
+        if body.args:
+            found += [k for k, _ in body.args if k]
+        if body.names:
+            found += filter(None, body.names)
+    return found
+
+
 def _from_parts(collection: str) -> Callable[[Request, frozenset[str] | None], list[str]]:
     function = COLLECTIONS[collection]
 
@@ -472,5 +479,6 @@ VALUES: dict[str, Callable[[Request, frozenset[str] | None], list[str]]] = {
     "headers": _headers_values,
     "cookies": _cookies_values,
     "cookies_names": _cookies_names_values,
-    **{c: _from_parts(c) for c in ("args_names", "xml", "files", "file_content", "body")},
+    "args_names": _args_names_values,
+    **{c: _from_parts(c) for c in ("xml", "files", "file_content", "body")},
 }

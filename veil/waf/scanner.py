@@ -40,8 +40,7 @@ from __future__ import annotations
 import re
 from bisect import bisect_right
 from collections.abc import Callable, Sequence
-from itertools import accumulate, compress, repeat
-from operator import is_
+from itertools import accumulate, compress
 from typing import Any
 
 import hyperscan
@@ -92,6 +91,28 @@ class Action:
                 self.selected.clear()
             known = self.selected[target] = self.rule.selects(target)
         return known
+
+
+class View:
+    """
+    What requests at one paranoia level see in the values of one
+    collection: value -> its hits there (the memo), and the set of values
+    that have any (so that a request finds its matching values by one set
+    intersection).
+    """
+
+    __slots__ = ("entries", "hot")
+
+    def __init__(self) -> None:
+        self.entries: dict[str, tuple[Hit, ...]] = {}
+        self.hot: set[str] = set()
+
+    def clear(self) -> None:
+        self.entries.clear()
+        self.hot.clear()
+
+    def __len__(self) -> int:
+        return len(self.entries)
 
 
 class Hit:
@@ -157,7 +178,7 @@ class Family:
 
     def __init__(self, spec: Any, chains: Sequence[tuple[str, ...]], db: Any,
                  actions: Sequence[tuple[Action, ...]], masks: Sequence[int],
-                 always_dirty: int) -> None:
+                 always_dirty: int, confirms: Sequence[Callable[[str], bool] | None]) -> None:
         self.spec = spec
         self.chains = tuple(chains)
         self.db = db
@@ -167,100 +188,114 @@ class Family:
         self.masks = tuple(masks)
         #: The chains that are never skipped (a transformation without a flag).
         self.always_dirty = always_dirty
+        #: Per pattern id: for a flag that is confirmed, whether the value
+        #: really changes (L{veil.waf.patterns.CONFIRMED}).
+        self.confirms = tuple(confirms)
         #: value -> what it matched (every hit, at every level).
         self.cache: dict[str, tuple[Hit, ...]] = {}
-        #: (paranoia level, collection) -> value -> the hits a request at
-        #: that level sees in a value of that collection.
-        self.views: dict[tuple[int, str], dict[str, tuple[Hit, ...]]] = {}
+        #: (paranoia level, collection) -> what a request at that level sees
+        #: in the values of that collection.
+        self.views: dict[tuple[int, str], View] = {}
         #: The transformations of each chain, looked up once.
         self._functions = tuple(tuple(TRANSFORMS[name] for name in chain) for chain in chains)
 
     # -- the fast path -------------------------------------------------------------------
 
-    def view(self, level: int, collection: str) -> dict[str, tuple[Hit, ...]]:
+    def forget(self) -> None:
+        """Empty the memo (the views stay the same objects: the engine's plan holds them)."""
+        self.cache.clear()
+        for view in self.views.values():
+            view.clear()
+
+    def view(self, level: int, collection: str) -> View:
         """The memo of what a request at paranoia C{level} sees in a value of C{collection}."""
         key = (level, collection)
         found = self.views.get(key)
         if found is None:
-            found = self.views[key] = {}
+            found = self.views[key] = View()
         return found
 
-    def fill(self, level: int, batch: list[tuple[str, Any, list[str], list[Any]]]) -> None:
+    def fill(self, level: int, pending: list[tuple[str, set[str], View]],
+             wanted: set[str]) -> list[tuple[View, list[str]]]:
         """
-        Complete the lookups of a request: C{batch} holds, per collection,
-        (collection, names, values, entries found in its L{view}, L{None}
-        where the view had none); each L{None} is replaced by the value's
-        entry as seen at C{level} in that collection, from the memo of all
-        entries or computed, all missing values in one scan.
+        Add to the views of C{pending} ((collection, values missing from its
+        view, view)) the entries of their missing values, as a request at
+        C{level} sees them in that collection: from the memo of all entries
+        or computed (C{wanted}: every missing value, scanned together).
+        Returns the values to take out of the views again once the request
+        has its answers (too long to remember, or from a scan cut short).
+
+        The work done for every value is done by C{map}, C{zip} and set
+        operations; Python loops run over the values that matched.
         """
         cache = self.cache
-        wanted: set[str] = set()
-        for _, _, values, found in batch:
-            if None in found:
-                wanted.update(compress(values, map(is_, found, repeat(None))))
-        missing = [value for value in wanted if value not in cache]
-        fresh: dict[str, tuple[Hit, ...]] = {}
+        missing = list(wanted.difference(cache))
+        transient: list[str] = []
         if missing:
             computed, complete = self.compute(missing)
-            fresh = dict(zip(missing, computed, strict=True))
-            if complete:
-                keep = [(v, e) for v, e in fresh.items() if len(v) <= CACHE_VALUE_CHARS]
-                if len(cache) + len(keep) > CACHE_ENTRIES:
-                    cache.clear()
-                cache.update(keep)
-        for collection, _, values, found in batch:
-            if None not in found:
+            if len(cache) + len(missing) > CACHE_ENTRIES:
+                cache.clear()
+            cache.update(zip(missing, computed, strict=True))
+            transient = missing if not complete else \
+                list(compress(missing, map(CACHE_VALUE_CHARS.__lt__, map(len, missing))))
+        purge = []
+        for collection, absent, view in pending:
+            if not absent:
                 continue
-            view = self.view(level, collection)
-            if len(view) > CACHE_ENTRIES:
+            if len(view.entries) + len(absent) > CACHE_ENTRIES:
                 view.clear()
-            for index in compress(range(len(found)), map(is_, found, repeat(None))):
-                value = values[index]
-                entry = cache.get(value)
-                if entry is None:
-                    found[index] = seen_at(fresh[value], level, collection)
-                else:
-                    found[index] = view[value] = seen_at(entry, level, collection)
+            order = list(absent)
+            entries = list(map(cache.__getitem__, order))
+            view.entries.update(zip(order, entries))
+            for value, entry in zip(compress(order, entries), compress(entries, entries)):
+                entry = view.entries[value] = seen_at(entry, level, collection)
+                if entry:
+                    view.hot.add(value)
+            if transient:
+                purge.append((view, transient))
+        for value in transient:
+            del cache[value]
+        return purge
 
     def compute(self, values: list[str]) -> tuple[list[tuple[Hit, ...]], bool]:
         """The entries of C{values}, and whether they are complete (no scan stopped at L{MAX_HITS})."""
         data, ascii_only = joined(values)
         hits, stopped = scan(self.db, data)
         count = len(values)
-        matched: list[list[Action] | None] = [None] * count
-        dirty = [self.always_dirty] * count
-        table, masks = self.actions, self.masks
+        matched: dict[int, list[Action]] = {}
+        always_dirty = self.always_dirty
+        dirty: dict[int, int] = dict.fromkeys(range(count), always_dirty) if always_dirty else {}
+        table, masks, confirms = self.actions, self.masks, self.confirms
         for index, ident in locate(data, values, ascii_only, hits):
+            if index < 0 or index >= count:
+                continue  # pragma: no cover - only a pattern matching a bare separator
             actions = table[ident]
             if actions:
-                if index < 0 or index >= count:
-                    continue  # pragma: no cover - only a pattern matching a bare separator
-                found = matched[index]
+                found = matched.get(index)
                 if found is None:
                     matched[index] = list(actions)
                 else:
                     found.extend(actions)
-            else:
-                dirty[index] |= masks[ident]
-        texts: list[dict[int, str]] = [{} for _ in range(count)] if any(dirty) else []
-        pieces: list[tuple[int, int, str]] = []
-        for index in range(count) if texts else ():
-            mask = dirty[index]
-            if not mask:
                 continue
-            changed = self._transform(values[index], mask, texts[index])
-            for chain, text in changed.items():
-                pieces.append((index, chain, text))
+            mask = masks[ident]
+            known = dirty.get(index, 0)
+            confirm = confirms[ident]
+            if confirm is not None and (
+                    not mask & ~known or not confirm(values[index].replace(SEP, SEP_STANDIN))):
+                continue
+            dirty[index] = known | mask
+        texts: dict[int, dict[int, str]] = {}
+        pieces: list[tuple[int, int, str]] = []
+        for index, mask in dirty.items():
+            if mask:
+                changed = texts[index] = self._transform(values[index], mask, {})
+                pieces.extend((index, chain, text) for chain, text in changed.items())
         if pieces and self._rescan(pieces, matched):
             stopped = True
-        entries: list[tuple[Hit, ...]] = []
-        for index in range(count):
-            actions = matched[index]
-            if actions is None:
-                entries.append(NOTHING)
-                continue
-            own = texts[index] if texts else None
-            entries.append(self._entry(values[index], actions, own))
+        entries: list[tuple[Hit, ...]] = [NOTHING] * count
+        for index, actions in matched.items():
+            if actions:
+                entries[index] = self._entry(values[index], actions, texts.get(index))
         return entries, not stopped
 
     def _transform(self, value: str, mask: int, out: dict[int, str]) -> dict[int, str]:
@@ -286,27 +321,35 @@ class Family:
         return out
 
     def _rescan(self, pieces: list[tuple[int, int, str]],
-                matched: list[list[Action] | None]) -> bool:
+                matched: dict[int, list[Action]]) -> bool:
         """
         Scan the transformed texts: each piece's matches count for its
-        chain only, and replace what that chain matched untransformed.
-        Returns whether the scan stopped at L{MAX_HITS}.
+        chain only, and replace what that chain matched untransformed.  A
+        value that several chains turn into the same text (a percent-encoded
+        value that has no quotes nor comments) is scanned once for all of
+        them.  Returns whether the scan stopped at L{MAX_HITS}.
         """
-        for index, chain, _ in pieces:
-            found = matched[index]
+        slots: dict[tuple[int, str], int] = {}
+        for index, chain, text in pieces:
+            found = matched.get(index)
             if found:
                 matched[index] = [a for a in found if a.chain != chain]
-        strings = [text for _, _, text in pieces]
+            key = (index, text)
+            slots[key] = slots.get(key, 0) | 1 << chain
+        keys = list(slots)
+        strings = [text for _, text in keys]
         data, ascii_only = joined(strings)
         hits, stopped = scan(self.db, data)
         table = self.actions
         for piece, ident in locate(data, strings, ascii_only, hits):
-            if piece < 0 or piece >= len(pieces):
+            if piece < 0 or piece >= len(keys):
                 continue  # pragma: no cover - only a pattern matching a bare separator
-            index, chain, _ = pieces[piece]
-            own = [a for a in table[ident] if a.chain == chain]
+            key = keys[piece]
+            chains = slots[key]
+            own = [a for a in table[ident] if chains >> a.chain & 1]
             if own:
-                found = matched[index]
+                index = key[0]
+                found = matched.get(index)
                 if found is None:
                     matched[index] = own
                 else:
