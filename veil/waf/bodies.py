@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import re
-from operator import itemgetter
 from typing import Any
 from xml.parsers import expat
 
@@ -225,11 +224,12 @@ def _json_body(body: Body, data: bytes, complete: bool, declared: bool) -> bool:
         return False
     values, names = body.json_values, body.names
     if pairs:
-        names.extend(map(itemgetter(0), pairs))
-        members = list(map(itemgetter(1), pairs))
+        keys, members = zip(*pairs)
+        names.extend(keys)
         values.extend(filter(_is_str, members))
-        for array in filter(_is_list, members):
-            _strings_in(array, values)
+        if b"[" in data:
+            for array in filter(_is_list, members):
+                _strings_in(array, values)
     kind = type(top)
     if kind is str:
         values.append(top)

@@ -194,14 +194,13 @@ class Request:
     @property
     def cookies(self) -> list[tuple[str, str]]:
         if self._cookies is None:
-            cookies = []
+            cookies: list[tuple[str, str]] = []
             for key, value in self.headers:
                 if key == "cookie":
-                    for item in value.split(";"):
-                        name, _, content = item.partition("=")
-                        name = name.strip()
-                        if name or content:
-                            cookies.append((name, content.strip()))
+                    found = _COOKIES.get(value)
+                    if found is None:
+                        found = _cookie_pairs(value)
+                    cookies += found
             self._cookies = cookies
         return self._cookies
 
@@ -285,6 +284,28 @@ class Request:
 
 #: Header names as received -> lower-cased text (bounded: names are the client's choice).
 _HEADER_NAMES: dict[bytes, str] = {}
+
+
+#: Cookie header values -> their (name, value) pairs (bounded: a client's
+#: cookies come back with each of its requests, and are parsed once).
+_COOKIES: dict[str, tuple[tuple[str, str], ...]] = {}
+#: Cookie headers longer than this are parsed each time they come.
+_COOKIE_CHARS = 4096
+
+
+def _cookie_pairs(value: str) -> tuple[tuple[str, str], ...]:
+    cookies = []
+    for item in value.split(";"):
+        name, _, content = item.partition("=")
+        name = name.strip()
+        if name or content:
+            cookies.append((name, content.strip()))
+    found = tuple(cookies)
+    if len(value) <= _COOKIE_CHARS:
+        if len(_COOKIES) >= 1024:
+            _COOKIES.clear()
+        _COOKIES[value] = found
+    return found
 
 
 def _header_name(raw: bytes) -> str:
