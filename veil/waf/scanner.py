@@ -236,8 +236,10 @@ class Family:
             if len(cache) + len(missing) > CACHE_ENTRIES:
                 cache.clear()
             cache.update(zip(missing, computed, strict=True))
-            transient = missing if not complete else \
-                list(compress(missing, map(CACHE_VALUE_CHARS.__lt__, map(len, missing))))
+            if not complete:
+                transient = missing
+            elif max(map(len, missing)) > CACHE_VALUE_CHARS:
+                transient = [value for value in missing if len(value) > CACHE_VALUE_CHARS]
         purge = []
         for collection, absent, view in pending:
             if not absent:
