@@ -53,6 +53,7 @@ from veil.waf.patterns import (
     literal,
     per_value,
     separated,
+    split_words,
 )
 from veil.waf.policy import STRICTEST_PARANOIA, SitePolicy
 from veil.waf.request import COLLECTIONS, SOURCES, VALUES, Request
@@ -285,9 +286,11 @@ class Engine:
                 self.confirmed.add(rule.id)
                 yield pattern.expression, base | hyperscan.HS_FLAG_PREFILTER, CONFIRM, \
                     compile_confirmation(rule)
+            elif pattern.anchored_end:
+                yield pattern.expression, base, DIRECT, None
             else:
-                yield (pattern.expression if pattern.anchored_end else
-                       per_value(pattern.expression)), base, DIRECT, None
+                for part in split_words(pattern.expression):
+                    yield per_value(part), base, DIRECT, None
         elif operator in ("pm", "contains", "begins", "ends", "equals"):
             start = START if operator in ("begins", "equals") else ""
             end = END if operator in ("ends", "equals") else ""

@@ -34,6 +34,7 @@ patterns can be scanned over the value untransformed.
 
 from __future__ import annotations
 
+import re
 import string
 
 import attrs
@@ -109,6 +110,100 @@ def separated(pattern: str) -> Separated:
 def per_value(expression: str) -> str:
     """C{expression} (as L{separated} makes it, without an end anchor) reporting once per value."""
     return f"(?:{expression}){_TO_END}"
+
+
+def split_words(expression: str) -> list[str]:
+    """
+    C{expression} as one or two expressions that together match exactly
+    where it matches: a pattern built around one group of alternatives
+    (C{\\b(?:benchmark|sysdate|pg_\\w+|...)\\s*\\(}) whose alternatives
+    are partly plain words and partly not is split into the pattern with
+    the words and the pattern with the rest (a match of C{P(?:X|Y)S} is a
+    match of C{P(?:X)S} or of C{P(?:Y)S}).  Hyperscan compiles a long list
+    of words mixed with classes into an automaton many times slower than
+    the two halves (the list of SQL functions, ten times); any other
+    pattern is returned as it is.
+    """
+    found = _word_group(expression)
+    if found is None:
+        return [expression]
+    start, end, alternatives = found
+    words = [a for a in alternatives if _WORD_ALTERNATIVE.fullmatch(a)]
+    others = [a for a in alternatives if not _WORD_ALTERNATIVE.fullmatch(a)]
+    if len(words) < 2 or not others:
+        return [expression]
+    head, tail = expression[:start], expression[end:]
+    return [f"{head}(?:{'|'.join(group)}){tail}" for group in (words, others)]
+
+
+_WORD_ALTERNATIVE = re.compile(r"[A-Za-z0-9_]+")
+
+
+def _word_group(expression: str) -> tuple[int, int, list[str]] | None:
+    """
+    (start, end, alternatives) of the one top-level C{(?:...|...)} group of
+    C{expression} with alternatives, not repeated, when the rest of the
+    expression has no alternation; else L{None}.  Expressions with inline
+    flags or other C{(?...)} constructs are left alone.
+    """
+    depth = 0
+    group: tuple[int, int, list[str]] | None = None
+    opened = 0
+    pieces: list[int] = []
+    i, n = 0, len(expression)
+    while i < n:
+        char = expression[i]
+        if char == "\\":
+            i += 2
+            continue
+        if char == "[":
+            i = _class_end(expression, i)
+            continue
+        if char == "(":
+            if expression.startswith("(?", i) and not expression.startswith("(?:", i):
+                return None
+            if depth == 0:
+                opened, pieces = i, []
+            depth += 1
+            i += 3 if expression.startswith("(?:", i) else 1
+            continue
+        if char == ")":
+            depth -= 1
+            if depth < 0:
+                return None
+            if depth == 0 and pieces:
+                repeated = expression[i + 1:i + 2] in ("*", "+", "?", "{")
+                if group is not None or repeated or \
+                        not expression.startswith("(?:", opened):
+                    return None
+                bounds = [opened + 3, *pieces, i]
+                group = (opened, i + 1,
+                         [expression[bounds[k] + (k > 0):bounds[k + 1]]
+                          for k in range(len(bounds) - 1)])
+        elif char == "|":
+            if depth == 0:
+                return None
+            if depth == 1:
+                pieces.append(i)
+        i += 1
+    return group if depth == 0 else None
+
+
+def _class_end(expression: str, start: int) -> int:
+    """The index after the character class that starts at C{start}."""
+    i = start + 1
+    if expression[i:i + 1] == "^":
+        i += 1
+    if expression[i:i + 1] == "]":
+        i += 1
+    while i < len(expression):
+        if expression[i] == "\\":
+            i += 2
+            continue
+        if expression[i] == "]":
+            return i + 1
+        i += 1
+    return i
 
 
 def literal(text: str) -> str:
