@@ -6,6 +6,8 @@ verdict with its excerpt, on small rule sets written for each test.
 
 from __future__ import annotations
 
+import random
+import re
 from uuid import uuid4
 
 from twisted.internet.testing import EventLoggingObserver
@@ -14,6 +16,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from veil.waf.engine import MAX_HITS, Engine
 from veil.waf.operators import Detector, default_registry, registry
+from veil.waf.patterns import split_words
 from veil.waf.policy import EndpointProfile, Exclusion, SitePolicy
 from veil.waf.request import Request
 from veil.waf.rules import load_text
@@ -176,6 +179,50 @@ class JoinedBufferTests(SynchronousTestCase):
         e = engine(rule(1, "rx = 'a'", targets='["body"]'))
         request = Request(b"POST", b"/", [(b"Content-Type", b"text/plain")], b"a" * (MAX_HITS * 4))
         self.assertEqual(ids(e.inspect(request, POLICY)), [1])
+
+
+class SplitAlternativesTests(SynchronousTestCase):
+    """
+    A pattern around one group of words mixed with other alternatives is
+    compiled as two patterns (L{veil.waf.patterns.split_words}): it matches
+    where either does, and is reported once.
+    """
+
+    PATTERN = r"\b(?:sleep|benchmark|pg_\w+|x\.y)\s*\("
+
+    def test_split(self) -> None:
+        """The words and the other alternatives become one expression each."""
+        self.assertEqual(split_words(self.PATTERN),
+                         [r"\b(?:sleep|benchmark)\s*\(", r"\b(?:pg_\w+|x\.y)\s*\("])
+
+    def test_left_alone(self) -> None:
+        """Top-level alternation, repeated or nested groups, inline flags: unchanged."""
+        for pattern in (r"(?:ab|cd|e\w)|x", r"a(?:ab|cd|e\w)+z", r"(?i)a(?:ab|cd|e\w)",
+                        r"a(?:ab|cd|e\w)b(?:f|g)", r"(ab|cd|e\w)", r"a(?:ab|cd)z",
+                        r"[(|]x"):
+            self.assertEqual(split_words(pattern), [pattern], pattern)
+
+    def test_same_matches(self) -> None:
+        """On many strings, the pieces together match exactly where the pattern does."""
+        pieces = [re.compile(p, re.IGNORECASE) for p in split_words(self.PATTERN)]
+        whole = re.compile(self.PATTERN, re.IGNORECASE)
+        words = ["sleep", "benchmark", "pg_sleep", "x.y", "xpy", "PG_", "sleepy", " ", "(",
+                 "a", "_", "."]
+        rng = random.Random(11)
+        for _ in range(5000):
+            text = "".join(rng.choice(words) for _ in range(rng.randint(1, 6)))
+            self.assertEqual(bool(whole.search(text)), any(p.search(text) for p in pieces),
+                             text)
+
+    def test_engine(self) -> None:
+        """The rule matches through either half, once per target."""
+        e = engine(rule(1, f"rx = '{self.PATTERN}'"))
+        for query, expected in ((b"/?q=select+BENCHMARK(1,2)", [1]), (b"/?q=pg_sleep+(5)", [1]),
+                                (b"/?q=sleep+pg_read(1)", [1]), (b"/?q=x.y(", [1]),
+                                (b"/?q=sleeper(1)", [])):
+            verdict = e.inspect(get(query), POLICY)
+            self.assertEqual(ids(verdict), expected, query)
+            self.assertEqual(len(verdict.matches), len(expected))
 
 
 RULES = (rule(1, "rx = 'boom'") + rule(2, "rx = 'bang'", severity="warning")

@@ -74,6 +74,20 @@ class HeaderAndCookieTests(SynchronousTestCase):
         self.assertEqual([v for _, v in values(request, "cookies_names")],
                          ["session", "theme", "lang"])
 
+    def test_cookies_parsed_once_each_request_its_own(self) -> None:
+        """
+        A Cookie header seen before gives the same pairs from the memo, in
+        a list of the request's own: changing one request's cookies changes
+        no other request's.
+        """
+        first = Request(b"GET", b"/", HEADERS)
+        first.cookies.append(("injected", "x"))
+        second = Request(b"GET", b"/", HEADERS)
+        self.assertEqual(second.cookies, [("session", "abc"), ("theme", "dark"),
+                                          ("lang", "en")])
+        other = Request(b"GET", b"/", [(b"Cookie", b"session=def")])
+        self.assertEqual(other.cookies, [("session", "def")])
+
 
 class FormTests(SynchronousTestCase):
     """URL-encoded forms."""
@@ -112,6 +126,17 @@ class JSONTests(SynchronousTestCase):
         self.assertEqual(sorted(v for _, v in values(request, "args_names")),
                          sorted(["user", "name", "tags", "age", "ok", "items", "id", "id",
                                  "$where"]))
+
+    def test_without_arrays(self) -> None:
+        """A document without arrays (no C{[} anywhere) gives its strings and keys all the same."""
+        request = Request(b"POST", b"/", [(b"Content-Type", b"application/json")],
+                          b'{"a": {"b": "x", "n": 1.5}, "c": "y", "d": null}')
+        self.assertEqual(sorted(values(request, "args")), [("args:a.b", "x"), ("args:c", "y")])
+        self.assertEqual(sorted(v for _, v in values(request, "args_names")),
+                         ["a", "b", "c", "d", "n"])
+        array = Request(b"POST", b"/", [(b"Content-Type", b"application/json")],
+                        b'{"a": "[", "b": {"c": 2}}')
+        self.assertEqual(sorted(values(array, "args")), [("args:a", "[")])
 
     def test_same_value_two_paths(self) -> None:
         """A string found at two paths is reported at both."""

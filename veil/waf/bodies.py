@@ -100,8 +100,8 @@ class Body:
 
     #: Arguments with their names (forms and multipart fields).
     args: list[tuple[str, str]] = attrs.Factory(list)
-    #: JSON strings, in document order; their names (paths) are found
-    #: again on demand by L{Body.json_paths}.
+    #: JSON strings (the members of objects, then those of arrays); their
+    #: names (paths) are found again on demand by L{Body.json_paths}.
     json_values: list[str] = attrs.Factory(list)
     #: Argument names without their own value entry (JSON keys).
     names: list[str] = attrs.Factory(list)
@@ -195,42 +195,26 @@ class _TooMany(Exception):
     pass
 
 
+def _strings_in(items: list[Any], out: list[str]) -> None:
+    """The strings of a JSON array (and of the arrays in it) into C{out}."""
+    out.extend(filter(_is_str, items))
+    for inner in filter(_is_list, items):
+        _strings_in(inner, out)
+
+
 def _json_body(body: Body, data: bytes, complete: bool, declared: bool) -> bool:
-    values, names = body.json_values, body.names
-
-    def strings_in(items: list[Any]) -> None:
-        for item in items:
-            kind = type(item)
-            if kind is str:
-                values.append(item)
-            elif kind is list:
-                strings_in(item)
-
-    def hook(pairs: list[tuple[str, Any]]) -> None:
-        for key, value in pairs:
-            names.append(key)
-            kind = type(value)
-            if kind is str:
-                values.append(value)
-            elif kind is list:
-                strings_in(value)
-        if len(values) + len(names) > 2 * MAX_VALUES:
-            raise _TooMany()
-
+    # json's C parser hands each object's (key, value) pairs to the hook as
+    # it completes them (inner objects first) and the hook here is a C
+    # method, so the document is never built: the pairs are all there is
+    # to read.  An object's value in its parent is the hook's None.
+    pairs: list[tuple[str, Any]] = []
     try:
-        top = json.loads(data, object_pairs_hook=hook)
-    except _TooMany:
-        body.anomalies.append((LIMITS, "body"))
-        return True
+        top = json.loads(data, object_pairs_hook=pairs.extend)
     except RecursionError:
         body.anomalies.append((LIMITS, "body"))
-        values.clear()
-        names.clear()
         body.text = text_of(data)
         return True
     except ValueError:
-        values.clear()
-        names.clear()
         if not complete:
             _json_prefix(body, data)
             return True
@@ -238,13 +222,30 @@ def _json_body(body: Body, data: bytes, complete: bool, declared: bool) -> bool:
             body.anomalies.append((MALFORMED_JSON, "body"))
             body.text = text_of(data)
         return False
+    values, names = body.json_values, body.names
+    if pairs:
+        keys, members = zip(*pairs)
+        names.extend(keys)
+        values.extend(filter(_is_str, members))
+        if b"[" in data:
+            for array in filter(_is_list, members):
+                _strings_in(array, values)
     kind = type(top)
     if kind is str:
         values.append(top)
     elif kind is list:
-        strings_in(top)
+        _strings_in(top, values)
+    if len(values) + len(names) > 2 * MAX_VALUES:
+        body.anomalies.append((LIMITS, "body"))
+        del values[MAX_VALUES:]
+        del names[MAX_VALUES:]
     body._json = data
     return True
+
+
+#: Exact type tests at C speed (JSON makes no subclasses).
+_is_str = str.__instancecheck__
+_is_list = list.__instancecheck__
 
 
 _JSON_STRING = re.compile(rb'"((?:[^"\\]|\\.)*)"(\s*:)?')

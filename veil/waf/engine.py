@@ -3,111 +3,113 @@ The signature engine (DESIGN §6, stage 4): rules compiled into multi-pattern
 databases, run over a request's values, scored into a L{Verdict} under the
 site's policy.
 
-Build one L{Engine} per process (compiling takes a fraction of a second)
-and call L{Engine.inspect} for each request, on the reactor thread: it is
-plain synchronous code over in-memory structures.
+Build one L{Engine} per process and call L{Engine.inspect} for each
+request, on the reactor thread: it is plain synchronous code over in-memory
+structures.  Compiling the package's rules takes seconds; the compiled
+databases are kept on disk (L{veil.waf.dbcache}) and every later process
+loads them in milliseconds.
 
 How a request is scanned
 ========================
 
-Rules are grouped by their transformation chain.  Each group has one
-hyperscan database holding every pattern of its rules (C{rx}, phrases,
-C{contains}/C{begins}/C{ends}/C{equals}, byte ranges and the detectors'
-prefilters), for each paranoia level.  For a request, the values of every
-collection a group's rules read are joined into one buffer with a separator
-(L{veil.waf.transforms.SEP}), the chain is applied to the buffer once
-(prefixes of chains are shared between groups), and the buffer is scanned
-once.  A match is attributed to the value it ends in and confirmed by
-scanning that value alone, so a pattern never matches across two values
-and anchors mean the value's start and end.  Only then does Python run:
-target filtering, exclusions, the C{re} confirmation of the few patterns
-hyperscan cannot express exactly (compiled as hyperscan prefilters), the
+Rules are grouped in I{families}: the rules that read the same collections
+(the broad rules, which read every value of a request, are one family;
+rules that read named headers or the method are small families of their
+own).  A family has one hyperscan database holding every pattern of its
+rules (C{rx}, phrases, C{contains}/C{begins}/C{ends}/C{equals}, byte ranges
+and the detectors' prefilters) whatever their transformation chains, and
+patterns that tell which values a transformation could change.  For a
+request, the values the family reads are scanned together, untransformed,
+once; only values a chain changes are transformed and scanned again for
+that chain's rules (L{veil.waf.scanner}).  What each value matched is
+remembered, so the header values, cookie names and JSON keys that come
+back request after request are looked up, not scanned.  Only then does
+Python run: target filtering, paranoia levels, exclusions, the C{re}
+confirmation of the few patterns hyperscan cannot express exactly, the
 detectors, C{num} rules, anomaly rules and C{and} conditions.
 """
 
 from __future__ import annotations
 
 import re
-from bisect import bisect_left, bisect_right
+from bisect import bisect_right
 from collections.abc import Iterable, Mapping, Sequence
+from itertools import accumulate
+from pathlib import Path
 from typing import Any
 
 import attrs
 import hyperscan
 from twisted.logger import Logger
 
+from veil.waf.dbcache import DatabaseCache, cache_key, default_directory
 from veil.waf.operators import Detector, default_registry, operator_name
+from veil.waf.patterns import (
+    CHANGE_FLAGS,
+    CONFIRMED,
+    END,
+    START,
+    byte_class,
+    literal,
+    per_value,
+    separated,
+    split_words,
+)
 from veil.waf.policy import STRICTEST_PARANOIA, SitePolicy
-from veil.waf.request import Part, Request
+from veil.waf.request import COLLECTIONS, SOURCES, VALUES, Request
 from veil.waf.rules import Condition, Rule, RuleError, compare, package_rules, selects
-from veil.waf.transforms import SEP, SEP_STANDIN, TRANSFORMS, apply_joined
+from veil.waf.scanner import (
+    CONFIRM,
+    DETECT,
+    DIRECT,
+    MAX_HITS,
+    Action,
+    Family,
+    Hit,
+    View,
+    compile_confirmation,
+    seen_at,
+)
+from veil.waf.transforms import CHANGES, TRANSFORMS
 from veil.waf.verdict import Match, Verdict, judge
+
+__all__ = ["EXPLAIN_CHARS", "MAX_HITS", "Engine", "Unavailable"]
 
 log = Logger()
 
-#: A scan stops collecting after this many pattern matches (a request
-#: with that many is an attack whatever the rest holds).
-MAX_HITS = 4096
 #: How much of a transformed value C{explain} shows.
 EXPLAIN_CHARS = 200
 
-_SEP_BYTE = SEP.encode()
-_SEP_RX = re.compile(re.escape(_SEP_BYTE))
-#: Up to this many matches in a scan are placed by counting separators;
-#: more, by listing them once.
-_FEW_HITS = 16
-_DIRECT, _CONFIRM, _DETECT = 0, 1, 2
-
 Spec = tuple[tuple[str, frozenset[str] | None], ...]
+Getters = tuple[tuple[str, Any, frozenset[str] | None, View], ...]
 
-
-class _Action:
-    """What a pattern id in a group's database stands for."""
-
-    __slots__ = ("check", "kind", "rule")
-
-    def __init__(self, rule: Rule, kind: int, check: Any = None) -> None:
-        self.rule = rule
-        self.kind = kind
-        self.check = check
-
-
-@attrs.define(eq=False)
-class _Group:
-    """The rules of one transformation chain that read the same values."""
-
-    chain: tuple[str, ...]
-    spec: Spec
-    db: Any
-    actions: list[_Action]
-    #: The index of C{spec} among the plan's specs.
-    spec_id: int = 0
-    #: (text id, transformation) from the joined values (no
-    #: transformation) to the whole chain; a text id names one (spec,
-    #: chain prefix), so groups share the transformations they have in
-    #: common.
-    steps: tuple[tuple[int, Any], ...] = ()
+#: The default for L{Engine}'s C{cache_dir}: the user's cache directory
+#: for the package's rules, no cache for rules given by the caller.
+USER_CACHE: Any = object()
 
 
 @attrs.define(eq=False)
 class _Plan:
     """
     Everything that runs, at every paranoia level: a rule above the
-    request's level is skipped when it matches (so one database per group
+    request's level is skipped when it matches (so one database per family
     serves all four levels and compiles once).
     """
 
-    groups: list[_Group]
+    families: list[Family]
     python_rules: list[Rule]
     anomaly_rules: dict[str, list[Rule]]
     #: The C{and} conditions of the rules that have them.
     conditions: dict[int, tuple[Condition, ...]]
-    #: The groups that read whole collections or the method: every request.
-    always: list[_Group] = attrs.Factory(list)
-    #: The groups that read named headers only, by header name: only when
-    #: the request has one of them.
-    by_header: dict[str, list[_Group]] = attrs.Factory(dict)
-    specs: int = 0
+    #: Per paranoia level and request shape (L{veil.waf.request.Request.shape}):
+    #: the families that read whole collections or the method, with the
+    #: collections that can have values in a request of that shape, as
+    #: (collection, its values' function, names, the family's memo for it).
+    steps: dict[tuple[int, int], tuple[tuple[Family, Getters], ...]] = \
+        attrs.Factory(dict)
+    #: The families that read named headers only, by paranoia level and
+    #: header name: only when the request has one of them.
+    by_header: dict[tuple[int, str], list[tuple[Family, Getters]]] = attrs.Factory(dict)
 
 
 @attrs.frozen
@@ -124,16 +126,26 @@ class Engine:
 
     C{rules} default to the package's rules, C{detectors} to the installed
     built-in detectors (L{veil.waf.operators.default_registry}).
+    C{cache_dir} is where compiled databases are kept (L{veil.waf.dbcache});
+    by default the user's cache directory when the rules are the package's,
+    none otherwise; L{None} for none.  C{fast} false inspects every value
+    with every chain literally, without the change flags or the memo
+    (L{veil.waf.scanner.Family.reference}): the same verdicts, slowly, for
+    tests that check the fast path.
     """
 
     def __init__(self, rules: Sequence[Rule] | None = None,
-                 detectors: Mapping[str, Detector] | None = None) -> None:
+                 detectors: Mapping[str, Detector] | None = None, *,
+                 cache_dir: Path | str | None = USER_CACHE, fast: bool = True) -> None:
+        if cache_dir is USER_CACHE:
+            cache_dir = default_directory() if rules is None else None
         self.rules = tuple(package_rules() if rules is None else rules)
         self.detectors = dict(default_registry() if detectors is None else detectors)
+        self.fast = fast
         self.unavailable: list[Unavailable] = []
         #: Rules whose pattern hyperscan cannot express: a prefilter, confirmed with C{re}.
         self.confirmed: set[int] = set()
-        self._approximate: set[bytes] = set()
+        self._cache = DatabaseCache(cache_dir) if cache_dir is not None else None
         usable = []
         for rule in self.rules:
             reason = self._unusable(rule)
@@ -155,16 +167,15 @@ class Engine:
 
     def _compile(self, rules: Sequence[Rule]) -> _Plan:
         """
-        Broad rules (those that read whole collections) are grouped by
-        chain and all read one buffer of every value any of them reads, so
-        the values are gathered and joined once per request and chains
-        that share a prefix share its transformations.  Narrow rules (those
-        that read named members only, such as C{headers:content-type}, or
-        the method) are grouped by chain and members: their buffers are a
-        value or two, and a member the request does not have costs nothing.
+        Broad rules (those that read whole collections) are one family,
+        all reading one buffer of every value any of them reads.  Narrow
+        rules (those that read named members only, such as
+        C{headers:content-type}, the method or parameter names) are grouped
+        by what they read: their buffers are a value or two, and a member
+        the request does not have costs nothing.
         """
-        broad: dict[tuple[str, ...], list[Rule]] = {}
-        narrow: dict[tuple[tuple[str, ...], Spec], list[Rule]] = {}
+        broad: list[Rule] = []
+        narrow: dict[Spec, list[Rule]] = {}
         python_rules: list[Rule] = []
         anomaly_rules: dict[str, list[Rule]] = {}
         for rule in rules:
@@ -174,108 +185,163 @@ class Engine:
             elif rule.operator == "num":
                 python_rules.append(rule)
             elif _narrow(rule):
-                narrow.setdefault((rule.transforms, _spec([rule])), []).append(rule)
+                narrow.setdefault(_spec([rule]), []).append(rule)
             else:
-                broad.setdefault(rule.transforms, []).append(rule)
-        everything = _spec([r for members in broad.values() for r in members])
-        groups = [self._group(chain, everything, members) for chain, members in broad.items()]
-        groups += [self._group(chain, spec, members)
-                   for (chain, spec), members in narrow.items()]
-        groups = [g for g in groups if g.db is not None]
+                broad.append(rule)
+        members = ([(_spec(broad), broad)] if broad else []) + list(narrow.items())
+        families = [f for f in (self._family(spec, rules) for spec, rules in members)
+                    if f is not None]
         conditions = {r.id: r.conditions for r in rules if r.conditions}
-        plan = _Plan(groups, python_rules, anomaly_rules, conditions)
-        spec_ids: dict[Spec, int] = {}
-        text_ids: dict[tuple[int, tuple[str, ...]], int] = {}
-        for group in groups:
-            group.spec_id = spec_ids.setdefault(group.spec, len(spec_ids))
-            steps = []
-            for length in range(len(group.chain) + 1):
-                key = (group.spec_id, group.chain[:length])
-                text_id = text_ids.setdefault(key, len(text_ids))
-                steps.append((text_id, TRANSFORMS[group.chain[length - 1]] if length else None))
-            group.steps = tuple(steps)
+        plan = _Plan(families, python_rules, anomaly_rules, conditions)
+        always: list[Family] = []
+        levels = range(1, STRICTEST_PARANOIA + 1)
+        for family in families:
             if all(collection == "headers" and names is not None
-                   for collection, names in group.spec):
-                for _, names in group.spec:
-                    for name in sorted(names or ()):
-                        plan.by_header.setdefault(name, []).append(group)
+                   for collection, names in family.spec):
+                for level in levels:
+                    getters = tuple(("headers", VALUES["headers"], names,
+                                     family.view(level, "headers"))
+                                    for _, names in family.spec)
+                    for _, names in family.spec:
+                        for name in sorted(names or ()):
+                            plan.by_header.setdefault((level, name), []).append(
+                                (family, getters))
             else:
-                plan.always.append(group)
-        plan.specs = len(spec_ids)
+                always.append(family)
+        for level in levels:
+            for shape in range(8):
+                steps = []
+                for family in always:
+                    getters = tuple((collection, VALUES[collection], names,
+                                     family.view(level, collection))
+                                    for collection, names in family.spec
+                                    if collection not in SOURCES or SOURCES[collection] & shape)
+                    if getters:
+                        steps.append((family, getters))
+                plan.steps[level, shape] = tuple(steps)
         return plan
 
-    def _group(self, chain: tuple[str, ...], spec: Spec, rules: list[Rule]) -> _Group:
+    def _family(self, spec: Spec, rules: list[Rule]) -> Family | None:
+        chains = list(dict.fromkeys(rule.transforms for rule in rules))
+        index: dict[tuple[bytes, int, tuple[int, int]], int] = {}
         expressions: list[bytes] = []
         flags: list[int] = []
-        actions: list[_Action] = []
-        for rule in rules:
-            for expression, flag, action in self._patterns(rule):
-                expressions.append(expression)
-                flags.append(flag)
-                actions.append(action)
-        return _Group(chain, spec, self._database(expressions, flags, actions), actions)
+        ext: list[tuple[int, int]] = []
+        actions: list[list[Action]] = []
+        masks: list[int] = []
+        confirms: dict[int, Any] = {}
 
-    def _patterns(self, rule: Rule) -> Iterable[tuple[bytes, int, _Action]]:
+        def add(expression: str, flag: int, min_length: int = 0) -> int:
+            key = (expression.encode("utf-8"), flag, (min_length and
+                                                      hyperscan.HS_EXT_FLAG_MIN_LENGTH,
+                                                      min_length))
+            ident = index.get(key)
+            if ident is None:
+                ident = index[key] = len(expressions)
+                expressions.append(key[0])
+                flags.append(flag)
+                ext.append(key[2])
+                actions.append([])
+                masks.append(0)
+            return ident
+
+        for order, rule in enumerate(rules):
+            chain = chains.index(rule.transforms)
+            shared: dict[int, Action] = {}
+            for expression, flag, kind, check in self._patterns(rule):
+                action = shared.get(kind)
+                if action is None:
+                    action = shared[kind] = Action(rule, kind, check, chain, order)
+                actions[add(expression, flag)].append(action)
+        always_dirty = 0
+        for name in dict.fromkeys(name for chain in chains for name in chain):
+            mask = sum(1 << i for i, chain in enumerate(chains) if name in chain)
+            if name not in CHANGE_FLAGS:
+                always_dirty |= mask
+                continue
+            for expression, min_length in CHANGE_FLAGS[name]:
+                form = expression if min_length else per_value(expression)
+                ident = add(form, hyperscan.HS_FLAG_DOTALL, min_length)
+                masks[ident] |= mask
+                if name in CONFIRMED:
+                    confirms[ident] = CHANGES[name]
+        if not expressions:
+            return None
+        db, prefiltered = self._database(expressions, flags, ext, actions)
+        for ident in prefiltered:
+            actions[ident] = [self._approximate(action) for action in actions[ident]]
+        return Family(spec, chains, db, [tuple(a) for a in actions], masks, always_dirty,
+                      [confirms.get(i) for i in range(len(expressions))])
+
+    def _patterns(self, rule: Rule) -> Iterable[tuple[str, int, int, Any]]:
+        """(expression, hyperscan flags, action kind, check) for each pattern of C{rule}."""
         base = hyperscan.HS_FLAG_DOTALL | (0 if rule.case else hyperscan.HS_FLAG_CASELESS)
         operator, argument = rule.operator, rule.argument
         if operator == "rx":
-            yield _anchored(argument).encode("utf-8"), base, _Action(rule, _DIRECT)
+            pattern = separated(argument)
+            if not pattern.exact:
+                # Lookaround and other constructs the rewriting does not know:
+                # a hyperscan prefilter (anchors aside), confirmed on the value
+                # alone with re.
+                self.confirmed.add(rule.id)
+                yield pattern.expression, base | hyperscan.HS_FLAG_PREFILTER, CONFIRM, \
+                    compile_confirmation(rule)
+            elif pattern.anchored_end:
+                yield pattern.expression, base, DIRECT, None
+            else:
+                for part in split_words(pattern.expression):
+                    yield per_value(part), base, DIRECT, None
         elif operator in ("pm", "contains", "begins", "ends", "equals"):
-            start = "(?:^|\\x1e)" if operator in ("begins", "equals") else ""
-            end = "(?:$|\\x1e)" if operator in ("ends", "equals") else ""
-            action = _Action(rule, _DIRECT)
+            start = START if operator in ("begins", "equals") else ""
+            end = END if operator in ("ends", "equals") else ""
             for phrase in argument:
-                yield (start + _literal(phrase) + end).encode("ascii"), base, action
+                expression = start + literal(phrase) + end
+                yield (expression if end else per_value(expression)), base, DIRECT, None
         elif operator == "bytes":
-            ranges = "".join(f"\\x{low:02x}-\\x{high:02x}" for low, high in _without_sep(argument))
-            yield f"[{ranges}]".encode("ascii"), hyperscan.HS_FLAG_DOTALL, _Action(rule, _DIRECT)
+            yield per_value(byte_class(argument)), hyperscan.HS_FLAG_DOTALL, DIRECT, None
         elif operator == "detect":
             detector = self.detectors[operator_name(argument)]
-            yield (_anchored(detector.prefilter).encode("utf-8"), base,
-                   _Action(rule, _DETECT, detector.detect))
+            pattern = separated(detector.prefilter)
+            expression = pattern.expression
+            if pattern.exact and not pattern.anchored_end:
+                expression = per_value(expression)
+            yield expression, base, DETECT, detector.detect
         else:  # pragma: no cover - the loader allows no other operator here
             raise AssertionError(operator)
 
-    def _database(self, expressions: list[bytes], flags: list[int],
-                  actions: list[_Action]) -> Any:
-        """
-        One database of all C{expressions}.  A pattern hyperscan cannot
-        compile exactly (lookaround, back-references) is compiled as a
-        prefilter (a superset) and its matches are confirmed with C{re}; a
-        detector's prefilter is simply widened.
-        """
-        if not expressions:
-            return None
-        for index, expression in enumerate(expressions):
-            if expression in self._approximate:
-                self._approximate_pattern(index, flags, actions)
-        try:
-            return _compiled(expressions, flags)
-        except hyperscan.error:
-            pass
-        for index, expression in enumerate(expressions):
-            if not flags[index] & hyperscan.HS_FLAG_PREFILTER and \
-                    _compile_error(expression, flags[index]) is not None:
-                self._approximate.add(expression)
-                self._approximate_pattern(index, flags, actions)
-            if flags[index] & hyperscan.HS_FLAG_PREFILTER:
-                error = _compile_error(expression, flags[index])
-                if error is not None:
-                    rule = actions[index].rule
-                    raise RuleError(f"{rule.source}: rule {rule.id}: hyperscan cannot compile"
-                                    f" its pattern, even as a prefilter: {error}")
-        return _compiled(expressions, flags)
-
-    def _approximate_pattern(self, index: int, flags: list[int], actions: list[_Action]) -> None:
-        flags[index] |= hyperscan.HS_FLAG_PREFILTER
-        action = actions[index]
+    def _approximate(self, action: Action) -> Action:
+        """The action of a pattern compiled as a hyperscan prefilter: confirmed with C{re}."""
+        if action.kind != DIRECT:
+            return action  # already confirmed, or a detector's prefilter, simply widened
         rule = action.rule
-        if action.kind == _DIRECT:
-            if rule.operator != "rx":  # pragma: no cover - literals always compile
-                raise AssertionError(rule.id)
-            self.confirmed.add(rule.id)
-            actions[index] = _Action(rule, _CONFIRM,
-                                     re.compile(rule.argument, re.DOTALL | (0 if rule.case else re.IGNORECASE)))
+        if rule.operator != "rx":  # pragma: no cover - literals always compile
+            raise AssertionError(rule.id)
+        self.confirmed.add(rule.id)
+        return Action(rule, CONFIRM, compile_confirmation(rule), action.chain, action.order)
+
+    def _database(self, expressions: list[bytes], flags: list[int],
+                  ext: list[tuple[int, int]], actions: list[list[Action]]) -> tuple[Any, list[int]]:
+        """
+        One database of all C{expressions} (from the cache if it has it),
+        and the ids of those hyperscan cannot compile exactly (lookaround,
+        back-references): they are compiled as prefilters (a superset) and
+        their matches are confirmed with C{re}.
+        """
+        ids = list(range(len(expressions)))
+        params = [(flag, length) for flag, length in ext]
+
+        def build() -> tuple[Any, dict]:
+            prefiltered = _prefilters(expressions, flags, params, actions)
+            final = [f | hyperscan.HS_FLAG_PREFILTER if i in prefiltered else f
+                     for i, f in enumerate(flags)]
+            return _compiled(expressions, final, params), {"prefilter": sorted(prefiltered)}
+
+        if self._cache is None:
+            db, metadata = build()
+        else:
+            key = cache_key(expressions, flags, ids, params, hyperscan.HS_MODE_BLOCK)
+            db, metadata = self._cache.load_or_compile(key, build)
+        return db, [int(i) for i in metadata.get("prefilter", ())]
 
     # -- inspecting ----------------------------------------------------------------------
 
@@ -295,7 +361,7 @@ class Engine:
                 return judge((), policy.threshold, policy.mode, policy.paranoia, profile, None)
         paranoia = STRICTEST_PARANOIA if profile == "deep" else \
             max(1, min(STRICTEST_PARANOIA, policy.paranoia + boost))
-        found = _Scan(request, paranoia, explain).run(self._plan)
+        found = _Scan(request, paranoia, explain, self.fast).run(self._plan)
         if policy.exclusions and found:
             path = request.path
             found = tuple(
@@ -305,52 +371,46 @@ class Engine:
                 for m in found)
         return judge(found, policy.threshold, policy.mode, paranoia, profile, request)
 
+    def forget(self) -> None:
+        """Empty the memo of what values matched (it refills as requests come)."""
+        for family in self._plan.families:
+            family.forget()
+
     def rules_at(self, paranoia: int) -> list[Rule]:
         """The usable rules that run at this paranoia level."""
         dead = {u.rule.id for u in self.unavailable}
         return [r for r in self.rules if r.paranoia <= paranoia and r.id not in dead]
 
 
-def _collect(ident: int, start: int, end: int, flags: int, hits: list[tuple[int, int]]) -> bool:
-    hits.append((ident, end))
-    return len(hits) >= MAX_HITS
-
-
-def _run(db: Any, data: bytes, hits: list[tuple[int, int]]) -> None:
-    """Scan C{data}, collecting (pattern id, end offset) into C{hits}, at most L{MAX_HITS}."""
-    try:
-        db.scan(data, match_event_handler=_collect, context=hits)
-    except hyperscan.ScanTerminated:
-        pass  # MAX_HITS reached: what was found is judged
-
-
 class _Scan:
-    """One request's inspection: the joined buffers and their transformations."""
+    """One request's inspection."""
 
-    __slots__ = ("explain", "gathered", "matches", "paranoia", "request", "seen", "texts")
+    __slots__ = ("explain", "fast", "matches", "paranoia", "request", "seen")
 
-    def __init__(self, request: Request, paranoia: int, explain: bool) -> None:
+    def __init__(self, request: Request, paranoia: int, explain: bool, fast: bool) -> None:
         self.request = request
         self.paranoia = paranoia
         self.explain = explain
-        self.gathered: dict[int, tuple[list[str], list[Part], list[int]]] = {}
-        self.texts: dict[int, str] = {}
+        self.fast = fast
         self.matches: list[Match] = []
         self.seen: set[tuple[int, str]] = set()
 
     def run(self, plan: _Plan) -> tuple[Match, ...]:
-        for group in plan.always:
-            self._scan(group)
+        request = self.request
+        level = self.paranoia
+        for family, getters in plan.steps[level, request.shape]:
+            self._family(family, getters)
         if plan.by_header:
-            done: set[int] = set()
-            for name in self.request.header_index:
-                for group in plan.by_header.get(name, ()):
-                    if id(group) not in done:
-                        done.add(id(group))
-                        self._scan(group)
+            by_header = plan.by_header
+            done: list[Family] = []
+            for name, _ in request.headers:
+                for family, getters in by_header.get((level, name), ()):
+                    if family not in done:
+                        done.append(family)
+                        self._family(family, getters)
         paranoia = self.paranoia
         if plan.anomaly_rules:
-            for kind, target in self.request.anomalies:
+            for kind, target in request.anomalies:
                 for rule in plan.anomaly_rules.get(kind, ()):
                     if rule.paranoia <= paranoia:
                         self._add(rule, target, kind, "")
@@ -365,113 +425,76 @@ class _Scan:
                 self.matches = [m for m in self.matches if m.rule_id not in failed]
         return tuple(self.matches)
 
-    # -- values and transformations ------------------------------------------------------
-
-    def _gather(self, group: _Group) -> tuple[list[str], list[Part], list[int]]:
-        found = self.gathered.get(group.spec_id)
-        if found is None:
-            values: list[str] = []
-            parts: list[Part] = []
-            starts: list[int] = []
-            request = self.request
-            for collection, names in group.spec:
-                for part in request.parts(collection, names):
-                    if part.values:
-                        starts.append(len(values))
-                        parts.append(part)
-                        values.extend(part.values)
-            found = self.gathered[group.spec_id] = (values, parts, starts)
-        return found
-
-    def _text(self, group: _Group, values: list[str]) -> str:
-        texts = self.texts
-        steps = group.steps
-        last = len(steps) - 1
-        text = texts.get(steps[last][0])
-        if text is not None:
-            return text
-        done = last - 1
-        while done >= 0 and steps[done][0] not in texts:
-            done -= 1
-        if done < 0:
-            text = SEP.join(values)
-            if text.count(SEP) != len(values) - 1:
-                text = SEP.join(v.replace(SEP, SEP_STANDIN) for v in values)
-            texts[steps[0][0]] = text
-            done = 0
+    def _family(self, family: Family, getters: Getters) -> None:
+        """
+        Look the values of C{getters} up in C{family}'s memo (filling it),
+        then report the values that matched.  Each collection's values are
+        taken as a set: the missing ones are a set difference, the matching
+        ones an intersection; only these are looked at one by one.
+        """
+        request = self.request
+        level = self.paranoia
+        batch = []
+        if self.fast:
+            pending = []
+            wanted: set[str] = set()
+            for collection, values_of, names, view in getters:
+                values = values_of(request, names)
+                if values:
+                    unique = set(values)
+                    absent = unique.difference(view.entries)
+                    if absent:
+                        wanted |= absent
+                        pending.append((collection, absent, view))
+                    batch.append((collection, names, values, unique, view))
+            purge = family.fill(level, pending, wanted) if wanted else ()
         else:
-            text = texts[steps[done][0]]
-        separators = len(values) - 1
-        for text_id, transform in steps[done + 1:]:
-            text = apply_joined(transform, text, separators)
-            texts[text_id] = text
-        return text
+            purge = ()
+            for collection, values_of, names, _ in getters:
+                values = values_of(request, names)
+                if values:
+                    view = View()
+                    unique = set(values)
+                    for value in unique:
+                        entry = view.entries[value] = seen_at(family.reference(value), level,
+                                                              collection)
+                        if entry:
+                            view.hot.add(value)
+                    batch.append((collection, names, values, unique, view))
+        for collection, names, values, unique, view in batch:
+            hot = view.hot.intersection(unique)
+            if hot:
+                self._hits(collection, names, values, hot, view.entries)
+        for view, values in purge:
+            for value in values:
+                view.entries.pop(value, None)
+                view.hot.discard(value)
 
-    # -- scanning ------------------------------------------------------------------------
-
-    def _scan(self, group: _Group) -> None:
-        values, parts, starts = self._gather(group)
-        if not values:
-            return
-        text = self._text(group, values)
-        data = text.encode("utf-8", "surrogatepass")
-        hits: list[tuple[int, int]] = []
-        _run(group.db, data, hits)
-        if not hits:
-            return
-        actions = group.actions
-        paranoia = self.paranoia
-        hits = [hit for hit in hits if actions[hit[0]].rule.paranoia <= paranoia]
-        if not hits:
-            return
-        single = len(values) == 1
-        if single:
-            located = {(ident, 0) for ident, _ in hits}
-            bounds = [0, len(data) + 1]
-        elif len(hits) <= _FEW_HITS:
-            # A match that ends on a separator ends its value (C{$} matches
-            # the separator): it belongs to the value before.
-            located = {(ident, data.count(_SEP_BYTE, 0, end - 1)) for ident, end in hits}
-            bounds = []
-        else:
-            separators = [m.start() for m in _SEP_RX.finditer(data)]
-            bounds = [0, *(s + 1 for s in separators), len(data) + 1]
-            located = {(ident, bisect_left(separators, end - 1)) for ident, end in hits}
-        pieces: list[str] | None = None
-        confirmed: dict[int, set[int]] = {}
-        for ident, index in sorted(located, key=lambda item: (item[1], item[0])):
-            action = actions[ident]
-            rule = action.rule
-            part_index = bisect_right(starts, index) - 1
-            part = parts[part_index]
-            targets = [t for t in part.names_of(index - starts[part_index]) if rule.selects(t)]
-            if not targets or all((rule.id, t) in self.seen for t in targets):
+    def _hits(self, collection: str, names: frozenset[str] | None, values: list[str],
+              hot: set[str], entries: dict[str, tuple[Hit, ...]]) -> None:
+        """Report what the values of one collection in C{hot} matched, with their target names."""
+        parts = COLLECTIONS[collection](self.request, names)
+        starts = list(accumulate((len(part.values) for part in parts), initial=0))
+        seen = self.seen
+        for index, value in enumerate(values):
+            if value not in hot:
                 continue
-            if not single:
-                inside = confirmed.get(index)
-                if inside is None:
-                    inside = confirmed[index] = set()
-                    alone = _value_bytes(data, index, bounds)
-                    alone_hits: list[tuple[int, int]] = []
-                    _run(group.db, alone, alone_hits)
-                    inside.update(i for i, _ in alone_hits)
-                if ident not in inside:
+            part_index = bisect_right(starts, index) - 1
+            targets_of = parts[part_index].names_of(index - starts[part_index])
+            for hit in entries[value]:
+                action = hit.action
+                rule = action.rule
+                targets = [t for t in targets_of if action.selects(t)]
+                if not targets or all((rule.id, t) in seen for t in targets):
                     continue
-            detail = None
-            if action.kind != _DIRECT or self.explain:
-                if pieces is None:
-                    pieces = text.split(SEP)
-                value = pieces[index]
-                if action.kind == _CONFIRM and not action.check.search(value):
-                    continue
-                if action.kind == _DETECT:
-                    detail = action.check(value)
-                    if not detail:
+                detail = None
+                if action.kind == DETECT:
+                    detail = hit.detected()
+                    if detail is None:
                         continue
-                    detail = str(detail)[:64]
-            shown = pieces[index] if self.explain and pieces is not None else ""
-            for target in targets:
-                self._add(rule, target, detail, shown)
+                shown = hit.text if self.explain else ""
+                for target in targets:
+                    self._add(rule, target, detail, shown)
 
     def _add(self, rule: Rule, target: str, detail: str | None, value: str) -> None:
         key = (rule.id, target)
@@ -517,17 +540,6 @@ class _Scan:
         return result != condition.negate
 
 
-def _value_bytes(data: bytes, index: int, bounds: list[int]) -> bytes:
-    """The bytes of value C{index} of a joined buffer (C{bounds}: where each starts, if listed)."""
-    if bounds:
-        return data[bounds[index]:bounds[index + 1] - 1]
-    start = 0
-    for _ in range(index):
-        start = data.index(_SEP_BYTE, start) + 1
-    stop = data.find(_SEP_BYTE, start)
-    return data[start:] if stop < 0 else data[start:stop]
-
-
 def _chain(transforms: tuple[str, ...], value: str) -> str:
     for name in transforms:
         value = TRANSFORMS[name](value)
@@ -567,107 +579,82 @@ def _spec(rules: Iterable[Rule]) -> Spec:
     return tuple(sorted(wanted.items(), key=lambda item: item[0]))
 
 
-#: Collections whose values are few and short: a rule that reads only
-#: these gets a buffer of its own.
-_SMALL = ("method", "args_names", "cookies_names")
+#: Ordinary values of every kind: a pattern that matches one of them would
+#: match nearly every value of a request.
+_PROBES = ("1", "42", "a", "x", "true", "GET", "/", "/index.html", "text/html",
+           "gzip, deflate, br", "en-US,en;q=0.9", "hello world", "max-age=0")
 
 
 def _narrow(rule: Rule) -> bool:
     """
-    Whether a rule reads only named members (C{headers:content-type}), the
-    method or parameter names: such rules share small buffers of just those
-    values rather than the buffer of everything, which their patterns
-    (C{^\\s*\\S}, a parameter called C{session}) would match in other
-    values only to be filtered out.
+    Whether a rule gets a small family of its own instead of its place in
+    the family of everything: rules that read the method, and rules that
+    read only named headers (C{headers:content-length}) whose pattern
+    matches ordinary values (C{^\\s*\\S}, C{^\\s*0*[1-9]}), which in the
+    shared buffer would match nearly every value of every request, to be
+    filtered out only after a call into Python.  Other named-header rules
+    (user agents of scanners) read values the family of everything reads
+    anyway, at no cost.
     """
-    return all(s.name is not None or s.collection in _SMALL
-               for s in rule.targets if not s.negated)
+    chosen = [s for s in rule.targets if not s.negated]
+    if any(s.collection == "method" for s in chosen):
+        return all(s.collection == "method" or (s.collection == "headers" and s.name)
+                   for s in chosen)
+    if not all(s.collection == "headers" and s.name is not None for s in chosen):
+        return False
+    return any(_matches(rule, probe) for probe in _PROBES)
 
 
-def _without_sep(ranges: tuple[tuple[int, int], ...]) -> list[tuple[int, int]]:
-    """
-    Byte ranges without the separator byte, which ends every value in a
-    joined buffer (a separator inside a value was replaced by
-    L{veil.waf.transforms.SEP_STANDIN}, itself a control character).
-    """
-    sep = ord(SEP)
-    out = []
-    for low, high in ranges:
-        if low <= sep <= high:
-            if low < sep:
-                out.append((low, sep - 1))
-            if sep < high:
-                out.append((sep + 1, high))
-        else:
-            out.append((low, high))
-    return out
+def _matches(rule: Rule, value: str) -> bool:
+    """Whether C{rule}'s operator matches C{value} untransformed (C{re}'s reading)."""
+    operator, argument = rule.operator, rule.argument
+    if operator in ("rx", "pm", "contains", "begins", "ends", "equals"):
+        condition = Condition((), (), operator, argument, False, rule.case)
+        return _test(condition, value)
+    if operator == "bytes":
+        return any(low <= byte <= high for byte in value.encode() for low, high in argument)
+    return operator == "detect"
 
 
-def _literal(text: str) -> str:
-    """C{text} as a hyperscan expression matching its UTF-8 bytes literally."""
-    return "".join(chr(b) if chr(b).isalnum() and b < 128 else f"\\x{b:02x}"
-                   for b in text.encode("utf-8"))
-
-
-def _anchored(pattern: str) -> str:
-    """
-    C{pattern} with C{^} and C{$} (and C{\\A}, C{\\z}, C{\\Z}) outside
-    character classes also matching at a separator, so that they anchor at
-    a value's start and end in a joined buffer.
-    """
-    out: list[str] = []
-    i, n = 0, len(pattern)
-    in_class = False
-    while i < n:
-        char = pattern[i]
-        if char == "\\" and i + 1 < n:
-            escape = pattern[i:i + 2]
-            if not in_class and escape == "\\A":
-                out.append("(?:^|\\x1e)")
-            elif not in_class and escape in ("\\z", "\\Z"):
-                out.append("(?:$|\\x1e)")
-            else:
-                out.append(escape)
-            i += 2
-            continue
-        if in_class:
-            if char == "]":
-                in_class = False
-            out.append(char)
-            i += 1
-            continue
-        if char == "[":
-            in_class = True
-            out.append(char)
-            i += 1
-            # A ] right after [ or [^ is a literal member.
-            if i < n and pattern[i] == "^":
-                out.append("^")
-                i += 1
-            if i < n and pattern[i] == "]":
-                out.append("]")
-                i += 1
-            continue
-        if char == "^":
-            out.append("(?:^|\\x1e)")
-        elif char == "$":
-            out.append("(?:$|\\x1e)")
-        else:
-            out.append(char)
-        i += 1
-    return "".join(out)
-
-
-def _compiled(expressions: list[bytes], flags: list[int]) -> Any:
+def _compiled(expressions: list[bytes], flags: list[int],
+              params: list[tuple[int, int]]) -> Any:
     db = hyperscan.Database(mode=hyperscan.HS_MODE_BLOCK)
-    db.compile(expressions=expressions, ids=list(range(len(expressions))), flags=flags)
+    db.compile(expressions=expressions, ids=list(range(len(expressions))), flags=flags,
+               ext=[hyperscan.ExpressionExt(flags=flag, min_offset=0, max_offset=0,
+                                            min_length=length, edit_distance=0,
+                                            hamming_distance=0)
+                    for flag, length in params])
     return db
 
 
-def _compile_error(expression: bytes, flags: int) -> str | None:
+def _prefilters(expressions: list[bytes], flags: list[int], params: list[tuple[int, int]],
+                actions: list[list[Action]]) -> set[int]:
+    """The patterns that compile only as prefilters; L{RuleError} for one that does not even then."""
+    try:
+        _compiled(expressions, flags, params)
+    except hyperscan.error:
+        pass
+    else:
+        return set()
+    found = set()
+    for index, expression in enumerate(expressions):
+        if _compile_error(expression, flags[index], params[index]) is None:
+            continue
+        error = _compile_error(expression, flags[index] | hyperscan.HS_FLAG_PREFILTER,
+                               params[index])
+        if error is not None:
+            rule = actions[index][0].rule if actions[index] else None
+            where = f"{rule.source}: rule {rule.id}" if rule else "a change flag"
+            raise RuleError(f"{where}: hyperscan cannot compile its pattern, even as a"
+                            f" prefilter: {error}")
+        found.add(index)
+    return found
+
+
+def _compile_error(expression: bytes, flags: int, params: tuple[int, int]) -> str | None:
     """Why hyperscan does not compile C{expression} alone, or L{None} if it does."""
     try:
-        _compiled([expression], [flags])
+        _compiled([expression], [flags], [params])
     except hyperscan.error as e:
         return str(e)
     return None

@@ -18,23 +18,49 @@ from veil.waf.decoding import has_invalid_escape, normalise_path, text_of
 
 Headers = Sequence[tuple[bytes, bytes]]
 
+# The sources of values (L{Request.shape}).
+HAS_QUERY = 1
+HAS_BODY = 2
+HAS_COOKIES = 4
+#: The sources each collection's values come from; the others are always there.
+SOURCES = {
+    "args": HAS_QUERY | HAS_BODY,
+    "args_names": HAS_QUERY | HAS_BODY,
+    "cookies": HAS_COOKIES,
+    "cookies_names": HAS_COOKIES,
+    "body": HAS_BODY,
+    "xml": HAS_BODY,
+    "files": HAS_BODY,
+    "file_content": HAS_BODY,
+}
+
 
 class Part:
-    """Some of a collection's values and, for each, the target names it has."""
+    """
+    Some of a collection's values and, for each, the target names it has:
+    given (C{targets}), made on demand from a prefix and the members'
+    names (C{prefix}, C{names}: C{"headers:"} and C{["accept", ...]}), or
+    found by C{resolve}.
+    """
 
-    __slots__ = ("resolve", "targets", "values")
+    __slots__ = ("names", "prefix", "resolve", "targets", "values")
 
     def __init__(self, values: list[str], targets: list[str] | None,
-                 resolve: Callable[[str], list[str]] | None = None) -> None:
+                 resolve: Callable[[str], list[str]] | None = None, prefix: str = "",
+                 names: list[str] | None = None) -> None:
         self.values = values
-        #: One target name per value, or L{None} when C{resolve} finds them.
+        #: One target name per value, or L{None} when C{names} or C{resolve} make them.
         self.targets = targets
         self.resolve = resolve
+        self.prefix = prefix
+        self.names = names
 
     def names_of(self, index: int) -> list[str]:
         """The target names of value C{index} (a JSON string can be at several paths)."""
         if self.targets is not None:
             return [self.targets[index]]
+        if self.names is not None:
+            return [self.prefix + self.names[index]]
         assert self.resolve is not None
         return self.resolve(self.values[index]) or ["args"]
 
@@ -75,6 +101,7 @@ class Request:
         "_query",
         "_query_args",
         "_target",
+        "_uri",
         "complete",
     )
 
@@ -86,6 +113,7 @@ class Request:
         self._body = body
         self.complete = complete
         self._content_type = content_type
+        self._uri: str | None = None
         self._header_text: list[tuple[str, str]] | None = None
         self._header_index: dict[str, list[str]] | None = None
         self._query: str | None = None
@@ -105,7 +133,10 @@ class Request:
     @property
     def uri(self) -> str:
         """The request target as received."""
-        return text_of(self._target)
+        uri = self._uri
+        if uri is None:
+            uri = self._uri = text_of(self._target)
+        return uri
 
     @property
     def raw_path(self) -> str:
@@ -135,9 +166,15 @@ class Request:
     def headers(self) -> list[tuple[str, str]]:
         """The headers as text, names in lower case, in the order received."""
         if self._header_text is None:
-            self._header_text = [(name.decode("latin-1").lower(), text_of(value))
+            known = _HEADER_NAMES
+            self._header_text = [(known.get(name) or _header_name(name), text_of(value))
                                  for name, value in self._headers]
         return self._header_text
+
+    @property
+    def header_names(self) -> list[str]:
+        """The names of the headers (lower case, in the order received, repeated as received)."""
+        return [name for name, _ in self.headers]
 
     @property
     def header_index(self) -> dict[str, list[str]]:
@@ -157,14 +194,13 @@ class Request:
     @property
     def cookies(self) -> list[tuple[str, str]]:
         if self._cookies is None:
-            cookies = []
+            cookies: list[tuple[str, str]] = []
             for key, value in self.headers:
                 if key == "cookie":
-                    for item in value.split(";"):
-                        name, _, content = item.partition("=")
-                        name = name.strip()
-                        if name or content:
-                            cookies.append((name, content.strip()))
+                    found = _COOKIES.get(value)
+                    if found is None:
+                        found = _cookie_pairs(value)
+                    cookies += found
             self._cookies = cookies
         return self._cookies
 
@@ -224,20 +260,68 @@ class Request:
 
     # -- collections ---------------------------------------------------------------------
 
+    @property
+    def shape(self) -> int:
+        """
+        Which sources of values the request has (L{HAS_QUERY}, L{HAS_BODY},
+        L{HAS_COOKIES}): a collection whose source is missing is empty.
+        """
+        shape = HAS_QUERY if b"?" in self._target else 0
+        if self._body:
+            shape |= HAS_BODY
+        for name, _ in self._headers:
+            if len(name) == 6 and name.lower() == b"cookie":
+                return shape | HAS_COOKIES
+        return shape
+
     def parts(self, collection: str, names: frozenset[str] | None = None) -> list[Part]:
         """
         The values of C{collection} with their target names; with C{names},
         only the members of that name (C{headers} and C{cookies} only).
         """
-        return _COLLECTIONS[collection](self, names)
+        return COLLECTIONS[collection](self, names)
+
+
+#: Header names as received -> lower-cased text (bounded: names are the client's choice).
+_HEADER_NAMES: dict[bytes, str] = {}
+
+
+#: Cookie header values -> their (name, value) pairs (bounded: a client's
+#: cookies come back with each of its requests, and are parsed once).
+_COOKIES: dict[str, tuple[tuple[str, str], ...]] = {}
+#: Cookie headers longer than this are parsed each time they come.
+_COOKIE_CHARS = 4096
+
+
+def _cookie_pairs(value: str) -> tuple[tuple[str, str], ...]:
+    cookies = []
+    for item in value.split(";"):
+        name, _, content = item.partition("=")
+        name = name.strip()
+        if name or content:
+            cookies.append((name, content.strip()))
+    found = tuple(cookies)
+    if len(value) <= _COOKIE_CHARS:
+        if len(_COOKIES) >= 1024:
+            _COOKIES.clear()
+        _COOKIES[value] = found
+    return found
+
+
+def _header_name(raw: bytes) -> str:
+    name = raw.decode("latin-1").lower()
+    if len(_HEADER_NAMES) >= 1024:
+        _HEADER_NAMES.clear()
+    _HEADER_NAMES[raw] = name
+    return name
 
 
 def _pairs_part(collection: str, pairs: list[tuple[str, str]],
                 names: frozenset[str] | None) -> Part:
     if names is not None:
         pairs = [(k, v) for k, v in pairs if k in names]
-    prefix = collection + ":"
-    return Part([v for _, v in pairs if v], [prefix + k for k, v in pairs if v])
+    return Part([v for _, v in pairs if v], None, prefix=collection + ":",
+                names=[k for k, v in pairs if v])
 
 
 def _method(request: Request, names: frozenset[str] | None) -> list[Part]:
@@ -268,11 +352,7 @@ def _args(request: Request, names: frozenset[str] | None) -> list[Part]:
 
 
 def _args_names(request: Request, names: frozenset[str] | None) -> list[Part]:
-    found = [k for k, _ in request.query_args if k]
-    if request.body:
-        body = request.parsed_body
-        found += [k for k, _ in body.args if k]
-        found += [k for k in body.names if k]
+    found = _args_names_values(request, names)
     return [Part(found, ["args_names"] * len(found))] if found else []
 
 
@@ -282,7 +362,9 @@ def _headers(request: Request, names: frozenset[str] | None) -> list[Part]:
     else:
         index = request.header_index
         pairs = [(k, v) for k in names if k in index for v in index[k]]
-    return [Part([v for _, v in pairs], ["headers:" + k for k, _ in pairs])] if pairs else []
+    if not pairs:
+        return []
+    return [Part([v for _, v in pairs], None, prefix="headers:", names=[k for k, _ in pairs])]
 
 
 def _cookies(request: Request, names: frozenset[str] | None) -> list[Part]:
@@ -320,7 +402,8 @@ def _body(request: Request, names: frozenset[str] | None) -> list[Part]:
     return [Part([text], ["body"])] if text else []
 
 
-_COLLECTIONS: dict[str, Callable[[Request, frozenset[str] | None], list[Part]]] = {
+#: Each collection's values (the names given: only those members).
+COLLECTIONS: dict[str, Callable[[Request, frozenset[str] | None], list[Part]]] = {
     "method": _method,
     "uri": _uri,
     "path": _path,
@@ -335,3 +418,88 @@ _COLLECTIONS: dict[str, Callable[[Request, frozenset[str] | None], list[Part]]] 
     "body": _body,
 }
 
+
+
+# -- values alone ----------------------------------------------------------------------------
+#
+# The values of a collection without their names, in the order of its parts:
+# what the engine looks up for every request (the names are made only for
+# the values that matched).
+
+
+def _pairs_values(pairs: list[tuple[str, str]], names: frozenset[str] | None) -> list[str]:
+    if names is None:
+        return [v for _, v in pairs if v]
+    return [v for k, v in pairs if v and k in names]
+
+
+def _method_values(request: Request, names: frozenset[str] | None) -> list[str]:
+    return [request.method]
+
+
+def _uri_values(request: Request, names: frozenset[str] | None) -> list[str]:
+    return [request.uri]
+
+
+def _path_values(request: Request, names: frozenset[str] | None) -> list[str]:
+    return [request.path]
+
+
+def _args_values(request: Request, names: frozenset[str] | None) -> list[str]:
+    found = _pairs_values(request.query_args, names)
+    if request.body:
+        body = request.parsed_body
+        if body.args:
+            found += _pairs_values(body.args, names)
+        if body.json_values and names is None:
+            found += body.json_values
+    return found
+
+
+def _headers_values(request: Request, names: frozenset[str] | None) -> list[str]:
+    if names is None:
+        return [v for k, v in request.headers if k != "cookie"]
+    index = request.header_index
+    return [v for k in names if k in index for v in index[k]]
+
+
+def _cookies_values(request: Request, names: frozenset[str] | None) -> list[str]:
+    return _pairs_values(request.cookies, names)
+
+
+def _cookies_names_values(request: Request, names: frozenset[str] | None) -> list[str]:
+    return [k for k, _ in request.cookies if k]
+
+
+def _args_names_values(request: Request, names: frozenset[str] | None) -> list[str]:
+    found = [k for k, _ in request.query_args if k]
+    if request.body:
+        body = request.parsed_body
+        if body.args:
+            found += [k for k, _ in body.args if k]
+        if body.names:
+            found += filter(None, body.names)
+    return found
+
+
+def _from_parts(collection: str) -> Callable[[Request, frozenset[str] | None], list[str]]:
+    function = COLLECTIONS[collection]
+
+    def values(request: Request, names: frozenset[str] | None) -> list[str]:
+        return [v for part in function(request, names) for v in part.values]
+
+    return values
+
+
+#: Each collection's values alone, in the order of its parts' values.
+VALUES: dict[str, Callable[[Request, frozenset[str] | None], list[str]]] = {
+    "method": _method_values,
+    "uri": _uri_values,
+    "path": _path_values,
+    "args": _args_values,
+    "headers": _headers_values,
+    "cookies": _cookies_values,
+    "cookies_names": _cookies_names_values,
+    "args_names": _args_names_values,
+    **{c: _from_parts(c) for c in ("xml", "files", "file_content", "body")},
+}

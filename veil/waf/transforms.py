@@ -176,6 +176,21 @@ def base64(text: str) -> str:
     return "".join(pieces)
 
 
+#: A run of Base64 characters without a letter, long enough to be decoded.
+_LETTERLESS_RUN = re.compile(f"[0-9+/_-]{{{B64_MIN}}}")
+
+
+def base64_changes(text: str) -> bool:
+    """
+    Whether L{base64} changes C{text}, answered cheaply for most text: a
+    run is decoded only if it has both cases or no letter at all, so text
+    all in one case without a long letterless run is left alone.
+    """
+    if (text.islower() or text.isupper()) and _LETTERLESS_RUN.search(text) is None:
+        return False
+    return base64(text) is not text
+
+
 def lowercase(text: str) -> str:
     """Lower case."""
     return text.lower()
@@ -291,6 +306,10 @@ TRANSFORMS: dict[str, Transform] = {
     "removenulls": removenulls,
     "length": length,
 }
+
+#: For the transformations whose change flag matches many values they
+#: leave alone (L{veil.waf.patterns.CONFIRMED}): whether it changes a value.
+CHANGES: dict[str, Callable[[str], bool]] = {"base64": base64_changes}
 
 #: Transformations that only make sense on one value at a time.
 PER_VALUE_ONLY = frozenset({"length"})

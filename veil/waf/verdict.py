@@ -99,9 +99,22 @@ class Verdict:
                              if m.excluded_by is not None and m.rule_id not in counted}))
 
 
+#: Benign verdicts are all alike: one per (threshold, mode, paranoia, profile).
+_BENIGN: dict[tuple[int, str, int, str], Verdict] = {}
+
+
 def judge(matches: tuple[Match, ...], threshold: int, mode: str, paranoia: int,
           profile: str, request: Request | None) -> Verdict:
     """The verdict for these matches; C{request} is used for the excerpt."""
+    if not matches:
+        key = (threshold, mode, paranoia, profile)
+        verdict = _BENIGN.get(key)
+        if verdict is None:
+            if len(_BENIGN) >= 256:
+                _BENIGN.clear()
+            verdict = _BENIGN[key] = Verdict(BENIGN, 0, threshold, None, 1.0, mode, paranoia,
+                                             profile, (), None)
+        return verdict
     best: dict[int, Match] = {}
     for match in matches:
         if match.excluded_by is None and match.rule_id not in best:
