@@ -270,7 +270,8 @@ class RegressionTests(TestCase):
         chunks with chunk extensions; Expect: 100-continue; JSON with a
         charset, upper case, a parameter or a +json type; JSON or a form
         with no Content-Type or as text/plain; multipart with a quoted
-        boundary, a filename*= and a nested part; a WebSocket upgrade with
+        boundary, a filename*=, a nested part, a part header folded over
+        two lines and a part without Content-Disposition; a WebSocket upgrade with
         the attack in its query; attacks in Referer, X-Forwarded-For,
         Origin, custom headers and cookies, and at the end of a long value.
         """
@@ -306,6 +307,12 @@ class RegressionTests(TestCase):
                      b"Content-Type: multipart/mixed; boundary=inner\r\n\r\n--inner\r\n"
                      b"Content-Disposition: file; filename=\"a.txt\"\r\n\r\n" + SQLI
                      + b"\r\n--inner--\r\n--b0und--\r\n"),
+            raw_post(b"multipart/form-data; boundary=" + boundary,
+                     b"--b0und\r\nContent-Disposition: form-data;\r\n name=\"q\"\r\n\r\n"
+                     + SQLI + b"\r\n--b0und--\r\n"),
+            raw_post(b"multipart/form-data; boundary=" + boundary,
+                     b"--b0und\r\nContent-Type: text/plain\r\n\r\n" + SQLI
+                     + b"\r\n--b0und--\r\n"),
             raw_get(b"/ws?q=1%27%20OR%201=1--", b"Connection: Upgrade\r\nUpgrade: websocket\r\n"
                     b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
                     b"Sec-WebSocket-Version: 13\r\n"),

@@ -256,6 +256,24 @@ class MultipartTests(SynchronousTestCase):
             request = Request(b"POST", b"/", [(b"Content-Type", content_type)], body)
             self.assertIn(bodies.MALFORMED_MULTIPART, [k for k, _ in request.anomalies], body)
 
+    def test_folded_part_header(self) -> None:
+        """A part header folded over two lines is unfolded: its field is read as such."""
+        body = self.body(b'Content-Disposition: form-data;\r\n name="q"\r\n\r\nvalue')
+        request = Request(b"POST", b"/", [(b"Content-Type", self.TYPE)], body)
+        self.assertEqual(values(request, "args"), [("args:q", "value")])
+
+    def test_unnamed_contents_inspected(self) -> None:
+        """
+        The content of a part without Content-Disposition, or with headers
+        that do not parse, is still inspected (as a nameless field), with the
+        malformed anomaly.
+        """
+        for part in (b"Content-Type: text/plain\r\n\r\n1' OR 1=1--",
+                     b"no colon here\r\n\r\n1' OR 1=1--"):
+            request = Request(b"POST", b"/", [(b"Content-Type", self.TYPE)], self.body(part))
+            self.assertEqual(values(request, "args"), [("args:", "1' OR 1=1--")])
+            self.assertIn(bodies.MALFORMED_MULTIPART, [k for k, _ in request.anomalies])
+
     def test_evasion(self) -> None:
         """Names with ; or = and parts in unusual character sets are the evasion anomaly."""
         utf7 = (b'Content-Disposition: form-data; name="a"\r\n'

@@ -422,7 +422,10 @@ def _multipart(body: Body, data: bytes, complete: bool, params: dict[str, str]) 
         content_end = found.start() if found else len(data)
         content = data[content_start:content_end]
         if headers is None:
+            # Unreadable part headers: some parser reads the part all the
+            # same, so its content is inspected as a nameless field.
             body.anomalies.append((MALFORMED_MULTIPART, "body"))
+            body.args.append(("", text_of(content[:FILE_CONTENT_LIMIT])))
         else:
             _part(body, headers, content)
         if found is None:
@@ -450,14 +453,24 @@ def _head_end(data: bytes, start: int) -> tuple[int, int]:
 
 
 def _part_headers(raw: bytes) -> dict[str, str] | None:
-    headers = {}
+    """
+    A part's headers by lower-case name, or L{None} when a line is not a
+    header.  A line folded onto the next (obsolete, but some parsers unfold
+    it) continues the header before it.
+    """
+    headers: dict[str, str] = {}
+    last = None
     for line in text_of(raw).splitlines():
         if not line.strip():
+            continue
+        if line[0] in " \t" and last is not None:
+            headers[last] = f"{headers[last]} {line.strip()}"
             continue
         name, colon, value = line.partition(":")
         if not colon or not name.strip():
             return None
-        headers[name.strip().lower()] = value.strip()
+        last = name.strip().lower()
+        headers[last] = value.strip()
     return headers
 
 
@@ -473,7 +486,10 @@ _EVASIVE = re.compile(r'[;="\\\r\n\x00]')
 def _part(body: Body, headers: dict[str, str], content: bytes) -> None:
     disposition = headers.get("content-disposition")
     if disposition is None:
+        # No field name, yet some parser takes the part's content: inspected
+        # as a nameless field.
         body.anomalies.append((MALFORMED_MULTIPART, "body"))
+        body.args.append(("", text_of(content[:FILE_CONTENT_LIMIT])))
         return
     _, params = split_content_type(disposition)
     if any(_EVASIVE.search(params.get(key) or "") for key in ("name", "filename")) \
