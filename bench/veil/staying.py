@@ -141,6 +141,23 @@ def process_facts(pid: int) -> dict:
     return {"rss_kib": rss, "veil_cpu_s": own / CLK_TCK, "cluster_cpu_s": cluster / CLK_TCK}
 
 
+def system_facts() -> dict:
+    """CPU 0's time by kind (seconds since boot), bytes written to disks, dirty memory."""
+    cpu0 = next(line.split()[1:] for line in Path("/proc/stat").read_text().splitlines()
+                if line.startswith("cpu0 "))
+    user, nice, system, _idle, iowait, irq, softirq, steal = (int(v) / CLK_TCK for v in cpu0[:8])
+    written = 0
+    for line in Path("/proc/diskstats").read_text().splitlines():
+        fields = line.split()
+        # Whole disks only (vda, sda, nvme0n1), not their partitions.
+        if len(fields) > 9 and re.fullmatch(r"(?:[sv]d[a-z]+|nvme\d+n\d+|xvd[a-z]+)", fields[2]):
+            written += int(fields[9]) * 512
+    meminfo = Path("/proc/meminfo").read_text()
+    dirty = int(re.search(r"^Dirty:\s+(\d+) kB", meminfo, re.MULTILINE).group(1))
+    return {"cpu0_busy_s": user + nice + system + irq + softirq, "cpu0_iowait_s": iowait,
+            "cpu0_steal_s": steal, "disk_written": written, "dirty_kib": dirty}
+
+
 def metrics_facts(url: str) -> dict:
     try:
         with urllib.request.urlopen(url, timeout=10) as response:
@@ -221,19 +238,34 @@ def main() -> int:
     start = db_facts(conninfo)
     start["process"] = process_facts(args.pid)
     start["metrics"] = metrics_facts(args.metrics)
+    start["system"] = system_facts()
     previous = start
     header = ("min  req/s   p50ms  p99ms  sockerr non2xx  rows(k)  heapMiB  " + "  ".join(
         f"{short_index(n)[:9]:>9}" for n in sorted(start["indexes"] or {}))
-        + "  rollKiB  rdead  av/aa  walMiB  ckpt  rssMiB  veilCPU  pgCPU  backlog  rows/b  batch_ms  us/row  req/cpu_s")
+        + "  rollKiB  rdead  av/aa  walMiB  ckpt  rssMiB  veilCPU  pgCPU  backlog  rows/b  batch_ms  us/row  req/cpu_s  cpu0:veil other iowait steal  diskMiB/s  dirtyMiB")
     print(f"shared_buffers {start['shared_buffers']}; index sizes in MiB; CPU seconds per minute",
           flush=True)
     print(header, flush=True)
     for number in range(1, args.minutes + 1):
+        began = system_facts()
+        began_proc = process_facts(args.pid)
         load = wrk_minute(args, args.seconds)
         metrics = metrics_facts(args.metrics)   # first, while the backlog is fresh
         proc = process_facts(args.pid)
+        system = system_facts()
+        # CPU 0 during the load run: what Veil and its cluster used, what
+        # everything else on it used, and the time the hypervisor took.
+        veil_tree = (proc["veil_cpu_s"] - began_proc["veil_cpu_s"]
+                     + proc["cluster_cpu_s"] - began_proc["cluster_cpu_s"])
+        cpu0 = {"veil_share": veil_tree / args.seconds,
+                "other_share": max(0.0, system["cpu0_busy_s"] - began["cpu0_busy_s"]
+                                   - veil_tree) / args.seconds,
+                "iowait_share": (system["cpu0_iowait_s"] - began["cpu0_iowait_s"]) / args.seconds,
+                "steal_share": (system["cpu0_steal_s"] - began["cpu0_steal_s"]) / args.seconds,
+                "disk_mib_s": (system["disk_written"] - began["disk_written"]) / 2 ** 20
+                / args.seconds, "dirty_kib": system["dirty_kib"]}
         facts = db_facts(conninfo)
-        facts.update(minute=number, load=load, process=proc, metrics=metrics)
+        facts.update(minute=number, load=load, process=proc, metrics=metrics, cpu0=cpu0)
         if args.objects:
             facts["objects"] = objects_facts(args.pid, Path(args.objects), None)
         minutes.append(facts)
@@ -261,7 +293,10 @@ def main() -> int:
               f"  {proc['veil_cpu_s'] - previous['process']['veil_cpu_s']:>7.1f}"
               f"  {proc['cluster_cpu_s'] - previous['process']['cluster_cpu_s']:>5.1f}"
               f"  {m.get('backlog', 0):>7.0f}  {rows_per_batch:>6}  {batch_ms:>8}  {per_row:>6}"
-              f"  {facts['requests_per_cpu_second']:>9.0f}", flush=True)
+              f"  {facts['requests_per_cpu_second']:>9.0f}"
+              f"  {cpu0['veil_share']:>9.0%} {cpu0['other_share']:>5.0%} {cpu0['iowait_share']:>6.0%}"
+              f" {cpu0['steal_share']:>5.0%}  {cpu0['disk_mib_s']:>9.1f}  {cpu0['dirty_kib'] / 1024:>8.0f}",
+              flush=True)
         if "output" in load and number == 1:
             print(f"     wrk: {load['output']!r}", flush=True)
         if facts.get("objects"):
