@@ -64,6 +64,9 @@ def variants() -> dict[str, list[str]]:
         "current": [],
         "current-plus-site-client-idx": [
             "CREATE INDEX request_log_site_client_idx ON request_log (site_id, client_ip, ts)"],
+        "current-site-ts-asc": [
+            "DROP INDEX request_log_site_ts_idx",
+            "CREATE INDEX request_log_site_ts_idx ON request_log (site_id, ts)"],
     }
 
 
@@ -130,16 +133,20 @@ def main() -> None:
     for lines in work:
         for writer in writers.values():
             writer.write(lines)
-    print("| variant | rows/s (median batch) | batch ms p50 | batch ms p95 |")
-    print("|---|---|---|---|")
+    print("| variant | rows/s (median batch) | batch ms p50 | batch ms p95 | indexes MiB |")
+    print("|---|---|---|---|---|")
     for name, writer in writers.items():
+        [index_bytes] = writer.conn.execute(
+            "SELECT sum(pg_relation_size(t.relid)) FROM pg_index AS i,"
+            " pg_partition_tree(i.indexrelid) AS t"
+            " WHERE i.indrelid = 'request_log'::regclass AND t.isleaf").fetchone()
         writer.conn.close()
         benchdb.drop(f"veil_copyrate_{name.replace('-', '_')}")
         spent = writer.spent[10:]
         median = statistics.median(spent)
         p95 = statistics.quantiles(spent, n=20)[18]
         print(f"| {name} | {args.batch / median:,.0f} | {median * 1000:.1f} |"
-              f" {p95 * 1000:.1f} |", flush=True)
+              f" {p95 * 1000:.1f} | {index_bytes / 2 ** 20:.1f} |", flush=True)
     load = os.getloadavg()
     print(f"\nLoad average at the end: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}"
           f" ({os.cpu_count()} CPUs)")

@@ -8,9 +8,8 @@
 #   (S1: keep-alive GET /1k; S3: GET /64k; S2: a new TLS connection per request)
 #
 # Veil runs from this working tree (PYTHONPATH), in the harness's virtualenv, on a copy
-# of the harness's seed data directory: run the harness once for Veil first
-# (BENCH_PEER_DIRS=$PWD/bench ../shared/bench/run.sh veil --only S1 --runs 1), so that
-# the certificates, the origin's files, the virtualenv and the seed exist.
+# of the harness's seed data directory; bench/veil/lib.sh makes whatever of these is
+# missing (and finds the shared harness, or VEIL_BENCH_HARNESS names it).
 #
 # PROFILE_KEEP=DIR keeps the callgrind files of "cost" in DIR.
 # "turns" records every reactor turn (events, wall and CPU time) and every request-log
@@ -26,73 +25,22 @@ mode=${1:?usage: profile.sh cost|spy|calls S1|S2|S3 [LABEL|OUT]}
 scenario=${2:-S1}
 arg=${3:-}
 here=$(cd "$(dirname "$0")" && pwd)
-repo=$(cd "$here/../.." && pwd)
-T=${BENCH_TMP:-/tmp/veil-bench}
-venv=$T/venv-veil
-origin_run=$T/run/upstream
-for need in "$venv/bin/twistd" "$T/veil-seed/veil-data" "$T/certs/ca.crt" "$origin_run/nginx.conf"; do
-    [[ -e $need ]] || { echo "missing $need: run the shared harness for veil once" >&2; exit 1; }
-done
 case $scenario in S1) path=/1k ;; S3) path=/64k ;; S2) path= ;;
     *) echo "scenario: S1, S2 or S3" >&2; exit 2 ;; esac
-
-free_ports() {
-    local port p
-    for port in 18443 18080 18081 18082; do
-        for p in $(ss -ltnp | grep ":$port " | grep -o "pid=[0-9]*" | cut -d= -f2 | sort -u); do
-            kill -KILL "$p" 2>/dev/null || true
-        done
-    done
-}
-free_ports
-run=$(mktemp -d "${TMPDIR:-/tmp}/veil-profile.XXXXXX")
-cleanup() {
-    set +e
-    if [[ -n ${veil:-} ]]; then
-        kill -TERM "$veil" 2>/dev/null  # Veil stops its PostgreSQL, then exits
-        for _ in $(seq 1 120); do kill -0 "$veil" 2>/dev/null || break; sleep 0.5; done
-        kill -KILL "$veil" 2>/dev/null
-    fi
-    [[ -n ${origin:-} ]] && kill -TERM "$origin" 2>/dev/null
-    pkill -KILL -f "$run/veil-data/postgres" 2>/dev/null
-    free_ports
-    rm -rf "$run"
-}
-trap cleanup EXIT
-trap 'exit 1' INT TERM
-
-taskset -c 1 nginx -p "$origin_run" -e "$run/origin-error.log" -c "$origin_run/nginx.conf" &
-origin=$!
-cp -a "$T/veil-seed/veil-data" "$run/veil-data"
-cp "$T/certs/ca.crt" "$run/veil-data/ca/ca.crt"
-install -m 0600 "$T/certs/ca.key" "$run/veil-data/ca/ca.key"
-export PYTHONPATH=$repo VEIL_DATA_DIR=$run/veil-data VEIL_EDGE_PORT=18443 VEIL_HTTP_PORT=18081 \
-    VEIL_DASHBOARD_PORT=18082
-twistd=("$venv/bin/python" "$venv/bin/twistd" --nodaemon --pidfile=)
+case $mode in cost|calls|spy|turns) ;; *) echo "mode: cost, spy, calls or turns" >&2; exit 2 ;; esac
+source "$here/lib.sh"
+veil_bench_start
 case $mode in
-cost)  (cd "$run" && exec taskset -c 0 valgrind --tool=callgrind --instr-atstart=no \
-           --callgrind-out-file="$run/cg.out" "${twistd[@]}" veil) > "$run/veil.log" 2>&1 & ;;
-calls) (cd "$run" && exec taskset -c 0 "${twistd[@]}" --profile="$arg" --profiler=cprofile \
-           --savestats veil) > "$run/veil.log" 2>&1 & ;;
-spy)   (cd "$run" && exec taskset -c 0 "${twistd[@]}" veil) > "$run/veil.log" 2>&1 & ;;
-turns) (cd "$run" && PYTHONPATH=$PYTHONPATH:$here/turns PROFILE_TURNS_OUT=$run/turns.txt \
-           exec taskset -c 0 "${twistd[@]}" veil) > "$run/veil.log" 2>&1 & ;;
-*)     echo "mode: cost, spy, calls or turns" >&2; exit 2 ;;
+cost)  veil_bench_launch valgrind --tool=callgrind --instr-atstart=no \
+           --callgrind-out-file="$run/cg.out" -- ;;
+calls) veil_bench_launch -- --profile="$arg" --profiler=cprofile --savestats ;;
+spy)   veil_bench_launch -- ;;
+turns) PYTHONPATH=$PYTHONPATH:$here/turns PROFILE_TURNS_OUT=$run/turns.txt veil_bench_launch -- ;;
 esac
-veil=$!
-for _ in $(seq 1 600); do
-    curl -s -o /dev/null --cacert "$T/certs/ca.crt" --resolve www.bench.test:18443:127.0.0.1 \
-        https://www.bench.test:18443/1k && break
-    sleep 0.5
-done
+veil_bench_wait
 
-echo "127.0.0.1 www.bench.test" > "$T/hosts"
 conns=50
 [[ $mode == spy || $mode == turns ]] || conns=10  # slowed down 20-50x: fewer connections keep it responsive
-wrk_for() {  # seconds [wrk options]; wrk's report on $path
-    env NSS_WRAPPER_HOSTS="$T/hosts" LD_PRELOAD=libnss_wrapper.so taskset -c 1 \
-        wrk -t1 -c"$conns" -d"${1}s" "${@:2}" "https://www.bench.test:18443$path"
-}
 load() {  # seconds; prints the number of requests (or connections) completed
     if [[ $scenario == S2 ]]; then
         GOMAXPROCS=1 taskset -c 1 "$T/bin/tlsconn" -addr 127.0.0.1:18443 -sni www.bench.test \

@@ -14,6 +14,7 @@ from twisted.trial.unittest import TestCase
 
 from tests.support.postgres import cluster, fresh_database
 from tests.support.waiting import until
+from veil.metrics import Registry
 from veil.store.logrows import copy_line
 from veil.store.requestlog import ID_LOCK_KEY, Announcement, LogRow, RequestLog, Spool
 
@@ -64,6 +65,24 @@ class RequestLogTests(TestCase):
         self.assertEqual(got, (site, "shop.test", "GET", "/item/1", "a=1", 200, 120, 2048,
                                1.5, 1.1, "192.0.2.10", "req-1", "clean",
                                False, True))
+
+    async def test_batch_time_metric(self) -> None:
+        """
+        Every batch written is timed in C{veil_request_log_batch_seconds} (what
+        C{bench/veil/staying.sh} compares minute by minute), one observation
+        per batch, and the histogram is on C{/metrics}.
+        """
+        metrics = Registry()
+        log = self.start(metrics=metrics)
+        batches = metrics.histogram("veil_request_log_batch_seconds", "")
+        log.append(row(1, uuid.uuid4()))
+        await until(lambda: batches.count() == 1, what="the first batch timed")
+        self.assertEqual(count(self.conninfo), 1)
+        log.append(row(2, uuid.uuid4()))
+        log.append(row(3, uuid.uuid4()))
+        await until(lambda: count(self.conninfo) == 3, what="the second batch written")
+        await until(lambda: batches.count() == 2, what="the second batch timed")
+        self.assertIn("veil_request_log_batch_seconds_count 2\n", metrics.render())
 
     async def test_awkward_text_round_trips(self) -> None:
         """

@@ -27,6 +27,7 @@ import json
 import os
 import secrets
 import threading
+import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
@@ -221,6 +222,7 @@ class RequestLog(Service):
     _spooled: Any = attrs.field(default=None, init=False)
     _dropped: Any = attrs.field(default=None, init=False)
     _rejected: Any = attrs.field(default=None, init=False)
+    _batch_seconds: Any = attrs.field(default=None, init=False)
 
     def __attrs_post_init__(self) -> None:
         self._thread = ThreadPool(minthreads=0, maxthreads=1, name="veil-requestlog")
@@ -232,6 +234,9 @@ class RequestLog(Service):
                                              "Request log rows lost (the disk refused them)")
         self._rejected = self.metrics.counter("veil_request_log_rejected_total",
                                               "Request log rows PostgreSQL refused as data")
+        self._batch_seconds = self.metrics.histogram(
+            "veil_request_log_batch_seconds",
+            "Time to write one request-log batch to the database (ids, COPY, commit)")
 
     # -- the hot path ----------------------------------------------------------
 
@@ -427,6 +432,7 @@ class RequestLog(Service):
 
     def _write(self, batch: Batch) -> None:
         """COPY one batch and NOTIFY, in one transaction (retried once for partitions)."""
+        started = time.monotonic()
         try:
             ids = self._draw_ids(len(batch))
             self._copy(batch, ids)
@@ -443,6 +449,7 @@ class RequestLog(Service):
         except psycopg.OperationalError:
             self._close()
             raise
+        self._batch_seconds.observe(time.monotonic() - started)
         self._written.inc(len(batch))
 
     def _draw_ids(self, count: int) -> range:
