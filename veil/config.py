@@ -429,7 +429,7 @@ KEYS: tuple[Key, ...] = (
         "origins on loopback and private addresses; auto: only when Veil listens on loopback"),
     Key("proxy.origin_pool_size", _integer(1, 100_000), 256,
         "connections per origin at most, per process"),
-    Key("proxy.max_client_requests", _integer(1, 1_000_000), 32,
+    Key("proxy.max_client_requests", _integer(1, 1_000_000), 128,
         "requests one client address may have at origins at once, per process (429 beyond)"),
     Key("proxy.body_budget", _integer(65536, 1 << 40), 64 * 1024 * 1024,
         "bytes of request bodies held at most before they go to origins, per process"),
@@ -529,7 +529,7 @@ class ProxyConfig:
 
     allow_private_origins: bool = True
     origin_pool_size: int = 256
-    max_client_requests: int = 32
+    max_client_requests: int = 128
     body_budget: int = 64 * 1024 * 1024
     body_min_rate: int = 1024
     body_grace: float = 10.0

@@ -111,11 +111,8 @@ veil_bench_start() {  # prepares, starts the origin on CPU 1, copies the seed in
     mkdir -p "$veil_data/ca"
     cp "$T/certs/ca.crt" "$veil_data/ca/ca.crt"
     install -m 0600 "$T/certs/ca.key" "$veil_data/ca/ca.key"
-    # All the load comes from one address, standing for many clients: the per-address
-    # cap on requests at origins (32 by default) would answer part of it with 429.
     export PYTHONPATH=$repo${PYTHONPATH:+:$PYTHONPATH} VEIL_DATA_DIR=$veil_data \
-        VEIL_EDGE_PORT=$VEIL_PORT VEIL_HTTP_PORT=18081 VEIL_DASHBOARD_PORT=18082 \
-        VEIL_PROXY_MAX_CLIENT_REQUESTS=${VEIL_PROXY_MAX_CLIENT_REQUESTS:-100000}
+        VEIL_EDGE_PORT=$VEIL_PORT VEIL_HTTP_PORT=18081 VEIL_DASHBOARD_PORT=18082
     twistd=("$venv/bin/python" "$venv/bin/twistd" --nodaemon --pidfile=)
     echo "127.0.0.1 www.bench.test" > "$run/hosts"
 }

@@ -59,11 +59,8 @@ start)
     install -m 0600 "$(dirname "$BENCH_CERT")/ca.key" "$BENCH_RUN/veil-data/ca/ca.key"
     if [[ "$BENCH_KEYTYPE" == rsa ]]; then kt=rsa-2048; else kt=ecdsa-p256; fi
     cd "$BENCH_RUN"
-    # The harness's clients all come from 127.0.0.1, standing for many clients: the
-    # per-address cap on requests at origins (32) would answer part of S1's 50 with 429.
     export VEIL_DATA_DIR="$BENCH_RUN/veil-data" VEIL_EDGE_PORT="$BENCH_PORT" \
-        VEIL_HTTP_PORT=$(free_port) VEIL_DASHBOARD_PORT=$(free_port) VEIL_TLS_KEY_TYPE=$kt \
-        VEIL_PROXY_MAX_CLIENT_REQUESTS=${VEIL_PROXY_MAX_CLIENT_REQUESTS:-100000}
+        VEIL_HTTP_PORT=$(free_port) VEIL_DASHBOARD_PORT=$(free_port) VEIL_TLS_KEY_TYPE=$kt
     exec "$venv/bin/twistd" --nodaemon --pidfile= veil ;;
 *)  echo "usage: $0 setup|version|start" >&2; exit 2 ;;
 esac

@@ -230,7 +230,7 @@ class ProxyFactory(Factory):
                  header_timeout: float = 15.0, body_timeout: float = 30.0,
                  body_min_rate: float = 1024.0, body_grace: float = 10.0,
                  idle_timeout: float = 60.0, send_timeout: float = 60.0,
-                 client_requests: int = 32, retry_after: int = 120,
+                 client_requests: int = 128, retry_after: int = 120,
                  via: str | None = None) -> None:
         self.clock = reactor
         self.sites = sites
