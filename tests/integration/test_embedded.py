@@ -275,9 +275,13 @@ class EmbeddedPostgresTests(EmbeddedCase):
         self.assertEqual(os.stat(sockets).st_uid, service.user.uid)
         rows = await query(conninfo, "SELECT current_database(), current_user, 6 * 7")
         self.assertEqual(rows, [("veil", "veil", 42)])
-        settings = dict(await query(conninfo, "SELECT name, setting FROM pg_settings WHERE name"
-                                              " IN ('listen_addresses', 'port')"))
-        self.assertEqual(settings, {"listen_addresses": "", "port": "5432"})
+        settings = dict(await query(conninfo, "SELECT name, current_setting(name) FROM pg_settings"
+                                              " WHERE name IN ('listen_addresses', 'port',"
+                                              " 'shared_buffers')"))
+        # 128 MB of buffers keep the request log's client index in memory up to
+        # about 2 million rows a partition (docs/performance.md).
+        self.assertEqual(settings, {"listen_addresses": "", "port": "5432",
+                                    "shared_buffers": "128MB"})
         self.assertEqual(service.status()["running"], True)
 
     async def test_reuses_cluster(self) -> None:

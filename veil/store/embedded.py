@@ -523,11 +523,11 @@ def run_initdb_sync(bindir: Path, pgdata: Path, user: RunAs, *, sync: bool = Tru
 
 
 def server_settings(socket_dir: Path, *, fsync: bool = True, max_connections: int = 100,
-                    shared_buffers: str = "32MB",
+                    shared_buffers: str = "128MB",
                     extra: Mapping[str, str] | None = None) -> dict[str, str]:
     """
     The server settings Veil passes as C{-c} options: no TCP, our socket
-    directory, port 5432 (it only names the socket), small memory.
+    directory, port 5432 (it only names the socket), 128 MB of shared buffers.
     """
     settings = {
         "listen_addresses": "",
@@ -903,7 +903,7 @@ class EmbeddedPostgres(Service):
     initdb_timeout: float = attrs.field(default=300.0, validator=_positive)
     fsync: bool = True
     max_connections: int = 100
-    shared_buffers: str = "32MB"
+    shared_buffers: str = "128MB"
     settings: Mapping[str, str] = attrs.field(factory=dict)
     max_backoff: float = 30.0
     #: After running this long, a crash counts as the first of a new series.
