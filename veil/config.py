@@ -110,9 +110,9 @@ def _path(value: object) -> str:
     return text
 
 
-def _optional_path(value: object) -> str | None:
+def _optional_path(value: object) -> Path | None:
     text = _text(value).strip()
-    return _path(text) if text else None
+    return Path(_path(text)) if text else None
 
 
 def cpu_count() -> int:
@@ -536,9 +536,10 @@ class ProxyConfig:
     body_timeout: float = 30.0
     send_timeout: float = 60.0
     via_name: str | None = None
-    inspect_body_limit: int = 64 * 1024
+    inspect_body_limit: int = attrs.field(default=64 * 1024,
+                                          metadata={"key": "waf.inspect_body_limit"})
     #: C{waf.enabled}: the WAF's signature stage runs.
-    waf_enabled: bool = True
+    waf_enabled: bool = attrs.field(default=True, metadata={"key": "waf.enabled"})
 
 
 @attrs.frozen
@@ -723,106 +724,62 @@ def load(path: str | None = None, environ: Mapping[str, str] | None = None) -> C
         if values["smtp.sender"] is None:
             raise ConfigError(path, "smtp.sender", "is required when smtp.host is set")
 
+    # A derived default, settled before the sections are built.
+    if values["proxy.allow_private_origins"] is None:
+        # Reachable from this machine only, Veil's origins are on it too.
+        values["proxy.allow_private_origins"] = all(
+            ipaddress.ip_address(values[f"{section}.address"]).is_loopback
+            for section in ("edge", "http"))
+
     return Config(
         source=path,
         data_dir=Path(values["data_dir"]).absolute(),
-        edge=Listen(values["edge.address"], values["edge.port"]),
-        http=Listen(values["http.address"], values["http.port"]),
-        dashboard=Listen(values["dashboard.address"], values["dashboard.port"]),
         dashboard_host=values["dashboard.host"],
-        database=DatabaseConfig(
-            url=values["database.url"],
-            pool_min=values["database.pool_min"],
-            pool_max=values["database.pool_max"],
-            connect_timeout=values["database.connect_timeout"],
-            statement_timeout=values["database.statement_timeout"],
-        ),
-        embedded=EmbeddedConfig(
-            bin_dir=Path(values["embedded.bin_dir"]) if values["embedded.bin_dir"] else None,
-            run_as=values["embedded.run_as"],
-        ),
-        tls=TlsConfig(
-            mode=values["tls.mode"],
-            key_type=values["tls.key_type"],
-            renew_fraction=values["tls.renew_fraction"],
-            renewal_interval=values["tls.renewal_interval"],
-            cache_size=values["tls.cache_size"],
-            issuance_per_minute=values["tls.issuance_per_minute"],
-            failure_backoff=values["tls.failure_backoff"],
-            internal_lifetime_days=values["tls.internal_lifetime_days"],
-            secrets_key=values["tls.secrets_key"],
-        ),
-        acme=AcmeConfig(
-            directory_url=values["acme.directory_url"],
-            email=values["acme.email"],
-            agree_tos=values["acme.agree_tos"],
-            ca_bundle=Path(values["acme.ca_bundle"]) if values["acme.ca_bundle"] else None,
-            eab_kid=values["acme.eab_kid"],
-            eab_hmac_key=values["acme.eab_hmac_key"],
-            challenges=values["acme.challenges"],
-        ),
-        workers=WorkersConfig(
-            partition_retention_months=values["workers.partition_retention_months"],
-            partition_interval=values["workers.partition_interval"],
-            session_cleanup_interval=values["workers.session_cleanup_interval"],
-        ),
-        processes=ProcessesConfig(
-            workers=values["processes.workers"],
-            stop_timeout=values["processes.stop_timeout"],
-        ),
-        origin_ca_bundle=(Path(values["edge.origin_ca_bundle"])
-                          if values["edge.origin_ca_bundle"] else None),
-        dns=DnsConfig(
-            resolvers=values["dns.resolvers"],
-            proxy_cname=values["dns.proxy_cname"],
-            proxy_addresses=values["dns.proxy_addresses"],
-            caa_identifiers=values["dns.caa_identifiers"],
-            timeout=values["dns.timeout"],
-            attempts=values["dns.attempts"],
-            check_interval=values["dns.check_interval"],
-        ),
-        auth=AuthConfig(
-            public_url=values["auth.public_url"],
-            session_idle_timeout=values["auth.session_idle_timeout"],
-            session_lifetime=values["auth.session_lifetime"],
-            magic_links=values["auth.magic_links"],
-        ),
-        github=GithubConfig(
-            client_id=values["github.client_id"],
-            client_secret=values["github.client_secret"],
-            base_url=values["github.base_url"] or "https://github.com",
-            api_url=values["github.api_url"] or "https://api.github.com",
-        ),
-        smtp=SmtpConfig(
-            host=values["smtp.host"],
-            port=values["smtp.port"],
-            starttls=values["smtp.starttls"],
-            username=values["smtp.username"],
-            password=values["smtp.password"],
-            sender=values["smtp.sender"],
-            ca_bundle=Path(values["smtp.ca_bundle"]) if values["smtp.ca_bundle"] else None,
-            timeout=values["smtp.timeout"],
-        ),
-        proxy=_proxy(values),
+        origin_ca_bundle=values["edge.origin_ca_bundle"],
+        **{name: _section(cls, name, values) for name, cls in SECTIONS},
     )
 
 
-def _proxy(values: dict[str, Any]) -> ProxyConfig:
-    allow_private = values["proxy.allow_private_origins"]
-    if allow_private is None:
-        # Reachable from this machine only, Veil's origins are on it too.
-        allow_private = all(ipaddress.ip_address(values[f"{section}.address"]).is_loopback
-                            for section in ("edge", "http"))
-    return ProxyConfig(
-        allow_private_origins=allow_private,
-        origin_pool_size=values["proxy.origin_pool_size"],
-        max_client_requests=values["proxy.max_client_requests"],
-        body_budget=values["proxy.body_budget"],
-        body_min_rate=values["proxy.body_min_rate"],
-        body_grace=values["proxy.body_grace"],
-        body_timeout=values["proxy.body_timeout"],
-        send_timeout=values["proxy.send_timeout"],
-        via_name=values["proxy.via_name"],
-        inspect_body_limit=values["waf.inspect_body_limit"],
-        waf_enabled=values["waf.enabled"],
-    )
+#: The L{Config} fields built from a section of keys: field (and section)
+#: name, and the attrs class holding that section's values.
+SECTIONS: tuple[tuple[str, type], ...] = (
+    ("edge", Listen),
+    ("http", Listen),
+    ("dashboard", Listen),
+    ("database", DatabaseConfig),
+    ("embedded", EmbeddedConfig),
+    ("tls", TlsConfig),
+    ("acme", AcmeConfig),
+    ("workers", WorkersConfig),
+    ("processes", ProcessesConfig),
+    ("dns", DnsConfig),
+    ("auth", AuthConfig),
+    ("github", GithubConfig),
+    ("smtp", SmtpConfig),
+    ("proxy", ProxyConfig),
+)
+
+
+def section_keys(cls: type, section: str) -> dict[str, str]:
+    """
+    The key behind each field of a section class: C{<section>.<field>}, or
+    the field's C{metadata["key"]} where it is named otherwise.
+    """
+    return {field.name: field.metadata.get("key", f"{section}.{field.name}")
+            for field in attrs.fields(cls)}
+
+
+def _section(cls: type, section: str, values: Mapping[str, Any]) -> Any:
+    """
+    Build one section from the parsed values.  A key left empty (parsed to
+    L{None}) where the class has a default other than L{None} keeps that
+    default (C{github.base_url = ""} is GitHub's own address).
+    """
+    defaults = {field.name: field.default for field in attrs.fields(cls)}
+    kwargs = {}
+    for name, key in section_keys(cls, section).items():
+        value = values[key]
+        if value is None and defaults[name] not in (None, attrs.NOTHING):
+            continue
+        kwargs[name] = value
+    return cls(**kwargs)

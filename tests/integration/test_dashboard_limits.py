@@ -12,7 +12,7 @@ from twisted.internet import reactor
 from twisted.trial.unittest import TestCase
 
 from tests.support.dashboard import PASSWORD, start_dashboard
-from tests.support.postgres import fresh_database
+from tests.support.postgres import fresh_database, started_database
 from veil.auth.accounts import Client, SignInRefused
 from veil.auth.ratelimit import Limit, RateLimiter, Tier, ip_bucket
 from veil.store.db import Database
@@ -47,9 +47,7 @@ class GcraTests(TestCase):
         conninfo = fresh_database(self)
         pools = []
         for _ in range(2):
-            db = Database(conninfo, reactor, min_size=1, max_size=2)
-            db.start()
-            self.addCleanup(db.close)
+            db = started_database(self, conninfo, max_size=2)
             pools.append(RateLimiter(db, b"k" * 32))
         limit = Limit("t", (Tier(4, 60.0),))
         results = [await pools[i % 2].hit(limit, "a", T0) for i in range(6)]

@@ -14,18 +14,10 @@ from twisted.internet.testing import EventLoggingObserver
 from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.trial.unittest import TestCase
 
-from tests.support.postgres import fresh_database
+from tests.support.postgres import fresh_database, started_database
 from tests.support.waiting import until
 from veil.errors import StoreUnavailable
 from veil.logs import route_stdlib_logging
-from veil.store.db import Database
-
-
-def started(testcase: TestCase, conninfo: str, **kwargs: object) -> Database:
-    db = Database(conninfo, reactor, min_size=1, max_size=3, **kwargs)
-    db.start()
-    testcase.addCleanup(db.close)
-    return db
 
 
 class TransactTests(TestCase):
@@ -34,7 +26,7 @@ class TransactTests(TestCase):
     timeout = 30
 
     def setUp(self) -> None:
-        self.db = started(self, fresh_database(self))
+        self.db = started_database(self, fresh_database(self))
 
     async def test_result_and_commit(self) -> None:
         """The work function's result is delivered, and its writes are committed."""
@@ -121,7 +113,7 @@ class UnreachableTests(TestCase):
         """With nothing listening, calls fail within the connect timeout."""
         empty = tempfile.mkdtemp(prefix="veil-nopg-")  # short: a real socket path
         self.addCleanup(os.rmdir, empty)
-        db = started(self, f"host={empty} dbname=nothing user=nobody",
+        db = started_database(self, f"host={empty} dbname=nothing user=nobody",
                      connect_timeout=1.0)
         started_at = reactor.seconds()
         with self.assertRaises(StoreUnavailable):
@@ -152,7 +144,7 @@ class UnreachableTests(TestCase):
         events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
         empty = tempfile.mkdtemp(prefix="veil-nopg-")
         self.addCleanup(os.rmdir, empty)
-        started(self, f"host={empty} dbname=nothing user=nobody", connect_timeout=1.0)
+        started_database(self, f"host={empty} dbname=nothing user=nobody", connect_timeout=1.0)
 
         def pool_events() -> list[dict]:
             return [e for e in events if e.get("log_namespace") == "psycopg.pool"]

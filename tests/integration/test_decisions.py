@@ -13,8 +13,7 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from tests.support.postgres import fresh_database
-from veil.store.db import Database
+from tests.support.postgres import fresh_database, started_database
 from veil.store.listener import ListenerService
 from veil.waf.decisions import Decision, DecisionStore, DecisionTable
 
@@ -64,9 +63,7 @@ class _DatabaseCase(TestCase):
 
     def setUp(self) -> None:
         self.conninfo = fresh_database(self)
-        self.db = Database(self.conninfo, reactor, min_size=1, max_size=3)
-        self.db.start()
-        self.addCleanup(self.db.close)
+        self.db = started_database(self, self.conninfo)
         self.store = DecisionStore(self.db)
         self.clock = Clock()
         self.clock.advance(int(time.time()))  # whole seconds: expiries round-trip exactly

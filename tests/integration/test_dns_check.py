@@ -14,7 +14,6 @@ from twisted.internet import reactor
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from tests.integration.test_dns_resolver import expire_until_fired
 from tests.support.dns_server import (
     NetworkWithClock,
     World,
@@ -23,6 +22,7 @@ from tests.support.dns_server import (
     caa,
     cname,
     dns_server_for,
+    expire_until_fired,
     mx,
     txt,
 )

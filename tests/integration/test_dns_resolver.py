@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from tests.support.dns_server import (
-    DnsServer,
     NetworkWithClock,
     World,
     a,
@@ -16,10 +14,10 @@ from tests.support.dns_server import (
     caa,
     cname,
     dns_server_for,
+    expire_until_fired,
     mx,
     txt,
 )
-from tests.support.waiting import until
 from veil.dns.records import CaaRecord
 from veil.dns.resolver import (
     ANSWER,
@@ -41,22 +39,6 @@ def shop_world() -> World:
     world.add_zone("veil.test")
     world.add("edge.veil.test", a("198.51.100.7"), aaaa("2001:db8::7"))
     return world
-
-
-async def expire_until_fired(clock: Clock, d: Deferred, step: float,
-                             silent: DnsServer) -> None:
-    """
-    Until C{d} has fired: each time the C{silent} server has received a new
-    question, advance C{clock} by C{step} so that the questions waiting for
-    an answer time out (and the next tries go out).
-    """
-    seen = 0
-    while not d.called:
-        await until(lambda seen=seen: d.called or len(silent.world.queries) > seen,
-                    within=10, what="a question reaching the silent server")
-        if not d.called:
-            seen = len(silent.world.queries)
-            clock.advance(step)
 
 
 class AnswerTests(TestCase):

@@ -18,11 +18,10 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from tests.integration.test_dns_check import SETTINGS, world
 from tests.integration.test_service import make_service
 from tests.support.dns_server import NetworkWithClock, a, cname, dns_server_for, txt
-from tests.support.postgres import fresh_database
+from tests.support.postgres import fresh_database, started_database
 from tests.support.waiting import until
 from veil.dns.resolver import StubResolver
 from veil.store.admin import SiteNotFound
-from veil.store.db import Database
 from veil.store.dns import CheckTooSoon, DnsCheckStore, Schedule
 from veil.store.listener import ListenerService
 from veil.store.locks import LockSession
@@ -70,9 +69,7 @@ class WorkerCase(TestCase):
 
     def setUp(self) -> None:
         self.conninfo = fresh_database(self)
-        self.db = Database(self.conninfo, reactor, min_size=1, max_size=3)
-        self.db.start()
-        self.addCleanup(self.db.close)
+        self.db = started_database(self, self.conninfo)
         self.server = dns_server_for(self, world())
         self.world = self.server.world
         self.clock = Clock()

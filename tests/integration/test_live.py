@@ -14,12 +14,11 @@ from twisted.internet import reactor
 from twisted.trial.unittest import TestCase
 
 from tests.integration.test_requestlog import row
-from tests.support.postgres import fresh_database
+from tests.support.postgres import fresh_database, started_database
 from tests.support.waiting import until
 from veil.live.hub import Event, Gap, Hub, Subscription
 from veil.live.peers import PeerFeed
 from veil.metrics import Registry
-from veil.store.db import Database
 from veil.store.listener import ListenerService
 from veil.store.requestlog import RequestLog
 
@@ -55,9 +54,7 @@ class PeerFeedTests(TestCase):
     async def process(self) -> Process:
         metrics = Registry()
         hub = Hub(reactor, metrics=metrics)
-        db = Database(self.conninfo, reactor, min_size=1, max_size=2, metrics=metrics)
-        db.start()
-        self.addCleanup(db.close)
+        db = started_database(self, self.conninfo, max_size=2, metrics=metrics)
         listener = ListenerService(self.conninfo, reactor, poll_interval=0.1)
         log = RequestLog(self.conninfo, reactor, Path(self.mktemp()).resolve(),
                          publish=hub.publish, origin=hub.origin, metrics=metrics, interval=0.05)

@@ -19,14 +19,12 @@ from pathlib import Path
 
 import psycopg
 from psycopg import sql
-from twisted.internet import reactor
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import TestCase
 
 from tests.integration.test_migrate import empty_database
-from tests.support.postgres import fresh_database
+from tests.support.postgres import fresh_database, started_database
 from tests.support.waiting import until
-from veil.store.db import Database
 from veil.store.logquery import (
     LATENCY_BOUNDS,
     RECORD_COLUMNS,
@@ -79,9 +77,7 @@ class QueryCase(TestCase):
 
     def setUp(self) -> None:
         self.conninfo = fresh_database(self)
-        self.db = Database(self.conninfo, reactor, min_size=1, max_size=2)
-        self.db.start()
-        self.addCleanup(self.db.close)
+        self.db = started_database(self, self.conninfo, max_size=2)
         self.queries = RequestLogQueries(self.db)
 
 

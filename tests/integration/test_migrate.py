@@ -8,13 +8,16 @@ from datetime import date
 from pathlib import Path
 
 import psycopg
-from twisted.internet import reactor
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from tests.support.postgres import cluster, fresh_database
+from tests.support.postgres import cluster, fresh_database, started_database
 from veil.errors import MigrationError
-from veil.store.db import Database
-from veil.store.migrate import default_schema_dir, load_migrations, migrate, migrate_sync
+from veil.store.migrate import (
+    default_schema_dir,
+    load_migrations,
+    migrate,
+    migrate_sync,
+)
 
 #: Every table of the data model (DESIGN §3): the seed tables and Veil's additions.
 DATA_MODEL = {
@@ -134,9 +137,7 @@ class AsyncMigrateTests(TestCase):
     async def test_migrate_through_database(self) -> None:
         """The asynchronous entry point applies everything, then nothing."""
         conninfo = empty_database(self)
-        db = Database(conninfo, reactor, min_size=1, max_size=2)
-        db.start()
-        self.addCleanup(db.close)
+        db = started_database(self, conninfo, max_size=2)
         self.assertTrue(await migrate(db))
         self.assertEqual(await migrate(db), [])
         self.assertLessEqual(DATA_MODEL, tables(conninfo))

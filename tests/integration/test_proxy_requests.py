@@ -277,9 +277,11 @@ class RequestLineTests(RequestCase):
         self.assertEqual(r.json()["target"], "/echo")
 
     async def test_host_port_range(self) -> None:
-        """A Host port above 65535 is a 400; 65535 is fine."""
+        """A port above 65535, in Host or an absolute-form target, is a 400; 65535 is fine."""
         await self.refused(get("/", host="app.test:65536"))
         await self.refused(get("/", host="app.test:99999"))
+        await self.refused(b"GET http://app.test:65536/ HTTP/1.1\r\nHost: app.test\r\n\r\n")
+        await self.refused(get("/", host="[::1]:65536"))
         _, headers = await self.seen(get("/echo", host="app.test:65535"))
         self.assertEqual(headers["host"], "app.test:65535")
 

@@ -16,10 +16,9 @@ from tests.integration.test_edge import ClientThreads, add_site, start_veil, tls
 from tests.integration.test_migrate import empty_database
 from tests.integration.test_proxy import get, talk
 from tests.support.origin import OriginFactory
-from tests.support.postgres import fresh_database
+from tests.support.postgres import fresh_database, started_database
 from tests.support.waiting import until
 from veil import cli
-from veil.store.db import Database
 from veil.store.settings import SettingsStore, SettingsTable, maintenance_enabled
 
 
@@ -94,9 +93,7 @@ class SettingsTableTests(TestCase):
     async def test_reload(self) -> None:
         """Values are decoded; maintenance is on for {"enabled": true} or a bare true only."""
         conninfo = fresh_database(self)
-        db = Database(conninfo, reactor, min_size=1, max_size=2)
-        db.start()
-        self.addCleanup(db.close)
+        db = started_database(self, conninfo, max_size=2)
         table = SettingsTable(SettingsStore(db), reactor)
         changes: list[bool] = []
         table.on_change(lambda t: changes.append(t.maintenance))

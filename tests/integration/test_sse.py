@@ -28,13 +28,12 @@ from tests.integration.test_logquery import write
 from tests.integration.test_migrate import empty_database
 from tests.integration.test_proxy import get, talk
 from tests.support.origin import client_threads, listen_origin
-from tests.support.postgres import fresh_database
+from tests.support.postgres import fresh_database, started_database
 from tests.support.sse import SSEClient
 from tests.support.waiting import until
 from veil.errors import StoreUnavailable
 from veil.live.hub import Hub, row_data
 from veil.live.sse import LiveStream, StreamId
-from veil.store.db import Database
 from veil.store.logquery import RequestLogQueries
 from veil.store.logrows import LogRow
 
@@ -71,9 +70,7 @@ class StreamCase(TestCase):
 
     def setUp(self) -> None:
         self.conninfo = fresh_database(self)
-        self.db = Database(self.conninfo, reactor, min_size=1, max_size=2)
-        self.db.start()
-        self.addCleanup(self.db.close)
+        self.db = started_database(self, self.conninfo, max_size=2)
         self.hub = Hub(reactor, linger=60.0)
         self.allowed = {("alice", SITE), ("alice", OTHER), ("bob", SITE), ("carol", SITE)}
         self.recent = RequestLogQueries(self.db).latest

@@ -16,11 +16,10 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.trial.unittest import TestCase
 
-from tests.support.postgres import fresh_database
+from tests.support.postgres import fresh_database, started_database
 from tests.support.waiting import until
 from veil.secretbox import SecretBox, generate_key
 from veil.store.certs import CertificateStore, NewCertificate
-from veil.store.db import Database
 from veil.store.listener import ListenerService
 from veil.store.tables import Keeper, KeyedRows
 
@@ -43,9 +42,7 @@ class KeeperDatabaseTests(TestCase):
 
     def setUp(self) -> None:
         self.conninfo = fresh_database(self)
-        self.db = Database(self.conninfo, reactor, min_size=1, max_size=3)
-        self.db.start()
-        self.addCleanup(self.db.close)
+        self.db = started_database(self, self.conninfo)
         self.read_threads: list[int] = []
         self.swap_threads: list[int] = []
         self.loads: list[str] = []
@@ -137,9 +134,7 @@ class LatestManyTests(TestCase):
     async def test_newest_valid_per_name(self) -> None:
         """Each name maps to its newest valid certificate, or None when it has none."""
         conninfo = fresh_database(self)
-        db = Database(conninfo, reactor, min_size=1, max_size=2)
-        db.start()
-        self.addCleanup(db.close)
+        db = started_database(self, conninfo, max_size=2)
         store = CertificateStore(db, SecretBox.from_key(generate_key()))
         now = datetime.now(UTC)
 

@@ -22,10 +22,9 @@ from twisted.trial.unittest import TestCase
 from tests.integration.test_cli import CliCase
 from tests.integration.test_edge import start_veil
 from tests.integration.test_migrate import empty_database
-from tests.support.postgres import fresh_database
+from tests.support.postgres import fresh_database, started_database
 from tests.support.waiting import until
 from veil import cli
-from veil.store.db import Database
 from veil.store.policies import EXCLUSION_ID, PolicyStore, PolicyTable
 from veil.waf.policy import EndpointProfile, Exclusion, SitePolicy
 
@@ -114,9 +113,7 @@ class PolicyTableTests(TestCase):
 
     def setUp(self) -> None:
         self.conninfo = fresh_database(self)
-        self.db = Database(self.conninfo, reactor, min_size=1, max_size=3)
-        self.db.start()
-        self.addCleanup(self.db.close)
+        self.db = started_database(self, self.conninfo)
         self.table = PolicyTable(PolicyStore(self.db, inspect_body_limit=32768), Clock())
 
     async def test_built_from_three_tables(self) -> None:

@@ -43,6 +43,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
 from tests.support.pebble import free_port
+from tests.support.waiting import until
 
 CAA_TYPE = 257
 TYPE_NAMES = {**dns.QUERY_TYPES, CAA_TYPE: "CAA"}
@@ -320,3 +321,18 @@ class NetworkWithClock:
     def removeReader(self, reader: Any) -> None:
         self._reactor.removeReader(reader)
 
+
+async def expire_until_fired(clock: Clock, d: Deferred, step: float,
+                             silent: DnsServer) -> None:
+    """
+    Until C{d} has fired: each time the C{silent} server has received a new
+    question, advance C{clock} by C{step} so that the questions waiting for
+    an answer time out (and the next tries go out).
+    """
+    seen = 0
+    while not d.called:
+        await until(lambda seen=seen: d.called or len(silent.world.queries) > seen,
+                    within=10, what="a question reaching the silent server")
+        if not d.called:
+            seen = len(silent.world.queries)
+            clock.advance(step)

@@ -24,13 +24,16 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import attrs
 import psycopg
 from psycopg import sql
+from twisted.internet import reactor
 from twisted.trial.unittest import SynchronousTestCase
 
 from veil.errors import EmbeddedPostgresError
+from veil.store.db import Database
 from veil.store.embedded import (
     RunAs,
     find_bindir,
@@ -226,3 +229,15 @@ def fresh_database(testcase: SynchronousTestCase) -> str:
 
     testcase.addCleanup(drop)
     return made.conninfo(name)
+
+
+def started_database(testcase: SynchronousTestCase, conninfo: str, max_size: int = 3,
+                     **kwargs: Any) -> Database:
+    """
+    A L{Database} on C{conninfo} (one connection kept, C{max_size} at most),
+    started, and closed when C{testcase} cleans up.
+    """
+    db = Database(conninfo, reactor, min_size=1, max_size=max_size, **kwargs)
+    db.start()
+    testcase.addCleanup(db.close)
+    return db

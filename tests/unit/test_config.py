@@ -7,7 +7,7 @@ from pathlib import Path
 import attrs
 from twisted.trial.unittest import SynchronousTestCase
 
-from veil.config import KEYS, Config, load
+from veil.config import KEYS, SECTIONS, Config, load, section_keys
 from veil.errors import ConfigError
 
 
@@ -51,6 +51,38 @@ class DefaultsTests(SynchronousTestCase):
         self.assertEqual(names["database.url"], "VEIL_DATABASE_URL")
         self.assertEqual(names["data_dir"], "VEIL_DATA_DIR")
         self.assertEqual(names["edge.port"], "VEIL_EDGE_PORT")
+
+    def test_every_key_reaches_the_config(self) -> None:
+        """
+        Each declared key is read by exactly one field: a section's field
+        or one of the top-level ones; no field reads a key not declared.
+        """
+        read = ["data_dir", "dashboard.host", "edge.origin_ca_bundle"]
+        for name, cls in SECTIONS:
+            read.extend(section_keys(cls, name).values())
+        self.assertEqual(sorted(read), sorted(key.name for key in KEYS))
+
+    def test_every_section_is_a_config_field(self) -> None:
+        """The sections built are fields of L{Config} holding that class."""
+        fields = attrs.fields_dict(Config)
+        for name, cls in SECTIONS:
+            self.assertIn(name, fields)
+            self.assertIsInstance(getattr(load(None, environ={}), name), cls)
+
+    def test_empty_github_urls_keep_the_defaults(self) -> None:
+        """An empty github.base_url or github.api_url means GitHub's own address."""
+        config = load(None, environ={"VEIL_GITHUB_BASE_URL": "", "VEIL_GITHUB_API_URL": " "})
+        self.assertEqual(config.github.base_url, "https://github.com")
+        self.assertEqual(config.github.api_url, "https://api.github.com")
+
+    def test_paths_are_paths(self) -> None:
+        """The optional path keys come out as L{Path}, or L{None} when empty."""
+        config = load(None, environ={"VEIL_SMTP_CA_BUNDLE": "ca.pem",
+                                     "VEIL_EMBEDDED_BIN_DIR": "/usr/lib/postgresql/15/bin"})
+        self.assertEqual(config.smtp.ca_bundle, Path("ca.pem"))
+        self.assertEqual(config.embedded.bin_dir, Path("/usr/lib/postgresql/15/bin"))
+        self.assertIsNone(config.acme.ca_bundle)
+        self.assertIsNone(config.origin_ca_bundle)
 
 
 class FileTests(SynchronousTestCase):

@@ -12,9 +12,10 @@ lines, set the window title, ...).
 from __future__ import annotations
 
 import argparse
+import json
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
-from typing import IO
+from typing import IO, Any, TypeVar
 from uuid import UUID
 
 import attrs
@@ -113,6 +114,29 @@ def table(out: IO[str], headings: Sequence[str], rows: Sequence[Sequence[str]]) 
     widths = [max(len(cell) for cell in column) for column in zip(*cells)]
     for row in cells:
         print("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip(), file=out)
+
+
+T = TypeVar("T")
+
+
+def iso(moment: datetime | None) -> str | None:
+    """A time for JSON output: ISO 8601, or L{None}."""
+    return None if moment is None else moment.isoformat()
+
+
+def listing(out: IO[str], as_json: bool, items: Sequence[T], data: Callable[[T], Any],
+            empty: str, headings: Sequence[str], row: Callable[[T], Sequence[str]]) -> None:
+    """
+    What a C{list} command prints: with C{--json}, C{data(item)} for each
+    item as a JSON array; otherwise the C{empty} line, or a L{table}.
+    """
+    if as_json:
+        json.dump([data(item) for item in items], out, indent=2)
+        print(file=out)
+    elif not items:
+        print(empty, file=out)
+    else:
+        table(out, headings, [row(item) for item in items])
 
 
 async def site_id(stores: Stores, domain: str | None) -> UUID | None:

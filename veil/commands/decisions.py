@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import json
 from typing import IO
 from uuid import UUID
 
-from veil.commands.base import Stores, group, site_id, store_command, table, when
+from veil.commands.base import Stores, group, iso, listing, site_id, store_command, when
 from veil.store import admin
 
 
@@ -41,20 +40,13 @@ def _check_decisions_list(args: argparse.Namespace) -> None:
 async def decisions_list(stores: Stores, args: argparse.Namespace, out: IO[str]) -> int:
     site = await site_id(stores, args.site)
     decisions = await stores.decisions.all(site, include_expired=args.all)
-    if args.json:
-        json.dump([{
-            "id": str(d.id), "target": admin.format_network(d.target), "type": d.type,
-            "source": d.source, "site": d.site_domain, "reason": d.reason,
-            "created_at": d.created_at.isoformat(),
-            "expires_at": None if d.expires_at is None else d.expires_at.isoformat(),
-        } for d in decisions], out, indent=2)
-        print(file=out)
-    elif not decisions:
-        print("No decisions.", file=out)
-    else:
-        table(out, ("ID", "TARGET", "TYPE", "SITE", "SOURCE", "EXPIRES", "REASON"), [
-            (str(d.id), admin.format_network(d.target), d.type, d.site_domain or "*",
-             d.source, when(d.expires_at), d.reason) for d in decisions])
+    listing(out, args.json, decisions, lambda d: {
+        "id": str(d.id), "target": admin.format_network(d.target), "type": d.type,
+        "source": d.source, "site": d.site_domain, "reason": d.reason,
+        "created_at": d.created_at.isoformat(), "expires_at": iso(d.expires_at),
+    }, "No decisions.", ("ID", "TARGET", "TYPE", "SITE", "SOURCE", "EXPIRES", "REASON"),
+        lambda d: (str(d.id), admin.format_network(d.target), d.type, d.site_domain or "*",
+                   d.source, when(d.expires_at), d.reason))
     return 0
 
 

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import json
 from typing import IO
 
 from veil.commands import waf
-from veil.commands.base import Stores, group, store_command, table, when
+from veil.commands.base import Stores, group, listing, store_command, when
 from veil.store import admin
 
 
@@ -65,19 +64,13 @@ async def sites_verify(stores: Stores, args: argparse.Namespace, out: IO[str]) -
 
 async def sites_list(stores: Stores, args: argparse.Namespace, out: IO[str]) -> int:
     sites = await stores.sites.all()
-    if args.json:
-        json.dump([{
-            "id": str(s.id), "domain": s.domain, "status": s.status, "upstream": s.upstream,
-            "mode": s.mode, "maintenance": s.maintenance,
-            "allow_plain_http": s.allow_plain_http, "created_at": s.created_at.isoformat(),
-        } for s in sites], out, indent=2)
-        print(file=out)
-    elif not sites:
-        print("No sites.", file=out)
-    else:
-        table(out, ("DOMAIN", "STATUS", "UPSTREAM", "MODE", "MAINTENANCE", "CREATED"), [
-            (s.domain, s.status, s.upstream, s.mode, "on" if s.maintenance else "off",
-             when(s.created_at)) for s in sites])
+    listing(out, args.json, sites, lambda s: {
+        "id": str(s.id), "domain": s.domain, "status": s.status, "upstream": s.upstream,
+        "mode": s.mode, "maintenance": s.maintenance,
+        "allow_plain_http": s.allow_plain_http, "created_at": s.created_at.isoformat(),
+    }, "No sites.", ("DOMAIN", "STATUS", "UPSTREAM", "MODE", "MAINTENANCE", "CREATED"),
+        lambda s: (s.domain, s.status, s.upstream, s.mode, "on" if s.maintenance else "off",
+                   when(s.created_at)))
     return 0
 
 

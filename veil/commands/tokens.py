@@ -9,14 +9,13 @@ again.
 from __future__ import annotations
 
 import argparse
-import json
 from datetime import UTC, datetime
 from typing import IO
 from uuid import UUID
 
 from veil.auth.accounts import MAX_TOKEN_LIFETIME, issue_api_token
 from veil.auth.store import AuthStore, UserNotFound
-from veil.commands.base import Stores, group, site_id, store_command, table, when
+from veil.commands.base import Stores, group, iso, listing, site_id, store_command, when
 from veil.commands.users import _email
 from veil.store.admin import InvalidValue, normalise_domain, parse_duration
 
@@ -78,23 +77,16 @@ async def tokens_list(stores: Stores, args: argparse.Namespace, out: IO[str]) ->
             return "expired"
         return "active"
 
-    if args.json:
-        json.dump([{
-            "id": str(t.id), "user": emails.get(t.user_id), "name": t.name,
-            "prefix": t.display_prefix, "site": t.site_domain, "read_only": t.read_only,
-            "status": status(t), "created_at": t.created_at.isoformat(),
-            "expires_at": None if t.expires_at is None else t.expires_at.isoformat(),
-            "last_used_at": None if t.last_used_at is None else t.last_used_at.isoformat(),
-        } for t in tokens], out, indent=2)
-        print(file=out)
-    elif not tokens:
-        print("No API tokens.", file=out)
-    else:
-        table(out, ("ID", "USER", "NAME", "TOKEN", "SITES", "ACCESS", "STATUS", "EXPIRES",
-                    "LAST USED"), [
-            (str(t.id), emails.get(t.user_id, "?"), t.name, t.display_prefix + "…",
-             t.site_domain or "all", "read-only" if t.read_only else "read-write", status(t),
-             when(t.expires_at), when(t.last_used_at)) for t in tokens])
+    listing(out, args.json, tokens, lambda t: {
+        "id": str(t.id), "user": emails.get(t.user_id), "name": t.name,
+        "prefix": t.display_prefix, "site": t.site_domain, "read_only": t.read_only,
+        "status": status(t), "created_at": t.created_at.isoformat(),
+        "expires_at": iso(t.expires_at), "last_used_at": iso(t.last_used_at),
+    }, "No API tokens.", ("ID", "USER", "NAME", "TOKEN", "SITES", "ACCESS", "STATUS", "EXPIRES",
+                          "LAST USED"),
+        lambda t: (str(t.id), emails.get(t.user_id, "?"), t.name, t.display_prefix + "…",
+                   t.site_domain or "all", "read-only" if t.read_only else "read-write",
+                   status(t), when(t.expires_at), when(t.last_used_at)))
     return 0
 
 

@@ -11,7 +11,6 @@ link or GitHub, and may set a password on its account page.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from datetime import UTC, datetime
 from typing import IO
@@ -19,7 +18,7 @@ from typing import IO
 from veil.auth.emails import normalise_email
 from veil.auth.passwords import PasswordRules, WeakPassword, hash_now
 from veil.auth.store import AuthStore
-from veil.commands.base import Stores, group, store_command, table, when
+from veil.commands.base import Stores, group, iso, listing, store_command, when
 from veil.store.admin import InvalidValue
 
 
@@ -58,21 +57,14 @@ async def users_add(stores: Stores, args: argparse.Namespace, out: IO[str]) -> i
 
 async def users_list(stores: Stores, args: argparse.Namespace, out: IO[str]) -> int:
     users = await AuthStore(stores.db).list_users()
-    if args.json:
-        json.dump([{
-            "id": str(u.id), "email": u.email, "admin": u.is_admin, "disabled": u.disabled,
-            "password": u.has_password, "github_login": u.github_login,
-            "created_at": u.created_at.isoformat(),
-            "last_login_at": None if u.last_login_at is None else u.last_login_at.isoformat(),
-        } for u in users], out, indent=2)
-        print(file=out)
-    elif not users:
-        print("No users.", file=out)
-    else:
-        table(out, ("EMAIL", "ROLE", "STATUS", "PASSWORD", "GITHUB", "LAST SIGN-IN", "CREATED"), [
-            (u.email, "admin" if u.is_admin else "user", "disabled" if u.disabled else "enabled",
-             "yes" if u.has_password else "no", u.github_login or "-", when(u.last_login_at),
-             when(u.created_at)) for u in users])
+    listing(out, args.json, users, lambda u: {
+        "id": str(u.id), "email": u.email, "admin": u.is_admin, "disabled": u.disabled,
+        "password": u.has_password, "github_login": u.github_login,
+        "created_at": u.created_at.isoformat(), "last_login_at": iso(u.last_login_at),
+    }, "No users.", ("EMAIL", "ROLE", "STATUS", "PASSWORD", "GITHUB", "LAST SIGN-IN", "CREATED"),
+        lambda u: (u.email, "admin" if u.is_admin else "user",
+                   "disabled" if u.disabled else "enabled", "yes" if u.has_password else "no",
+                   u.github_login or "-", when(u.last_login_at), when(u.created_at)))
     return 0
 
 

@@ -32,14 +32,13 @@ from twisted.python.failure import Failure
 from veil.errors import VeilError
 from veil.live.hub import Hub
 from veil.metrics import Registry
+from veil.store.logrows import select_list
 from veil.store.requestlog import CHANNEL, COLUMNS, Announcement, LogRow
 
 _log = Logger()
 
 # The columns of a LogRow, in order, as request_log gives them back.
-_SELECT = sql.SQL(", ").join(
-    sql.SQL("host(client_ip)") if column == "client_ip" else sql.Identifier(column)
-    for column in COLUMNS)
+_SELECT = select_list(COLUMNS)
 
 
 @attrs.define(eq=False)

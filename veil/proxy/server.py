@@ -125,29 +125,6 @@ _ALLOW = b"Allow: GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS\r\n"
 #: Bytes of a request's start kept to check its request line (see _line_ok).
 _LINE_MAX = MAX_URL + 64
 
-_hosts: dict[bytes, str | None] = {}
-
-
-def _host(value: bytes) -> str | None:
-    """
-    L{normalize_host}, with the port (when there is one) at most 65535;
-    remembered, like it (at most 4,096 values).
-    """
-    try:
-        return _hosts[value]
-    except KeyError:
-        pass
-    host = normalize_host(value)
-    if host is not None and b":" in value and not value.endswith(b"]"):
-        port = value.rpartition(b":")[2]
-        if port and int(port) > 65535:
-            host = None
-    if len(value) <= 262:
-        if len(_hosts) >= 4096:
-            _hosts.clear()
-        _hosts[value] = host
-    return host
-
 #: A page the proxy answers itself: status, body, extra header lines and,
 #: optionally, a content type (HTML by default).
 Page = tuple
@@ -1057,14 +1034,15 @@ class Exchange:
             raise _Reject(400)
         authority, self.target = split
         if authority is None:
-            host = _host(host_value)
+            host = normalize_host(host_value)
             self.raw_host = host_value
         else:
             # RFC 9112 3.2.2: the target's authority replaces Host (which
             # must still be valid), and its scheme must be the connection's.
             if target[:target.index(b":")].lower() != self.p.proto:
                 raise _Reject(400)
-            host = _host(authority) if _host(host_value) is not None else None
+            host = (normalize_host(authority) if normalize_host(host_value) is not None
+                    else None)
             self.raw_host = authority
         if host is None:
             raise _Reject(400)

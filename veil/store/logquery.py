@@ -40,9 +40,10 @@ import ipaddress
 import json
 import math
 import uuid
+from collections import namedtuple
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any, NamedTuple
+from typing import Any
 
 import attrs
 import psycopg
@@ -53,7 +54,7 @@ from twisted.internet.interfaces import IConsumer, IPushProducer
 from zope.interface import implementer
 
 from veil.errors import VeilError
-from veil.store.logrows import LogRow
+from veil.store.logrows import COLUMNS, LogRow, select_list
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -94,34 +95,14 @@ class QueryTooSlow(VeilError):
     """The database gave up on a query (its statement time-out)."""
 
 
-class RequestRecord(NamedTuple):
-    """One row of the request log, as the dashboard reads it."""
+class RequestRecord(namedtuple("RequestRecord", ("id",) + COLUMNS,
+                               defaults=tuple(LogRow._field_defaults.values()))):
+    """
+    One row of the request log, as the dashboard reads it: its C{id}, then
+    the columns of a L{LogRow} (L{COLUMNS}), with C{rule_ids} as a list.
+    """
 
-    id: int
-    ts: datetime
-    site_id: uuid.UUID | None
-    host: str | None
-    method: str | None
-    path: str | None
-    query: str | None
-    status: int | None
-    bytes_in: int | None
-    bytes_out: int | None
-    duration_ms: float | None
-    origin_ms: float | None
-    client_ip: str | None
-    request_id: str | None
-    user_agent: str | None
-    classification: str | None
-    classifier: str | None
-    confidence: float | None
-    attack_type: str | None
-    blocked: bool
-    #: The WAF's verdict (schema 004): the rules that matched, their score,
-    #: and for non-benign rows a redacted excerpt of the request.
-    rule_ids: list[int] | None = None
-    anomaly_score: int | None = None
-    excerpt: str | None = None
+    __slots__ = ()
 
     @property
     def cursor(self) -> str:
@@ -130,9 +111,8 @@ class RequestRecord(NamedTuple):
 
     def log_row(self) -> LogRow:
         """The row as the proxy logged it (without its id)."""
-        rule_ids = None if self.rule_ids is None else tuple(self.rule_ids)
-        return LogRow(*self[1:20], rule_ids=rule_ids, anomaly_score=self.anomaly_score,
-                      excerpt=self.excerpt)
+        row = LogRow._make(self[1:])
+        return row if self.rule_ids is None else row._replace(rule_ids=tuple(self.rule_ids))
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict (UUIDs and times as strings)."""
@@ -145,8 +125,7 @@ class RequestRecord(NamedTuple):
 #: The columns of a L{RequestRecord}, in order.
 RECORD_COLUMNS: tuple[str, ...] = RequestRecord._fields
 
-_SELECT = sql.SQL(", ").join(
-    sql.SQL("host(client_ip)") if c == "client_ip" else sql.Identifier(c) for c in RECORD_COLUMNS)
+_SELECT = select_list(RECORD_COLUMNS)
 
 
 # -- cursors -------------------------------------------------------------------

@@ -20,6 +20,8 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import NamedTuple
 
+from psycopg import sql
+
 
 class LogRow(NamedTuple):
     """One request, as the request log stores it (C{request_log}'s columns but C{id})."""
@@ -55,6 +57,16 @@ class LogRow(NamedTuple):
 
 #: The columns a L{LogRow} fills, in order (C{COPY}'s column list, after C{id}).
 COLUMNS: tuple[str, ...] = LogRow._fields
+
+
+def select_list(columns: Iterable[str]) -> sql.Composed:
+    """
+    A C{SELECT} list of C{request_log} columns, with C{client_ip} given back
+    as text (C{host(client_ip)}), the form a L{LogRow} holds.
+    """
+    return sql.SQL(", ").join(
+        sql.SQL("host(client_ip)") if column == "client_ip" else sql.Identifier(column)
+        for column in columns)
 
 #: The longest C{excerpt} written, in characters, and the most rule ids.
 EXCERPT_MAX = 4096

@@ -12,6 +12,8 @@ fixed.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any
 from uuid import UUID
@@ -140,28 +142,31 @@ async def invite(call: Call, email: str, role: str) -> tuple[Invitation, bool]:
     return invitation, True
 
 
-async def set_role(call: Call, user_id: UUID, role: str) -> Member:
-    site = call.site
-    assert site is not None
+@contextmanager
+def _membership_errors() -> Iterator[None]:
+    """A change to a membership: no such member is a 404, the owner's own a 409."""
     try:
-        return await call.services.store.set_role(site.id, user_id, role, call.user.id,
-                                                  call.client.ip)
+        yield
     except MemberNotFound:
         raise missing("member") from None
     except OwnerMembership as e:
         raise HttpError("owner_role", str(e).capitalize() + ".", status=409) from None
+
+
+async def set_role(call: Call, user_id: UUID, role: str) -> Member:
+    site = call.site
+    assert site is not None
+    with _membership_errors():
+        return await call.services.store.set_role(site.id, user_id, role, call.user.id,
+                                                  call.client.ip)
 
 
 async def remove_member(call: Call, user_id: UUID) -> Member:
     site = call.site
     assert site is not None
-    try:
+    with _membership_errors():
         return await call.services.store.remove_member(site.id, user_id, call.user.id,
                                                        call.client.ip)
-    except MemberNotFound:
-        raise missing("member") from None
-    except OwnerMembership as e:
-        raise HttpError("owner_role", str(e).capitalize() + ".", status=409) from None
 
 
 async def revoke_invitation(call: Call, invitation_id: UUID) -> Invitation:

@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from veil.dashboard.api.admin import AUDIT_QUERY, add_user, audit_page, set_disabled
-from veil.dashboard.pages.common import field_errors, form_errors
+from veil.dashboard.pages.common import field_errors, form_errors, form_state
 from veil.dashboard.schema import Object, String
 from veil.dashboard.services import Services
 from veil.dashboard.signin import PASSWORD
@@ -39,9 +39,7 @@ class AdminPages:
 
     async def _users(self, call: Call, status: int = 200, **context: Any) -> Html:
         users = await self.services.store.list_users()
-        context.setdefault("errors", {})
-        context.setdefault("form", {"email": "", "admin": False})
-        context.setdefault("notice", DONE.get(call.query.get("done", "")))
+        form_state(call, context, {"email": "", "admin": False}, DONE)
         return call.render("admin_users.html", status=status, users=users, **context)
 
     @route("GET", "/admin/users", access=admin_read(tokens=False), query=NOTICE_QUERY,

@@ -1,8 +1,9 @@
-"""What the site pages share: the site, its tabs, and form errors."""
+"""What the site pages share: the site, its tabs, and forms (their state and errors)."""
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Awaitable, Mapping
+from typing import Any, TypeVar
 
 import attrs
 
@@ -59,6 +60,39 @@ def field_errors(error: HttpError) -> dict[str, str]:
     fields = detail.get("fields") or []
     found = {f["field"]: f["message"] for f in fields if isinstance(f, dict)}
     return found or {"(form)": error.message}
+
+
+T = TypeVar("T")
+
+
+def form_fields(call: Call) -> dict[str, str]:
+    """The posted form's fields, as text."""
+    return {k: str(v) for k, v in (call.body or {}).items()}
+
+
+def form_state(call: Call, context: dict[str, Any], blank: Mapping[str, Any],
+               done: Mapping[str, str]) -> None:
+    """
+    What a page with a form shows unless told otherwise: no errors, the
+    C{blank} form, and the notice the C{?done=} of a redirect names.
+    """
+    context.setdefault("errors", {})
+    context.setdefault("form", dict(blank))
+    context.setdefault("notice", done.get(call.query.get("done", "")))
+
+
+async def attempt(action: Awaitable[T],
+                  statuses: tuple[int, ...] = (422,)) -> tuple[T | None, dict[str, str]]:
+    """
+    Await a form's C{action}; a refusal with one of C{statuses} comes back as
+    its messages by field (L{field_errors}) instead of an error page.
+    """
+    try:
+        return await action, {}
+    except HttpError as e:
+        if e.status not in statuses:
+            raise
+        return None, field_errors(e)
 
 
 def form_errors(call: Call) -> dict[str, str]:

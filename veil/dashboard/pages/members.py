@@ -24,7 +24,13 @@ from veil.dashboard.api.members import (
     revoke_invitation,
     set_role,
 )
-from veil.dashboard.pages.common import field_errors, form_errors, render_site
+from veil.dashboard.pages.common import (
+    attempt,
+    form_errors,
+    form_fields,
+    form_state,
+    render_site,
+)
 from veil.dashboard.schema import Object, String
 from veil.dashboard.services import Services
 from veil.dashboard.signin import PASSWORD, TOKEN, TOKEN_QUERY
@@ -55,6 +61,8 @@ DONE = {
     "removed": "The member is removed: its access ends at once.",
     "revoked": "The invitation is withdrawn: its link no longer works.",
 }
+#: The invitation form as the page first shows it.
+INVITE_BLANK = {"email": "", "role": "viewer"}
 ROLE_HELP = {"owner": "everything, and the members", "admin": "settings, decisions and WAF",
              "viewer": "traffic, decisions and WAF, read only"}
 
@@ -71,9 +79,7 @@ class MemberPages:
         if site.role == "owner":
             invitations = [invitation_json(i, call)
                            for i in await self.services.store.invitations(site.id, call.now())]
-        context.setdefault("errors", {})
-        context.setdefault("form", {"email": "", "role": "viewer"})
-        context.setdefault("notice", DONE.get(call.query.get("done", "")))
+        form_state(call, context, INVITE_BLANK, DONE)
         return await render_site(call, "site_members.html", "members", status=status,
                                  members=members, invitations=invitations, roles=GRANTABLE,
                                  role_help=ROLE_HELP, **context)
@@ -87,23 +93,19 @@ class MemberPages:
            body=INVITE_FORM, summary="Invite someone to the site by e-mail")
     async def invite(self, call: Call) -> Html | Redirect:
         assert call.site is not None
-        body = {k: str(v) for k, v in (call.body or {}).items()}
+        body = form_fields(call)
         errors = form_errors(call)
         if body.get("role") not in GRANTABLE:
             errors["role"] = "Choose admin or viewer."
         if not errors:
-            try:
-                _, sent = await invite(call, body.get("email", ""), body["role"])
-            except HttpError as e:
-                if e.status not in (422, 429):
-                    raise
-                errors = field_errors(e)
-            else:
-                done = "invited" if sent else "not_sent"
+            made, errors = await attempt(invite(call, body.get("email", ""), body["role"]),
+                                         (422, 429))
+            if made is not None:
+                done = "invited" if made[1] else "not_sent"
                 return Redirect(f"/sites/{call.site.id}/members?done={done}")
         call.query = {}
-        form = {"email": "", "role": "viewer", **body}
-        return await self._page(call, 422, errors=errors, form=form, notice=None)
+        return await self._page(call, 422, errors=errors, form={**INVITE_BLANK, **body},
+                                notice=None)
 
     @route("POST", "/sites/<uuid:site_id>/members/<uuid:user_id>/role",
            access=site_write("owner"), body=ROLE_FORM, summary="Change a member's role")

@@ -11,13 +11,19 @@ from typing import Any
 from veil.dashboard import paging
 from veil.dashboard.api.decisions import add_decision, decisions_page, remove_decision
 from veil.dashboard.api.waf import remove_exclusion
-from veil.dashboard.pages.common import field_errors, form_errors, render_site, text
+from veil.dashboard.pages.common import (
+    attempt,
+    form_errors,
+    form_fields,
+    form_state,
+    render_site,
+    text,
+)
 from veil.dashboard.schema import Object, String
 from veil.dashboard.services import Services
 from veil.dashboard.web import (
     Call,
     Html,
-    HttpError,
     Redirect,
     route,
     site_read,
@@ -34,6 +40,9 @@ PROFILE_FORM = Object({"method": String(max_length=32), "pattern": String(max_le
                        "mode": String(max_length=10)})
 NOTICE_QUERY = Object({**paging.QUERY.fields, "done": String(max_length=20),
                        "error": String(max_length=400), "exclusion": String(max_length=20)})
+#: The forms as the pages first show them.
+DECISION_BLANK = {"target": "", "type": "block", "duration": "24h", "reason": ""}
+PROFILE_BLANK = {"method": "*", "pattern": "", "mode": "skip"}
 
 DURATIONS = (("1h", "1 hour"), ("24h", "1 day"), ("7d", "7 days"), ("30d", "30 days"),
              ("forever", "Until removed"))
@@ -61,10 +70,7 @@ class ProtectionPages:
 
     async def _decisions(self, call: Call, status: int = 200, **context: Any) -> Html:
         rows, result = await decisions_page(call, paging.Paging.from_query(call.query))
-        context.setdefault("errors", {})
-        context.setdefault("form", {"target": "", "type": "block", "duration": "24h",
-                                    "reason": ""})
-        context.setdefault("notice", DONE.get(call.query.get("done", "")))
+        form_state(call, context, DECISION_BLANK, DONE)
         return await render_site(call, "site_decisions.html", "decisions", status=status,
                                  decisions=rows[:len(result["items"])],
                                  next_cursor=result["next_cursor"], types=DECISION_TYPES,
@@ -79,23 +85,19 @@ class ProtectionPages:
            body=DECISION_FORM, summary="Add an IP decision")
     async def add(self, call: Call) -> Html | Redirect:
         assert call.site is not None
-        body = {k: str(v) for k, v in (call.body or {}).items()}
+        body = form_fields(call)
         errors = form_errors(call)
         kind = body.get("type", "")
         if kind not in DECISION_TYPES:
             errors["type"] = f"Choose one of: {', '.join(DECISION_TYPES)}."
         if not errors:
-            try:
-                await add_decision(call, body.get("target", ""), kind, text(body.get("duration")),
-                                   body.get("reason"))
-            except HttpError as e:
-                if e.status != 422:
-                    raise
-                errors = field_errors(e)
+            _, errors = await attempt(add_decision(call, body.get("target", ""), kind,
+                                                   text(body.get("duration")),
+                                                   body.get("reason")))
         if errors:
             call.query = {}
-            form = {"target": "", "type": "block", "duration": "24h", "reason": "", **body}
-            return await self._decisions(call, 422, errors=errors, form=form, notice=None)
+            return await self._decisions(call, 422, errors=errors,
+                                         form={**DECISION_BLANK, **body}, notice=None)
         return Redirect(f"/sites/{call.site.id}/decisions?done=added")
 
     @route("POST", "/sites/<uuid:site_id>/decisions/<uuid:decision_id>/remove",
@@ -114,9 +116,7 @@ class ProtectionPages:
         profiles = await self.services.waf.profiles(site.domain)
         history = await self.services.waf.history(site.domain, 10)
         catalogue = await self.services.need("explainer").catalogue()
-        context.setdefault("errors", {})
-        context.setdefault("form", {"method": "*", "pattern": "", "mode": "skip"})
-        context.setdefault("notice", DONE.get(call.query.get("done", "")))
+        form_state(call, context, PROFILE_BLANK, DONE)
         context.setdefault("error", call.query.get("error"))
         return await render_site(call, "site_waf.html", "waf", status=status,
                                  exclusions=exclusions, profiles=profiles, history=history,
@@ -142,7 +142,7 @@ class ProtectionPages:
     async def profile(self, call: Call) -> Html | Redirect:
         site = call.site
         assert site is not None
-        body = {k: str(v) for k, v in (call.body or {}).items()}
+        body = form_fields(call)
         errors = form_errors(call)
         mode = body.get("mode", "")
         if mode not in PROFILE_MODES:
@@ -159,8 +159,8 @@ class ProtectionPages:
                 errors["pattern"] = str(e)
         if errors or method is None or pattern is None:
             call.query = {}
-            form = {"method": "*", "pattern": "", "mode": "skip", **body}
-            return await self._waf(call, 422, errors=errors, form=form, notice=None)
+            return await self._waf(call, 422, errors=errors, form={**PROFILE_BLANK, **body},
+                                   notice=None)
         await self.services.waf.set_profile(site.domain, pattern, mode, call.user.id,
                                             method=method)
         return Redirect(f"/sites/{site.id}/waf?done=profiled")

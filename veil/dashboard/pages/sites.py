@@ -14,7 +14,14 @@ from typing import Any
 from veil.dashboard import charts
 from veil.dashboard.api.admin import audit_page
 from veil.dashboard.api.sites import change_settings, check_now, create_site
-from veil.dashboard.pages.common import field_errors, form_errors, render_site, text
+from veil.dashboard.pages.common import (
+    attempt,
+    field_errors,
+    form_errors,
+    form_fields,
+    render_site,
+    text,
+)
 from veil.dashboard.schema import Object, String
 from veil.dashboard.services import Services
 from veil.dashboard.web import (
@@ -234,7 +241,7 @@ class SitePages:
            body=SETTINGS_FORM, summary="Save a site's settings")
     async def save_settings(self, call: Call) -> Html | Redirect:
         assert call.site is not None
-        body = {k: str(v) for k, v in (call.body or {}).items()}
+        body = form_fields(call)
         errors = form_errors(call)
         values: dict[str, Any] = {}
 
@@ -276,12 +283,7 @@ class SitePages:
                 **{k: values[k] for k in ("allow_plain_http", "origin_tls_verify",
                                           "maintenance", "allow_trace")}}
         if not errors:
-            try:
-                await change_settings(call, values)
-            except HttpError as e:
-                if e.status != 422:
-                    raise
-                errors = field_errors(e)
+            _, errors = await attempt(change_settings(call, values))
         if errors:
             return await self._settings_page(call, 422, form=form, errors=errors)
         return Redirect(f"/sites/{call.site.id}/settings?done=settings")
