@@ -25,7 +25,7 @@ class KeyTests(SynchronousTestCase):
             (proxy.allow_private_origins, proxy.origin_pool_size, proxy.max_client_requests,
              proxy.body_budget, proxy.body_min_rate, proxy.body_grace, proxy.body_timeout,
              proxy.send_timeout, proxy.via_name, proxy.inspect_body_limit),
-            (True, 256, 32, 64 * 1024 * 1024, 1024, 10.0, 30.0, 60.0, None, 65536))
+            (True, 256, 128, 64 * 1024 * 1024, 1024, 10.0, 30.0, 60.0, None, 65536))
 
     def test_environment(self) -> None:
         """Every key can be set from the environment."""
