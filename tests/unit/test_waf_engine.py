@@ -14,6 +14,7 @@ from twisted.internet.testing import EventLoggingObserver
 from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
+from veil.waf import engine as engine_module
 from veil.waf.engine import MAX_HITS, Engine
 from veil.waf.operators import Detector, default_registry, registry
 from veil.waf.patterns import split_words
@@ -284,6 +285,74 @@ class PolicyTests(SynchronousTestCase):
         monitor = SitePolicy(uuid4(), mode="monitor", threshold=3)
         verdict = self.engine.inspect(request, monitor)
         self.assertEqual((verdict.classification, verdict.blocked), (MALICIOUS, False))
+
+
+class RecentRequestTests(SynchronousTestCase):
+    """A request without a body seen again is answered from the memo, exactly as scanned."""
+
+    def setUp(self) -> None:
+        self.engine = Engine(load_text('class = "xss"\ntags = ["CWE-1"]\n' + RULES
+                                       + rule(5, "rx = 'boom'", targets='["headers"]'),
+                                       "test.toml"), {})
+        self.scans = 0
+        original = engine_module._Scan.run
+
+        def counted(scan, plan):
+            self.scans += 1
+            return original(scan, plan)
+        self.patch(engine_module._Scan, "run", counted)
+
+    def test_same_request(self) -> None:
+        """The same request again is not scanned again, and gets the same verdict."""
+        headers = [(b"Host", b"a.test"), (b"User-Agent", b"curl/8")]
+        first = self.engine.inspect(get(b"/?q=bang", list(headers)), POLICY)
+        again = self.engine.inspect(get(b"/?q=bang", list(headers)), POLICY)
+        self.assertEqual(self.scans, 1)
+        self.assertEqual((again.rule_ids, again.score, again.classification),
+                         (first.rule_ids, first.score, first.classification))
+        self.assertEqual(first.rule_ids, (2,))
+
+    def test_any_difference_scans(self) -> None:
+        """Another header value, header order, target, method or paranoia level is scanned anew."""
+        base = [(b"Host", b"a.test"), (b"User-Agent", b"curl/8")]
+        self.assertEqual(self.engine.inspect(get(b"/?q=x", base), POLICY).rule_ids, ())
+        attack = [(b"Host", b"a.test"), (b"User-Agent", b"boom")]
+        self.assertEqual(self.engine.inspect(get(b"/?q=x", attack), POLICY).rule_ids, (5,))
+        self.engine.inspect(get(b"/?q=x", base[::-1]), POLICY)
+        self.engine.inspect(get(b"/?q=y", base), POLICY)
+        self.engine.inspect(Request(b"HEAD", b"/?q=x", base), POLICY)
+        self.assertEqual(self.scans, 5)
+        lvl2 = get(b"/?q=lvl2", base)
+        self.assertEqual(self.engine.inspect(lvl2, POLICY).rule_ids, ())
+        self.assertEqual(self.engine.inspect(lvl2, SitePolicy(uuid4(), paranoia=2)).rule_ids,
+                         (4,))
+        self.assertEqual(self.scans, 7)
+
+    def test_bodies_not_remembered(self) -> None:
+        """A request with a body, or whose body is not read, is scanned every time."""
+        for _ in range(2):
+            self.engine.inspect(Request(b"POST", b"/", [(b"Host", b"a.test")], b"q=bang"), POLICY)
+            self.engine.inspect(Request(b"POST", b"/", [(b"Host", b"a.test")], b"", False),
+                                POLICY)
+        self.assertEqual(self.scans, 4)
+
+    def test_explain_scans(self) -> None:
+        """An explained inspection is always a scan (it carries the matched values)."""
+        request = get(b"/?q=boom")
+        self.engine.inspect(request, POLICY)
+        verdict = self.engine.inspect(get(b"/?q=boom"), POLICY, explain=True)
+        self.assertEqual(self.scans, 2)
+        self.assertEqual([m.value for m in verdict.matches], ["boom"])
+
+    def test_bounded_and_forgotten(self) -> None:
+        """The memo starts afresh when full, and forget() empties it."""
+        self.patch(engine_module, "RECENT_REQUESTS", 2)
+        for n in range(5):
+            self.engine.inspect(get(b"/?n=%d" % n), POLICY)
+        self.assertLessEqual(len(self.engine._recent), 2)
+        self.engine.forget()
+        self.engine.inspect(get(b"/?n=4"), POLICY)
+        self.assertEqual(self.scans, 6)
 
 
 class VerdictTests(SynchronousTestCase):

@@ -77,6 +77,10 @@ __all__ = ["EXPLAIN_CHARS", "MAX_HITS", "Engine", "Unavailable"]
 
 log = Logger()
 
+#: Requests without a body remembered with what they matched (see
+#: L{Engine.inspect}); the memo starts afresh when it is full.
+RECENT_REQUESTS = 4096
+
 #: How much of a transformed value C{explain} shows.
 EXPLAIN_CHARS = 200
 
@@ -157,6 +161,9 @@ class Engine:
                          rule_id=rule.id,
                          reason=reason)
         self._plan = self._compile(usable)
+        #: What recent requests without a body matched, by paranoia level
+        #: and the request as received.
+        self._recent: dict[tuple, tuple[Match, ...]] = {}
 
     def _unusable(self, rule: Rule) -> str | None:
         if rule.operator == "detect" and operator_name(rule.argument) not in self.detectors:
@@ -361,7 +368,14 @@ class Engine:
                 return judge((), policy.threshold, policy.mode, policy.paranoia, profile, None)
         paranoia = STRICTEST_PARANOIA if profile == "deep" else \
             max(1, min(STRICTEST_PARANOIA, policy.paranoia + boost))
-        found = _Scan(request, paranoia, explain, self.fast).run(self._plan)
+        found = self._recall(request, paranoia) if not explain else None
+        if found is None:
+            found = _Scan(request, paranoia, explain, self.fast).run(self._plan)
+            if not explain and request.bodiless:
+                recent = self._recent
+                if len(recent) >= RECENT_REQUESTS:
+                    recent.clear()
+                recent[request.key(paranoia)] = found
         if policy.exclusions and found:
             path = request.path
             found = tuple(
@@ -371,8 +385,20 @@ class Engine:
                 for m in found)
         return judge(found, policy.threshold, policy.mode, paranoia, profile, request)
 
+    def _recall(self, request: Request, paranoia: int) -> tuple[Match, ...] | None:
+        """
+        What the same request (method, target, every header in order, no
+        body) matched at this paranoia level, if it came recently: a poll,
+        a health check or a visitor's repeated request costs a lookup, not
+        a scan.  Matches depend on nothing else.
+        """
+        if not self._recent or not request.bodiless:
+            return None
+        return self._recent.get(request.key(paranoia))
+
     def forget(self) -> None:
-        """Empty the memo of what values matched (it refills as requests come)."""
+        """Empty the memos of what requests and values matched (they refill as requests come)."""
+        self._recent.clear()
         for family in self._plan.families:
             family.forget()
 

@@ -124,6 +124,15 @@ class Request:
         self._anomalies: list[tuple[str, str]] | None = None
         self._media: tuple[str, dict[str, str]] | None = None
 
+    @property
+    def bodiless(self) -> bool:
+        """No body at all (a request whose body is not read is not bodiless)."""
+        return not self._body and self.complete
+
+    def key(self, paranoia: int) -> tuple:
+        """The request as received (without its body), with a paranoia level: a memo key."""
+        return (paranoia, self._method, self._target, self._content_type, tuple(self._headers))
+
     # -- the request line ----------------------------------------------------------------
 
     @property
