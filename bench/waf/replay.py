@@ -64,6 +64,10 @@ SITE = "waf.test"
 # -- the origin ---------------------------------------------------------------------------
 
 
+
+#: The replay's own environment variables (not Veil's configuration keys).
+OWN_VARIABLES = ("VEIL_WAF_SCORER", "VEIL_WAF_CORPORA")
+
 class _Origin(asyncio.Protocol):
     """Answers every request with 200 and a two-byte body, keep-alive."""
 
@@ -119,7 +123,10 @@ class Veil:
     def __init__(self, out: Path, env: dict[str, str]) -> None:
         self.data = out / "veil"
         self.edge, self.http, self.dashboard = free_port(), free_port(), free_port()
-        self.env = {**os.environ, "PYTHONPATH": str(ROOT), "VEIL_DATA_DIR": str(self.data),
+        # The replay's own settings share Veil's VEIL_ prefix, which Veil
+        # refuses as unknown keys: they stay here.
+        inherited = {k: v for k, v in os.environ.items() if k not in OWN_VARIABLES}
+        self.env = {**inherited, "PYTHONPATH": str(ROOT), "VEIL_DATA_DIR": str(self.data),
                     "VEIL_EDGE_PORT": str(self.edge), "VEIL_HTTP_PORT": str(self.http),
                     "VEIL_DASHBOARD_PORT": str(self.dashboard), **env}
         self.log = out / "veil.log"
