@@ -368,14 +368,19 @@ class Engine:
                 return judge((), policy.threshold, policy.mode, policy.paranoia, profile, None)
         paranoia = STRICTEST_PARANOIA if profile == "deep" else \
             max(1, min(STRICTEST_PARANOIA, policy.paranoia + boost))
-        found = self._recall(request, paranoia) if not explain else None
+        # What the same request (method, target, every header in order, no
+        # body) matched at this level, if it came recently: a poll, a health
+        # check or a visitor's repeated request costs a lookup, not a scan.
+        # Matches depend on nothing else; explained ones carry values.
+        key = request.key(paranoia) if not explain and request.bodiless else None
+        recent = self._recent
+        found = recent.get(key) if key is not None else None
         if found is None:
             found = _Scan(request, paranoia, explain, self.fast).run(self._plan)
-            if not explain and request.bodiless:
-                recent = self._recent
+            if key is not None:
                 if len(recent) >= RECENT_REQUESTS:
                     recent.clear()
-                recent[request.key(paranoia)] = found
+                recent[key] = found
         if policy.exclusions and found:
             path = request.path
             found = tuple(
@@ -384,17 +389,6 @@ class Engine:
                 else m
                 for m in found)
         return judge(found, policy.threshold, policy.mode, paranoia, profile, request)
-
-    def _recall(self, request: Request, paranoia: int) -> tuple[Match, ...] | None:
-        """
-        What the same request (method, target, every header in order, no
-        body) matched at this paranoia level, if it came recently: a poll,
-        a health check or a visitor's repeated request costs a lookup, not
-        a scan.  Matches depend on nothing else.
-        """
-        if not self._recent or not request.bodiless:
-            return None
-        return self._recent.get(request.key(paranoia))
 
     def forget(self) -> None:
         """Empty the memos of what requests and values matched (they refill as requests come)."""
