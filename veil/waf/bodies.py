@@ -421,13 +421,9 @@ def _multipart(body: Body, data: bytes, complete: bool, params: dict[str, str]) 
         found = next_delimiter.search(data, content_start)
         content_end = found.start() if found else len(data)
         content = data[content_start:content_end]
-        if headers is None:
-            # Unreadable part headers: some parser reads the part all the
-            # same, so its content is inspected as a nameless field.
-            body.anomalies.append((MALFORMED_MULTIPART, "body"))
-            body.args.append(("", text_of(content[:FILE_CONTENT_LIMIT])))
-        else:
-            _part(body, headers, content)
+        # Unreadable part headers count as none: the part is malformed and
+        # its content is inspected as a nameless field.
+        _part(body, headers or {}, content)
         if found is None:
             break
         position = found.end()
@@ -486,8 +482,8 @@ _EVASIVE = re.compile(r'[;="\\\r\n\x00]')
 def _part(body: Body, headers: dict[str, str], content: bytes) -> None:
     disposition = headers.get("content-disposition")
     if disposition is None:
-        # No field name, yet some parser takes the part's content: inspected
-        # as a nameless field.
+        # No field name (or no readable headers), yet some parser takes the
+        # part's content: inspected as a nameless field.
         body.anomalies.append((MALFORMED_MULTIPART, "body"))
         body.args.append(("", text_of(content[:FILE_CONTENT_LIMIT])))
         return
