@@ -1,10 +1,13 @@
 #!/usr/bin/env python3
 """
-Writes the held-out evaluation set (heldout.jsonl beside this file) from
-attacks.py and benign.py: each case becomes one request in the shared replay
-scorer's JSON-lines format, {"id", "kind", "class", "method", "path",
-"headers", "body"}.  Attacks are labelled with their class, benign requests
-with "benign/<group>".  Deterministic: re-running rewrites the same file.
+Writes the held-out evaluation sets beside this file: heldout.jsonl from
+attacks.py and benign.py (the set that showed what the rules missed), and
+blind.jsonl from blind.py (written at the same time, scored only after the
+rule changes, so still unseen by them).  Each case becomes one request in the
+shared replay scorer's JSON-lines format, {"id", "kind", "class", "method",
+"path", "headers", "body"}.  Attacks are labelled with their class, benign
+requests with "benign/<group>".  Deterministic: re-running rewrites the same
+files.
 
     python3 bench/waf/heldout/generate.py
 
@@ -21,15 +24,16 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+import blind
 from attacks import CLASSES
 from benign import GROUPS
 from placements import build
 
 
-def rows():
+def rows(attacks: dict, benign: dict):
     n = 0
-    for label, kind, table in ([(c, "attack", t) for c, t in CLASSES.items()]
-                               + [(f"benign/{g}", "benign", t) for g, t in GROUPS.items()]):
+    for label, kind, table in ([(c, "attack", t) for c, t in attacks.items()]
+                               + [(f"benign/{g}", "benign", t) for g, t in benign.items()]):
         route, names, cases = table
         for i, case in enumerate(cases):
             placement, payload = case[0], case[1]
@@ -42,10 +46,11 @@ def rows():
 
 
 def main() -> int:
-    out = HERE / "heldout.jsonl"
-    with out.open("w", encoding="utf-8") as f:
-        for row in rows():
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    for name, attacks, benign in (("heldout.jsonl", CLASSES, GROUPS),
+                                  ("blind.jsonl", blind.ATTACKS, blind.BENIGN)):
+        with (HERE / name).open("w", encoding="utf-8") as f:
+            f.writelines(json.dumps(row, ensure_ascii=False) + "\n"
+                         for row in rows(attacks, benign))
     return 0
 
 
