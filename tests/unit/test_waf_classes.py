@@ -124,11 +124,23 @@ class TraversalTests(ClassCase):
         self.blocked(query("....//....//boot.ini"), "lfi")
         self.blocked(query("/proc/self/environ"), "lfi")
 
+    def test_hex_separators(self) -> None:
+        """Dot segments with the slash written as a hexadecimal literal (..0x2f)."""
+        self.blocked(query("..0x2f..0x2f..0x2fetc0x2fgroup"), "lfi")
+        self.blocked(query("..0x5c..0x5cwindows0x5cwin.ini"), "lfi")
+
     def test_lookalikes(self) -> None:
         """Relative links in HTML, ellipses, a path in prose."""
         self.passes(form(content='<a href="../about.html">About us</a>'))
         self.passes(query("wait... what?"))
         self.passes(query("the file is in my documents folder"))
+
+    def test_windows_folders(self) -> None:
+        """Ordinary Windows folders (user profiles, Program Files) are not system files."""
+        self.passes(json_body('{"path": "C:\\\\Program Files\\\\Example\\\\app.exe"}'))
+        self.passes(form(note="Saved it to C:\\Users\\anna\\AppData\\Roaming\\App\\settings.ini"))
+        self.passes(query("C:/Users/Public/Documents"))
+        self.blocked(query("C:\\Windows\\System32\\drivers\\etc\\hosts"), "lfi")
 
 
 class RemoteInclusionTests(ClassCase):
