@@ -152,10 +152,22 @@ class RemoteInclusionTests(ClassCase):
         self.blocked(Request(b"GET", b"/index.php?page=1&include=http://evil.example/x", BROWSER),
                      "rfi")
 
+    def test_scheme_less(self) -> None:
+        """A protocol-relative URL cut with ?, a UNC path to a host, a # after a script name."""
+        self.blocked(query("//files.evil.example/x.txt?"), "rfi")
+        self.blocked(query("\\\\198.51.100.7\\share\\evil.php"), "rfi")
+        self.blocked(query("\\\\files.evil.example\\pub\\x.php"), "rfi")
+        self.blocked(query("https://files.evil.example/inc.php#"), "rfi")
+
     def test_lookalikes(self) -> None:
         """Redirect and link parameters with ordinary URLs."""
         self.passes(Request(b"GET", b"/login?next=https%3A%2F%2Fshop.test%2Fcart&ref=https://t.co/x",
                             BROWSER))
+
+    def test_fragment_urls(self) -> None:
+        """A JSON Schema URI and a link that end in # are not cut-off includes."""
+        self.passes(json_body('{"$schema": "http://json-schema.org/draft-07/schema#", "type": "object"}'))
+        self.passes(query("https://example.org/guide#"))
 
 
 class CommandInjectionTests(ClassCase):
