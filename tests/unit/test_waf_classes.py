@@ -193,6 +193,19 @@ class CommandInjectionTests(ClassCase):
                         "cmd.exe /c whoami", "& w^ho^am^i"):
             self.blocked(query(payload), "rce")
 
+    def test_line_break(self) -> None:
+        """A command on a line of its own at the end of a value (x%0aid, %0awhoami, %0asleep 7)."""
+        for payload in ("example.org\nid", "8.8.8.8\nwhoami", "a\r\nsleep 7", "x\nls -la /",
+                        "host\n/usr/bin/uname -a"):
+            self.blocked(query(payload), "rce")
+
+    def test_line_break_lookalikes(self) -> None:
+        """GraphQL field lists, lists of things with numbers, a code block followed by prose."""
+        self.passes(json_body('{"query": "query {\\n  product(id: 5) {\\n    id\\n    name\\n  }\\n  env\\n}"}'))
+        self.passes(form(message="Pets at home:\ndog 2\ncat 1"))
+        self.passes(form(message="See you on Monday!\nPS bring the slides"))
+        self.passes(form(message="Run this:\n\nls -la\n\nand paste the output here."))
+
     def test_lookalikes(self) -> None:
         """Command names as words, markdown code fences, a cat in prose."""
         for text in ("echo in the mirror", "bash away in the gym", "ls 300 lexus", "my cat; his dog",
