@@ -274,6 +274,32 @@ class RequestForgeryTests(ClassCase):
                       "file:///etc/passwd", "http://2130706433/admin", "http://metadata.google.internal/"):
             self.blocked(query(value), "ssrf")
 
+    def test_ssrf_disguised_addresses(self) -> None:
+        """Metadata and loopback in IPv6 spellings, IPv4 hosts as one number or octal/hex parts."""
+        for value in ("http://[0:0:0:0:0:ffff:a9fe:a9fe]/", "http://[::a9fe:a9fe]/latest/",
+                      "http://[0:0:0:0:0:ffff:7f00:1]:8080/", "http://017700000001/",
+                      "http://3232235521/admin", "http://0xc0.0xa8.0.1/", "http://0300.0250.0.1/",
+                      "http://10.65537/"):
+            self.blocked(query(value), "ssrf")
+
+    def test_ssrf_lookalikes(self) -> None:
+        """Host names with digits, numbers in paths."""
+        for value in ("https://2024.conference.example/", "https://release-20241203.example.org/",
+                      "https://cdn.example.com/0x1f/logo.png", "https://10.example.net/a"):
+            self.passes(query(value))
+
+    def test_xxe_expansion_and_xslt(self) -> None:
+        """Entities that nest other entities, XSLT reading properties or files."""
+        self.blocked(xml_body('<?xml version="1.0"?><!DOCTYPE l [<!ENTITY a "xx">'
+                              '<!ENTITY b "&a;&a;&a;&a;">]><l>&b;</l>'), "xxe")
+        self.blocked(xml_body('<xsl:stylesheet version="1.0" xmlns:xsl="http://www.w3.org/1999/XSL/'
+                              'Transform"><xsl:template match="/"><xsl:value-of select="system-property'
+                              '(\'xsl:vendor\')"/></xsl:template></xsl:stylesheet>'), "xxe")
+        self.blocked(xml_body('<x xmlns:xsl="http://www.w3.org/1999/XSL/Transform"><xsl:copy-of '
+                              'select="document(\'/etc/passwd\')"/></x>'), "xxe")
+        self.passes(xml_body('<?xml version="1.0"?><doc><title>Document (draft) &amp; notes</title>'
+                             '<p>Tom &amp; Jerry &amp; friends</p></doc>'))
+
     def test_xxe(self) -> None:
         """External entities in a body and in a parameter."""
         self.blocked(xml_body('<?xml version="1.0"?><!DOCTYPE r [<!ENTITY x SYSTEM '
