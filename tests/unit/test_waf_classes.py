@@ -328,6 +328,22 @@ class InjectionTests(ClassCase):
         self.blocked(query("*)(uid=*))(|(uid=*"), "ldapi")
         self.blocked(query("admin)(&(objectClass=*)"), "ldapi")
 
+    def test_ldapi_nested_open(self) -> None:
+        """A filter closed, then several opened before the operator ()((|attr=*)."""
+        self.blocked(query("admin*)((|userPassword=*)"), "ldapi")
+        self.passes(query("(a+b)(c+d) = ac + ad + bc + bd"))
+
+    def test_crlf_forged_body(self) -> None:
+        """An entity header, a blank line and markup: a response body forged through a field."""
+        self.blocked(form(name="x\r\nContent-Type: text/html\r\n\r\n<h1>Sale</h1>"), "crlf")
+        self.passes(form(message="Order details:\r\nContent: 2 shirts\r\n\r\nThanks!"))
+
+    def test_shellshock_cookie_header(self) -> None:
+        """A Cookie header that is only a function definition (read as cookie names)."""
+        self.blocked(header("Cookie", "() { _; } >_[$($())] { id; }"), "shellshock")
+        self.blocked(header("Cookie", "() { :; }; /usr/bin/id"), "shellshock")
+        self.passes(header("Cookie", "theme=dark; layout=(wide); note={x}"))
+
     def test_crlf(self) -> None:
         """Response splitting and mail header injection."""
         self.blocked(Request(b"GET", b"/redirect?to=%0d%0aSet-Cookie:%20sid=evil", BROWSER), "crlf")
