@@ -369,6 +369,19 @@ class ScannerAndProtocolTests(ClassCase):
         for path in (b"/.git/config", b"/.env", b"/actuator/env", b"/backup.sql"):
             self.blocked(Request(b"GET", path, BROWSER), "scanner")
 
+    def test_backup_and_deployment_probes(self) -> None:
+        """Site backups and dumps, deployment and CI files near the top of the site."""
+        for path in (b"/backup.tar.gz", b"/db.sql.gz", b"/www.zip", b"/old/site-backup.7z",
+                     b"/docker-compose.yml", b"/app/Dockerfile", b"/terraform.tfstate",
+                     b"/.github/workflows/deploy.yml", b"/config/master.key"):
+            self.blocked(Request(b"GET", path, BROWSER), "scanner")
+
+    def test_backup_lookalikes(self) -> None:
+        """Release archives and files deep in a code-hosting site's tree."""
+        for path in (b"/downloads/release-2.4.tar.gz", b"/team/repo/src/branch/main/Dockerfile",
+                     b"/team/repo/raw/main/docker-compose.yml", b"/docs/docker-compose-guide"):
+            self.passes(Request(b"GET", path, BROWSER))
+
     def test_protocol(self) -> None:
         """Odd methods, NUL bytes, overlong escapes, method overrides, smuggled requests."""
         self.blocked(Request(b"TRACE", b"/", BROWSER), "protocol")
