@@ -91,6 +91,21 @@ class SQLiTests(ClassCase):
             self.blocked(query(payload), "sqli")
         self.blocked(json_body('{"id": "1\' or 1=1--"}'), "sqli")
 
+    def test_expression_values(self) -> None:
+        """A value or name that opens with a SQL function call, a login closed with ';, MySQL's 1.e."""
+        for payload in ("substr(password,1,1)", "concat(0x3a,user())", "md5(", "Left(", "trim()",
+                        "admin@example.org';", "bob\";", "1.e(ascii(user()))", "0.e.tables",
+                        "select pg_sleep"):
+            self.blocked(query(payload), "sqli")
+        self.blocked(Request(b"POST", b"/post", BROWSER + [
+            (b"Content-Type", b"application/x-www-form-urlencoded")], b"Compress%20%28"), "sqli")
+
+    def test_expression_lookalikes(self) -> None:
+        """English words before a parenthesis, code that ends in ';, versions and decimals."""
+        for text in ("Left (driver side)", "Trim (optional)", "Upper (3rd floor)", "count (approx.)",
+                     "x = 'a';", "Version 1.e2 notes", "1.5e3 items", "md5 checksum of the file"):
+            self.passes(query(text))
+
     def test_lookalikes(self) -> None:
         """Prose with SQL words, names with quotes, inch marks."""
         for text in ("select the best union of colors", "O'Reilly", "Tom & Jerry", "drop earrings",
