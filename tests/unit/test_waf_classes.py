@@ -448,6 +448,56 @@ class ScannerAndProtocolTests(ClassCase):
         self.blocked(Request(b"GET", b"/", BROWSER + [(b"Content-Length", b"5")], b"hello"),
                      "protocol")
 
+    def test_parser_confusion(self) -> None:
+        """Content types without a subtype or of no multipart kind, unknown charsets, a media type
+        as a parameter, line breaks in the path, chunked GETs, proxy socket targets, cookie
+        attributes as cookies, a _charset_ field that names no character set."""
+        def post(content_type: bytes, body: bytes = b"a=1") -> Request:
+            return Request(b"POST", b"/submit", BROWSER + [(b"Content-Type", content_type)], body)
+        for request in (post(b"json", b'{"a": 1}'), post(b"multipart/; boundary=x"),
+                        post(b"multipart/foo; boundary=x"), post(b"application"),
+                        post(b"application/x-www-form-urlencoded; charset=garbage"),
+                        post(b'application/x-www-form-urlencoded; charset="utf-80"'),
+                        post(b'application/x-www-form-urlencoded;boundary="application/json"'),
+                        Request(b"GET", b"/foo%0abar", BROWSER),
+                        Request(b"GET", b"/", BROWSER + [(b"Transfer-Encoding", b"chunked")],
+                                b"3\r\nabc\r\n0\r\n\r\n"),
+                        Request(b"GET", b"/?unix:/run/x.sock|http://backend.example/", BROWSER),
+                        header("Cookie", "$Version=1; session=abc"),
+                        form(_charset_="utf-7", text="+ADw-script+AD4-")):
+            self.blocked(request, "protocol")
+
+    def test_parser_confusion_lookalikes(self) -> None:
+        """Ordinary content types and charsets, browsers' _charset_ field, an encoded space."""
+        def post(content_type: bytes, body: bytes = b"a=1") -> Request:
+            return Request(b"POST", b"/submit", BROWSER + [(b"Content-Type", content_type)], body)
+        for content_type in (b"application/x-www-form-urlencoded; charset=UTF-8",
+                             b"text/plain;charset=utf-8", b'application/json; charset="utf-8"',
+                             b"application/x-www-form-urlencoded; charset=ISO-8859-1",
+                             b"text/xml; charset=windows-1252", b"application/csp-report",
+                             b"multipart/related; type=\"application/xop+xml\"; boundary=x"):
+            self.passes(post(content_type))
+        self.passes(form(_charset_="UTF-8", name="Zoë"))
+        self.passes(form(_charset_="Shift_JIS", name="x"))
+        self.passes(Request(b"GET", b"/files/annual%20report%200a.pdf", BROWSER))
+
+    def test_session_names(self) -> None:
+        """Session identifiers of other platforms passed in a link from elsewhere."""
+        for name in (b"phpsession", b"weblogicsession", b"session-id", b"jservsession"):
+            self.blocked(Request(b"GET", b"/login?" + name + b"=abc123", BROWSER + [
+                (b"Referer", b"https://elsewhere.example/")]), "protocol")
+        self.passes(Request(b"GET", b"/assessment?sessions=3&obsessive=no", BROWSER + [
+            (b"Referer", b"https://elsewhere.example/")]))
+
+    def test_more_probes(self) -> None:
+        """Redis dumps, private keys, editor backups before a path, files in hidden folders."""
+        for path in (b"/dump.rdb", b"/etc/letsencrypt/live/example.org/privkey.pem",
+                     b"/index.php~/foo", b"/.n8n/config", b"/.kiro/hooks/pre.sh"):
+            verdict = engine().inspect(Request(b"GET", path, BROWSER), POLICY)
+            self.assertTrue(verdict.blocked, path)
+        for path in (b"/.well-known/security.txt", b"/static/app~1.js", b"/docs/config"):
+            self.passes(Request(b"GET", path, BROWSER))
+
     def test_lookalikes(self) -> None:
         """Health checks, assets, WebDAV, an API client, .well-known."""
         for method, path in ((b"GET", b"/healthz"), (b"GET", b"/static/app.js?v=1.2"),
