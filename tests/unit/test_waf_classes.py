@@ -375,6 +375,13 @@ class RequestForgeryTests(ClassCase):
         self.passes(xml_body('<?xml version="1.0"?><doc><title>Document (draft) &amp; notes</title>'
                              '<p>Tom &amp; Jerry &amp; friends</p></doc>'))
 
+    def test_xinclude_namespace(self) -> None:
+        """A body that declares the XInclude namespace, whatever the include points at."""
+        self.blocked(xml_body('<a xmlns:xi="http://www.w3.org/2001/XInclude"><xi:include '
+                              'href="http://x.example/"/></a>'), "xxe")
+        self.passes(xml_body('<a xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance" '
+                             'xsi:noNamespaceSchemaLocation="a.xsd"><b>1</b></a>'))
+
     def test_xxe(self) -> None:
         """External entities in a body and in a parameter."""
         self.blocked(xml_body('<?xml version="1.0"?><!DOCTYPE r [<!ENTITY x SYSTEM '
@@ -397,6 +404,12 @@ class InjectionTests(ClassCase):
         self.blocked(Request(b"GET", b"/login?user=admin&password[$ne]=x", BROWSER), "nosqli")
         self.blocked(json_body('{"user": "admin", "password": {"$gt": ""}}'), "nosqli")
         self.blocked(query("'; return true; var x='"), "nosqli")
+
+    def test_nosqli_return(self) -> None:
+        """A JavaScript return statement that ends a $where string early with a comparison."""
+        for payload in ("'; return '' == '", "x'; return a == a; var b='", "'; return !0; //"):
+            self.blocked(query(payload), "nosqli")
+        self.passes(form(code="const s = 'a'; return s;"))
 
     def test_ldapi(self) -> None:
         """Filters closed and opened."""
@@ -450,6 +463,12 @@ class ScannerAndProtocolTests(ClassCase):
                      b"/docker-compose.yml", b"/app/Dockerfile", b"/terraform.tfstate",
                      b"/.github/workflows/deploy.yml", b"/config/master.key"):
             self.blocked(Request(b"GET", path, BROWSER), "scanner")
+
+    def test_admin_tools(self) -> None:
+        """Probes for database and server admin tools block on their own."""
+        for path in (b"/phpmyadmin/index.php", b"/manager/html", b"/adminer.php"):
+            self.blocked(Request(b"GET", path, BROWSER), "scanner")
+        self.passes(Request(b"GET", b"/admin/orders", BROWSER))
 
     def test_backup_lookalikes(self) -> None:
         """Release archives and files deep in a code-hosting site's tree."""
