@@ -465,9 +465,15 @@ class ScannerAndProtocolTests(ClassCase):
             self.blocked(Request(b"GET", path, BROWSER), "scanner")
 
     def test_admin_tools(self) -> None:
-        """Probes for database and server admin tools block on their own."""
+        """
+        A path of a database or server admin tool scores (rule 2013) without blocking on its
+        own, because sites serve these tools; from a scanning tool it blocks.
+        """
         for path in (b"/phpmyadmin/index.php", b"/manager/html", b"/adminer.php"):
-            self.blocked(Request(b"GET", path, BROWSER), "scanner")
+            verdict = engine().inspect(Request(b"GET", path, BROWSER), POLICY)
+            self.assertEqual(([m.rule_id for m in verdict.matches], verdict.blocked),
+                             ([2013], False), path)
+            self.blocked(Request(b"GET", path, [(b"User-Agent", b"Nikto/2.5.0")]), "scanner")
         self.passes(Request(b"GET", b"/admin/orders", BROWSER))
 
     def test_backup_lookalikes(self) -> None:
