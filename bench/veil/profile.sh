@@ -62,7 +62,7 @@ cost)
     requests=$(load 20)
     callgrind_control -d "$veil" > /dev/null
     callgrind_control -i off "$veil" > /dev/null
-    total=$(grep -h "^summary:" "$run"/cg.out* | awk '{s += $2} END {print s}')
+    total=$(grep -h "^summary:" "$run"/cg.out* | awk '{s += $2} END {printf "%.0f\n", s}')
     echo "${arg:-$scenario}: $requests requests, $((total / requests)) instructions per request"
     if [[ -n ${PROFILE_KEEP:-} ]]; then  # keep the callgrind files for callgrind_annotate
         cp "$run"/cg.out* "$PROFILE_KEEP"/ && echo "callgrind files in $PROFILE_KEEP"
