@@ -70,6 +70,24 @@ class _WriteAtOnce:
     def writeSequence(self, iovec: Any) -> None:
         self.write(b"".join(iovec))
 
+    def write_scratch(self, data: Any) -> None:
+        """
+        C{write} from a buffer that is only valid until this call returns
+        (the TLS layer's shared scratch buffer): sent from it at once when
+        nothing is queued, so that it is not first copied into C{bytes};
+        what the kernel does not take is copied into the queue.
+        """
+        if (not self._tempDataLen and self.offset == len(self.dataBuffer) and self.connected
+                and not self.disconnecting and not self._writeDisconnecting):
+            try:
+                sent = self.socket.send(data)
+            except OSError:
+                sent = 0  # queued below; the queue reports a real error
+            if sent == len(data):
+                return
+            data = data[sent:]
+        abstract.FileDescriptor.write(self, bytes(data))
+
 
 class _ReadInline:
     """For L{tcp.Connection} subclasses: C{doRead} without the extra call."""

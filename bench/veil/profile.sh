@@ -12,6 +12,11 @@
 # missing (and finds the shared harness, or VEIL_BENCH_HARNESS names it).
 #
 # PROFILE_KEEP=DIR keeps the callgrind files of "cost" in DIR.
+# PROFILE_STEADY=1 (S1, S3): "cost" measures 20 s in the middle of one wrk run,
+# so that its connections' handshakes (10 of about 2.2M instructions each) fall
+# outside the window, and counts the requests inside it from the callgrind
+# data (two llhttp heads each); without it the per-request figure moves with
+# the requests the loaded machine lets through (about 1% for S1, 3% for S3).
 # "turns" records every reactor turn (events, wall and CPU time) and every request-log
 # batch write (bench/veil/turns/), reports wrk's p99 and where the slow turns fall.
 # Diagnostics for it: PROFILE_PG_CPU=N moves the embedded cluster to CPU N after the
@@ -58,11 +63,42 @@ if [[ -n ${PROFILE_PG_CPU:-} ]]; then
 fi
 case $mode in
 cost)
-    callgrind_control -i on "$veil" > /dev/null
-    requests=$(load 20)
-    callgrind_control -d "$veil" > /dev/null
-    callgrind_control -i off "$veil" > /dev/null
-    total=$(grep -h "^summary:" "$run"/cg.out* | awk '{s += $2} END {print s}')
+    if [[ -n ${PROFILE_STEADY:-} && $scenario != S2 ]]; then
+        # One wrk run whose connections (their handshakes) are made before
+        # the window measured, and the requests counted inside it.
+        wrk_for 27 > /dev/null &
+        loader=$!
+        sleep 4
+        callgrind_control -i on "$veil" > /dev/null
+        sleep 20
+        callgrind_control -i off "$veil" > /dev/null
+        wait "$loader"
+        callgrind_control -d "$veil" > /dev/null
+        requests=$(python3 - "$run"/cg.out* <<'PY'
+# Requests in the window: every one has two heads parsed by llhttp (the
+# client's request, the origin's response).
+import re, sys
+heads, names, callee = 0, {}, None
+for path in sys.argv[1:]:
+    for line in open(path, errors="replace"):
+        m = re.match(r"(c?)fn=\((\d+)\)(?: (.*))?", line.rstrip("\n"))
+        if m:  # names are given once, then referred to by number
+            if m.group(3):
+                names[m.group(2)] = m.group(3)
+            if m.group(1):
+                callee = names.get(m.group(2), "")
+        elif line.startswith("calls=") and callee and callee.endswith("llhttp__on_headers_complete"):
+            heads += int(line[6:].split()[0])
+print(heads // 2)
+PY
+)
+    else
+        callgrind_control -i on "$veil" > /dev/null
+        requests=$(load 20)
+        callgrind_control -d "$veil" > /dev/null
+        callgrind_control -i off "$veil" > /dev/null
+    fi
+    total=$(grep -h "^totals:" "$run"/cg.out* | awk '{s += $2} END {printf "%.0f\n", s}')
     echo "${arg:-$scenario}: $requests requests, $((total / requests)) instructions per request"
     if [[ -n ${PROFILE_KEEP:-} ]]; then  # keep the callgrind files for callgrind_annotate
         cp "$run"/cg.out* "$PROFILE_KEEP"/ && echo "callgrind files in $PROFILE_KEEP"

@@ -380,3 +380,31 @@ class DecisionTableOrderingTests(SynchronousTestCase):
         self.store.one.pop()[1].callback(None)
         self.assertIsNone(self.table.match("192.0.2.9", site))
         self.assertEqual(self.table._sites, {})
+
+    def test_from_none_to_some_and_back(self) -> None:
+        """
+        With no decision at all the table answers at once, and it answers
+        again as soon as a decision arrives by notification (global or a
+        site's, the site's found by an equal id that is another object),
+        and not after the last one goes.
+        """
+        site = uuid.uuid4()
+        self.table.reload()
+        self.store.all.pop().callback([])
+        self.assertIsNone(self.table.match("192.0.2.9", site))
+        local = decision("192.0.2.0/24", "block", site)
+        self.table._notified(str(local.id))
+        self.store.one.pop()[1].callback(local)
+        self.assertEqual(self.table.match("192.0.2.9", UUID(str(site))), local)
+        self.assertIsNone(self.table.match("192.0.2.9", uuid.uuid4()))
+        self.table._notified(str(local.id))
+        self.store.one.pop()[1].callback(None)
+        self.assertIsNone(self.table.match("192.0.2.9", site))
+        wide = decision("192.0.2.0/24", "throttle")
+        self.table._notified(str(wide.id))
+        self.store.one.pop()[1].callback(wide)
+        self.assertEqual(self.table.match("192.0.2.9", site), wide)
+        self.table._notified(str(wide.id))
+        self.store.one.pop()[1].callback(None)
+        self.assertIsNone(self.table.match("192.0.2.9", site))
+        self.assertEqual(len(self.table), 0)

@@ -174,6 +174,30 @@ class ThinLayerTests(EdgeTestCase):
         client.transport.loseConnection()
         await within(app.made[0].lost)
 
+    async def test_write_sequence(self) -> None:
+        """
+        A sequence of small and large pieces (any bytes-like) arrives whole
+        and in order: small ones are gathered, large ones encrypted where
+        they are.
+        """
+        pieces = [b"head:", bytes(range(256)) * 40, b":", b"x" * 4095, memoryview(b"y" * 70000),
+                  bytearray(b"z" * 5000), b"", b":tail"]
+
+        def answer(p: Recorder, data: bytes) -> None:
+            p.transport.writeSequence(pieces)
+            p.transport.writeSequence([])
+            p.transport.writeSequence(piece for piece in (b"!", b"x" * 5000))
+            p.transport.writeSequence((b"<", b"y" * 5000))
+
+        self.serve(ThinFactory(answer))
+        client = await self.memory_client("app.test")
+        await within(client.handshake)
+        client.send(b"go")
+        expected = (b"".join(bytes(piece) for piece in pieces) + b"!" + b"x" * 5000 + b"<"
+                    + b"y" * 5000)
+        self.assertEqual(await within(client.plaintext_of(len(expected))), expected)
+        client.transport.loseConnection()
+
     async def test_write_before_handshake(self) -> None:
         """What the application writes before the handshake completes is sent once it has."""
         self.serve(ThinFactory(greeting=b"welcome"))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime, timedelta, timezone
 
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -18,7 +18,7 @@ from veil.store.logrows import (
 )
 
 SITE = uuid.UUID("6f1c0e1e-8d0a-4c36-9d0e-2f5a4f3b9a11")
-TS = datetime(2026, 12, 1, 18, 30, 0, 123456, tzinfo=timezone.utc)
+TS = datetime(2026, 12, 1, 18, 30, 0, 123456, tzinfo=UTC)
 
 
 def row(**changes: object) -> LogRow:
@@ -50,6 +50,47 @@ class CopyLineTests(SynchronousTestCase):
         self.assertEqual(fields[4], "a\\\\b\\tc\\nd\\re\ufffd")
         self.assertEqual((fields[1], fields[6], fields[COLUMNS.index("blocked")]),
                          ("\\N", "\\N", "t"))
+
+    def test_escapes_every_text_column(self) -> None:
+        """
+        Every text column is escaped, whichever character needs it (each
+        column has its own check for text that needs no escaping).
+        """
+        for column in ("host", "method", "path", "query", "client_ip", "request_id",
+                       "user_agent", "classification", "classifier", "attack_type", "excerpt"):
+            for special, escaped in (("\\", "\\\\"), ("\t", "\\t"), ("\n", "\\n"),
+                                     ("\r", "\\r"), ("\x00", "\ufffd")):
+                line = copy_line(row(**{column: f"a{special}b\x01é"}))
+                self.assertEqual(line[:-1].split("\t")[COLUMNS.index(column)],
+                                 f"a{escaped}b\x01é", (column, special))
+            plain = copy_line(row(**{column: "a/b c=é"}))
+            self.assertEqual(plain[:-1].split("\t")[COLUMNS.index(column)], "a/b c=é")
+
+    def test_times(self) -> None:
+        """
+        A UTC time is written with its microseconds (also when they are 0),
+        whether or not the row before was in the same second; a time in
+        another zone or without one is written as its C{isoformat}.
+        """
+        def stamp(ts: datetime) -> str:
+            return copy_line(row(ts=ts)).split("\t", 1)[0]
+
+        for ts in (TS, TS.replace(microsecond=999999), TS.replace(microsecond=0),
+                   TS.replace(second=1, microsecond=7), TS, TS.replace(year=2027, second=1),
+                   TS.replace(microsecond=1)):
+            self.assertEqual(stamp(ts), ts.isoformat(timespec="microseconds"))
+        east = TS.astimezone(timezone(timedelta(hours=2)))
+        self.assertEqual(stamp(TS), "2026-12-01T18:30:00.123456+00:00")
+        self.assertEqual(stamp(east), "2026-12-01T20:30:00.123456+02:00")
+        self.assertEqual(stamp(TS.replace(tzinfo=None)), "2026-12-01T18:30:00.123456")
+
+    def test_site_ids(self) -> None:
+        """Equal site ids that are different objects give the same text; None is \\N."""
+        again = uuid.UUID(str(SITE))
+        other = uuid.uuid4()
+        self.assertEqual([copy_line(row(site_id=s)).split("\t")[1]
+                          for s in (SITE, again, other, SITE, None)],
+                         [str(SITE), str(SITE), str(other), str(SITE), "\\N"])
 
 
     def test_verdict_fields(self) -> None:

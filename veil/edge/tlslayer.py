@@ -51,7 +51,9 @@ from veil.logs import redact_ip
 _log = Logger()
 
 try:  # the bindings pyOpenSSL calls OpenSSL through
-    from OpenSSL._util import exception_from_error_queue, ffi as _ffi, lib as _lib
+    from OpenSSL._util import exception_from_error_queue
+    from OpenSSL._util import ffi as _ffi
+    from OpenSSL._util import lib as _lib
 except ImportError:  # pragma: no cover - depends on the installed pyOpenSSL
     _lib = _ffi = exception_from_error_queue = None
 
@@ -66,6 +68,10 @@ AVAILABLE = (
 #: Plaintext read per C{SSL_read}, and ciphertext per C{BIO_read}.
 _READ_SIZE = 64 * 1024
 _OUT_SIZE = 256 * 1024
+#: Pieces of a C{writeSequence} shorter than this are gathered into one
+#: record; a longer one (a body read) is encrypted from where it is, rather
+#: than copied into a joined whole first.
+_GATHER = 4096
 if AVAILABLE:
     _IN = _ffi.new("char[]", _READ_SIZE)
     _OUT = _ffi.new("char[]", _OUT_SIZE)
@@ -119,6 +125,9 @@ class TLSLayer:
         self._early: list[bytes] = []
         self._corked = False
         self._producer: Any = None
+        #: Sends ciphertext straight from the shared scratch buffer (a
+        #: L{veil.tcp} transport), or L{None}: copied into C{bytes} first.
+        self._write_scratch = getattr(transport, "write_scratch", None)
         self._sent_close = False
         self._lost = False
         self._reason: Failure | None = None
@@ -223,6 +232,11 @@ class TLSLayer:
         n = _lib.BIO_read(wbio, out, _OUT_SIZE)
         if n <= 0:
             return
+        if n >= _GATHER and n < _OUT_SIZE and self._write_scratch is not None:
+            # Sent from the scratch buffer: no copy of a large write (a
+            # small one is cheaper copied, then sent as bytes).
+            self._write_scratch(_ffi.buffer(out, n))
+            return
         data = _ffi.buffer(out, n)[:]
         if n == _OUT_SIZE:
             chunks = [data]
@@ -288,25 +302,74 @@ class TLSLayer:
         if self._handshaking:
             self._early.append(data)
             return
-        ssl = self._ssl
-        n = _lib.SSL_write(ssl, data, len(data))
-        if n != len(data):
-            # Memory BIOs never block, so anything else is an error.
-            if n <= 0:
-                self._fail(self._error_text())
-                return
-            rest = memoryview(data)[n:]
-            while rest:
-                n = _lib.SSL_write(ssl, _ffi.from_buffer(rest), len(rest))
-                if n <= 0:
-                    self._fail(self._error_text())
-                    return
-                rest = rest[n:]
+        n = _lib.SSL_write(self._ssl, data, len(data))
+        if n != len(data) and not self._write_rest(data, n):
+            return
         if not self._corked:
             self._flush()
 
     def writeSequence(self, data: Any) -> None:
-        self.write(b"".join(data))
+        # Joined: one write, one record for small pieces (a head and a small
+        # body).  A response's large piece is a body read, which the proxy
+        # puts last (checking only that one is cheaper than a loop, once
+        # per response): it is not copied into a join.
+        try:
+            large = len(data[-1]) >= _GATHER and len(data) > 1
+        except (IndexError, TypeError):  # empty, or not a sequence
+            large = False
+        if large:
+            self._write_pieces(data)
+        else:
+            self.write(b"".join(data))
+
+    def _write_pieces(self, data: Any) -> None:
+        """
+        L{writeSequence} with a large piece (a body read): small pieces are
+        still gathered, a large one is encrypted where it is rather than
+        copied into a joined whole first.
+        """
+        if self._lost or self._sent_close:
+            return
+        if self._handshaking:
+            self._early.append(b"".join(data))
+            return
+        small: list[bytes] = []
+        for piece in data:
+            if len(piece) < _GATHER:
+                small.append(piece)
+                continue
+            if small:
+                if not self._encrypt(b"".join(small)):
+                    return
+                small = []
+            if not self._encrypt(piece if type(piece) is bytes else bytes(piece)):
+                return
+        if small and not self._encrypt(b"".join(small)):
+            return
+        if not self._corked:
+            self._flush()
+
+    def _encrypt(self, data: bytes) -> bool:
+        """Write C{data} into the TLS connection; whether that worked (else it failed)."""
+        if not data:
+            return True
+        n = _lib.SSL_write(self._ssl, data, len(data))
+        return n == len(data) or self._write_rest(data, n)
+
+    def _write_rest(self, data: bytes, n: int) -> bool:
+        """
+        C{SSL_write} of C{data} returned C{n}: write the rest, if any;
+        whether that worked (else the connection failed).
+        """
+        # Memory BIOs never block, so anything but a short write is an error.
+        ssl = self._ssl
+        while n > 0:
+            data = memoryview(data)[n:]
+            if not data:
+                return True
+            n = _lib.SSL_write(ssl, _ffi.from_buffer(data), len(data))
+        self._fail(self._error_text())
+        return False
 
     def cork(self) -> None:
         """

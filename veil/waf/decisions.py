@@ -205,7 +205,12 @@ class DecisionTable:
     store: DecisionStore = attrs.field(converter=_as_store)
     clock: IReactorTime
     _global: PrefixMap[Bucket] = attrs.field(factory=PrefixMap, init=False)
-    _sites: dict[UUID, PrefixMap[Bucket]] = attrs.field(factory=dict, init=False)
+    # Per site, by the site id's integer: a UUID hashes in Python, an int in
+    # C (this is looked up once per request).
+    _sites: dict[int, PrefixMap[Bucket]] = attrs.field(factory=dict, init=False)
+    # No decision at all (the global set and every site's are empty): most
+    # of the time, and then a request costs one attribute test.
+    _empty: bool = attrs.field(default=True, init=False)
     # (expires_at, id) of cached decisions that expire; stale entries are
     # skipped when popped and dropped when the heap is rebuilt.
     _expiry: list[tuple[float, UUID]] = attrs.field(factory=list, init=False)
@@ -226,11 +231,13 @@ class DecisionTable:
         module docstring for the precedence rules.  A string that is not an
         address matches nothing.
         """
+        if self._empty:
+            return None
         address = parse_address(ip)
         if address is None:
             return None
         # Most requests match nothing: probe without building lists first.
-        local_map = self._sites.get(site_id) if site_id is not None else None
+        local_map = self._sites.get(site_id.int) if site_id is not None else None
         if self._global.lookup_address(address) is None and (
                 local_map is None or local_map.lookup_address(address) is None):
             return None
@@ -330,12 +337,14 @@ class DecisionTable:
             grouped.setdefault(decision.site_id, {}).setdefault(
                 decision.parsed, []).append(decision)
         global_map: PrefixMap[Bucket] = PrefixMap()
-        site_maps: dict[UUID, PrefixMap[Bucket]] = {}
+        site_maps: dict[int, PrefixMap[Bucket]] = {}
         for site_id, networks in grouped.items():
-            target = global_map if site_id is None else site_maps.setdefault(site_id, PrefixMap())
+            target = global_map if site_id is None else site_maps.setdefault(
+                site_id.int, PrefixMap())
             for parsed, bucket in networks.items():
                 target.add_parsed(parsed, tuple(sorted(bucket, key=_precedence)))
         self._global, self._sites = global_map, site_maps
+        self._empty = not global_map and not site_maps
         self._rebuild_expiry()
 
     def _rebuild_expiry(self) -> None:
@@ -353,9 +362,9 @@ class DecisionTable:
     def _scope(self, site_id: UUID | None, create: bool) -> PrefixMap[Bucket] | None:
         if site_id is None:
             return self._global
-        scope = self._sites.get(site_id)
+        scope = self._sites.get(site_id.int)
         if scope is None and create:
-            scope = self._sites[site_id] = PrefixMap()
+            scope = self._sites[site_id.int] = PrefixMap()
         return scope
 
     def _insert(self, decision: Decision) -> None:
@@ -363,6 +372,7 @@ class DecisionTable:
         assert scope is not None
         bucket = scope.get_parsed(decision.parsed) or ()
         scope.add_parsed(decision.parsed, tuple(sorted(bucket + (decision,), key=_precedence)))
+        self._empty = False
         if decision.expires_at is not None:
             heapq.heappush(self._expiry, (decision.expires_at, decision.id))
 
@@ -376,7 +386,8 @@ class DecisionTable:
             elif bucket:
                 scope.remove_parsed(decision.parsed)
                 if decision.site_id is not None and not scope:
-                    del self._sites[decision.site_id]
+                    del self._sites[decision.site_id.int]
+                self._empty = not self._global and not self._sites
 
 
 def _merge(local: list[tuple[int, Bucket]],
