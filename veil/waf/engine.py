@@ -32,9 +32,7 @@ detectors, C{num} rules, anomaly rules and C{and} conditions.
 from __future__ import annotations
 
 import re
-from bisect import bisect_right
 from collections.abc import Iterable, Mapping, Sequence
-from itertools import accumulate
 from pathlib import Path
 from typing import Any
 
@@ -85,8 +83,9 @@ EXPLAIN_CHARS = 200
 
 Spec = tuple[tuple[str, frozenset[str] | None], ...]
 Getters = tuple[tuple[str, Any, frozenset[str] | None, set[str]], ...]
-#: A family, the values it has placed at a paranoia level, and its getters.
-Step = tuple[Family, set[str], Getters]
+#: A family, the values it has placed at a paranoia level and those hot
+#: there in some collection, and its getters.
+Step = tuple[Family, set[str], set[str], Getters]
 
 #: The default for L{Engine}'s C{cache_dir}: the user's cache directory
 #: for the package's rules, no cache for rules given by the caller.
@@ -105,7 +104,7 @@ class _Plan:
     python_rules: list[Rule]
     anomaly_rules: dict[str, list[Rule]]
     #: The C{and} conditions of the rules that have them.
-    conditions: dict[int, tuple[Condition, ...]]
+    conditions: dict[int, tuple[_Condition, ...]]
     #: Per paranoia level and request shape (L{veil.waf.request.Request.shape}):
     #: the families that read whole collections or the method, with the
     #: values they placed at that level and the collections that can have
@@ -221,7 +220,8 @@ class Engine:
         members = ([(_spec(broad), broad)] if broad else []) + list(narrow.items())
         families = [f for f in (self._family(spec, rules) for spec, rules in members)
                     if f is not None]
-        conditions = {r.id: r.conditions for r in rules if r.conditions}
+        conditions = {r.id: tuple(_Condition(c) for c in r.conditions)
+                      for r in rules if r.conditions}
         plan = _Plan(families, python_rules, anomaly_rules, conditions)
         always: list[Family] = []
         levels = range(1, STRICTEST_PARANOIA + 1)
@@ -235,7 +235,7 @@ class Engine:
                     for _, names in family.spec:
                         for name in sorted(names or ()):
                             plan.by_header.setdefault((level, name), []).append(
-                                (family, family.placed(level), getters))
+                                (family, family.placed(level), family.warm_at(level), getters))
             else:
                 always.append(family)
         for level in levels:
@@ -247,7 +247,8 @@ class Engine:
                                     for collection, names in family.spec
                                     if collection not in SOURCES or SOURCES[collection] & shape)
                     if getters:
-                        steps.append((family, family.placed(level), getters))
+                        steps.append((family, family.placed(level), family.warm_at(level),
+                                      getters))
                 plan.steps[level, shape] = tuple(steps)
         return plan
 
@@ -261,7 +262,9 @@ class Engine:
             for expression, flag, kind, check in self._patterns(rule):
                 action = shared.get(kind)
                 if action is None:
-                    action = shared[kind] = Action(rule, kind, check, chain, order)
+                    rules_out = self.detectors[operator_name(rule.argument)].rules_out \
+                        if kind == DETECT else None
+                    action = shared[kind] = Action(rule, kind, check, chain, order, rules_out)
                 ident = patterns.add(expression, flag)
                 if ident == len(actions):
                     actions.append([])
@@ -336,7 +339,8 @@ class Engine:
         if rule.operator != "rx":  # pragma: no cover - literals always compile
             raise AssertionError(rule.id)
         self.confirmed.add(rule.id)
-        return Action(rule, CONFIRM, compile_confirmation(rule), action.chain, action.order)
+        return Action(rule, CONFIRM, compile_confirmation(rule), action.chain, action.order,
+                      action.rules_out)
 
     def _database(self, expressions: _Expressions,
                   actions: list[list[Action]] | None) -> tuple[Any, list[int]]:
@@ -421,7 +425,8 @@ class Engine:
 class _Scan:
     """One request's inspection."""
 
-    __slots__ = ("explain", "fast", "matches", "paranoia", "request", "seen")
+    __slots__ = ("conditions", "explain", "fast", "held", "matches", "paranoia", "request",
+                 "seen")
 
     def __init__(self, request: Request, paranoia: int, explain: bool, fast: bool) -> None:
         self.request = request
@@ -430,9 +435,14 @@ class _Scan:
         self.fast = fast
         self.matches: list[Match] = []
         self.seen: set[tuple[int, str]] = set()
+        #: The C{and} conditions of rules, and whether they held (each is
+        #: tested once, when its rule first matches).
+        self.conditions: dict[int, tuple[_Condition, ...]] = {}
+        self.held: dict[int, bool] = {}
 
     def run(self, plan: _Plan) -> tuple[Match, ...]:
         request = self.request
+        self.conditions = plan.conditions
         level = self.paranoia
         family = self._family if self.fast else self._reference
         for step in plan.steps[level, request.shape]:
@@ -454,22 +464,16 @@ class _Scan:
         for rule in plan.python_rules:
             if rule.paranoia <= paranoia:
                 self._numeric(rule)
-        if plan.conditions and self.matches:
-            pending = {m.rule_id for m in self.matches if m.rule_id in plan.conditions}
-            failed = {rule_id for rule_id in pending
-                      if not all(self._holds(c) for c in plan.conditions[rule_id])}
-            if failed:
-                self.matches = [m for m in self.matches if m.rule_id not in failed]
         return tuple(self.matches)
 
-    def _family(self, family: Family, placed: set[str], getters: Getters) -> None:
+    def _family(self, family: Family, placed: set[str], warm: set[str], getters: Getters) -> None:
         """
         The values of C{getters} placed by C{family} (those it has not
         placed at this level yet are looked up or scanned, together), then
         reported where they are hot.  The values of every collection are
-        taken as one set: the new ones are one set difference; the hot ones
-        of a collection one intersection; only these are looked at one by
-        one.
+        taken as one set: the new ones are one set difference, the hot ones
+        one intersection; only collections that have a hot value are looked
+        at further.
         """
         request = self.request
         found = []
@@ -483,15 +487,19 @@ class _Scan:
             return
         absent = everything.difference(placed)
         transient = family.learn(self.paranoia, everything, absent) if absent else None
-        for (collection, _, names, hot), values in found:
-            if hot:
-                matched = hot.intersection(values)
-                if matched:
-                    self._hits(collection, names, values, matched, family.cache, hot)
+        if warm:
+            warm = everything.intersection(warm)
+            if warm:
+                for (collection, _, names, hot), values in found:
+                    if not hot.isdisjoint(warm):
+                        matched = hot.intersection(values)
+                        if matched:
+                            self._hits(collection, names, matched, family.cache, hot)
         if transient:
             family.drop(self.paranoia, transient)
 
-    def _reference(self, family: Family, placed: set[str], getters: Getters) -> None:
+    def _reference(self, family: Family, placed: set[str], warm: set[str],
+                   getters: Getters) -> None:
         """L{_family} the literal way: every value computed by L{Family.reference}, nothing kept."""
         request = self.request
         level = self.paranoia
@@ -504,49 +512,54 @@ class _Scan:
                     if entry:
                         entries[value] = entry
                 if entries:
-                    self._hits(collection, names, values, set(entries), entries, set())
+                    self._hits(collection, names, set(entries), entries, set())
 
-    def _hits(self, collection: str, names: frozenset[str] | None, values: list[str],
-              matched: set[str], entries: dict[str, tuple[Hit, ...]], hot: set[str]) -> None:
+    def _hits(self, collection: str, names: frozenset[str] | None, matched: set[str],
+              entries: dict[str, tuple[Hit, ...]], hot: set[str]) -> None:
         """
         Report what the values of one collection in C{matched} matched,
         with their target names.  A value whose hits all fail there (its
         detectors said no) leaves the C{hot} set.
         """
-        parts = COLLECTIONS[collection](self.request, names)
-        starts = list(accumulate((len(part.values) for part in parts), initial=0))
         level = self.paranoia
-        for index, value in enumerate(values):
-            if value not in matched:
-                continue
-            part_index = bisect_right(starts, index) - 1
-            targets_of = parts[part_index].names_of(index - starts[part_index])
-            live = False
-            for hit in entries[value]:
-                action = hit.action
-                rule = action.rule
-                if rule.paranoia > level or collection not in action.collections:
+        for part in COLLECTIONS[collection](self.request, names):
+            for index, value in enumerate(part.values):
+                if value not in matched:
                     continue
-                detail = None
-                if action.kind == DETECT:
-                    detail = hit.detected()
-                    if detail is None:
+                targets_of = part.names_of(index)
+                live = False
+                for hit in entries[value]:
+                    action = hit.action
+                    rule = action.rule
+                    if rule.paranoia > level or collection not in action.collections:
                         continue
-                live = True
-                targets = [t for t in targets_of if action.selects(t)]
-                if not targets:
-                    continue
-                shown = hit.text if self.explain else ""
-                for target in targets:
-                    self._add(rule, target, detail, shown)
-            if not live:
-                hot.discard(value)
+                    detail = None
+                    if action.kind == DETECT:
+                        detail = hit.detected()
+                        if detail is None:
+                            continue
+                    live = True
+                    targets = [t for t in targets_of if action.selects(t)]
+                    if not targets:
+                        continue
+                    shown = hit.text if self.explain else ""
+                    for target in targets:
+                        self._add(rule, target, detail, shown)
+                if not live:
+                    hot.discard(value)
 
     def _add(self, rule: Rule, target: str, detail: str | None, value: str) -> None:
         key = (rule.id, target)
         if key in self.seen:
             return
         self.seen.add(key)
+        conditions = self.conditions.get(rule.id)
+        if conditions is not None:
+            held = self.held.get(rule.id)
+            if held is None:
+                held = self.held[rule.id] = all(c.holds(self) for c in conditions)
+            if not held:
+                return
         self.matches.append(Match(
             rule.id, rule.attack_class, rule.severity, target, None, detail,
             rule.transforms if self.explain else (),
@@ -577,19 +590,73 @@ class _Scan:
             if compare(rule.argument, _chain(rule.transforms, value)):
                 self._add(rule, target, None, value if self.explain else "")
 
-    def _holds(self, condition: Condition) -> bool:
-        values = [value for _, value in self._values(condition.targets)]
-        if condition.operator == "absent":
-            result = not values
-        else:
-            result = any(_test(condition, _chain(condition.transforms, v)) for v in values)
-        return result != condition.negate
-
-
 def _chain(transforms: tuple[str, ...], value: str) -> str:
     for name in transforms:
         value = TRANSFORMS[name](value)
     return value
+
+
+class _Condition:
+    """
+    A rule's C{and} condition, ready to test: the values it reads are
+    taken by the collections' value functions when its targets are plain
+    (no negated selector), and its operator's argument is prepared once.
+    """
+
+    __slots__ = ("condition", "getters", "phrases", "search")
+
+    def __init__(self, condition: Condition) -> None:
+        self.condition = condition
+        self.getters: list[tuple[Any, frozenset[str] | None]] | None = None
+        if not any(s.negated for s in condition.targets):
+            wanted: dict[str, frozenset[str] | None] = {}
+            for selector in condition.targets:
+                if selector.name is None or wanted.get(selector.collection, ...) is None:
+                    wanted[selector.collection] = None
+                else:
+                    wanted[selector.collection] = \
+                        (wanted.get(selector.collection) or frozenset()) | {selector.name}
+            self.getters = [(VALUES[collection], names) for collection, names in wanted.items()]
+        operator, argument = condition.operator, condition.argument
+        self.search = re.compile(argument, re.DOTALL | (0 if condition.case else re.IGNORECASE)) \
+            .search if operator == "rx" else None
+        self.phrases: tuple[str, ...] = ()
+        if operator in ("pm", "contains", "begins", "ends", "equals"):
+            self.phrases = tuple(argument) if condition.case else \
+                tuple(a.lower() for a in argument)
+
+    def holds(self, scan: _Scan) -> bool:
+        """Whether the condition holds for the request of C{scan}."""
+        condition = self.condition
+        if self.getters is not None:
+            request = scan.request
+            values = [v for values_of, names in self.getters for v in values_of(request, names)]
+        else:
+            values = [value for _, value in scan._values(condition.targets)]
+        if condition.operator == "absent":
+            result = not values
+        else:
+            transforms = condition.transforms
+            result = any(self._test(_chain(transforms, v) if transforms else v) for v in values)
+        return result != condition.negate
+
+    def _test(self, value: str) -> bool:
+        operator = self.condition.operator
+        if operator == "rx":
+            assert self.search is not None
+            return self.search(value) is not None
+        if operator == "num":
+            return compare(self.condition.argument, value)
+        phrases = self.phrases
+        if not self.condition.case:
+            value = value.lower()
+        if operator in ("pm", "contains"):
+            return any(a in value for a in phrases)
+        if operator == "begins":
+            return value.startswith(phrases)
+        if operator == "ends":
+            return value.endswith(phrases)
+        return value in phrases
 
 
 def _test(condition: Condition, value: str) -> bool:

@@ -73,14 +73,17 @@ NOTHING: tuple = ()
 class Action:
     """What a pattern stands for: a rule, how its match is decided, and its chain."""
 
-    __slots__ = ("chain", "check", "collections", "kind", "order", "rule", "selected")
+    __slots__ = ("chain", "check", "collections", "kind", "order", "rule", "rules_out",
+                 "selected")
 
     def __init__(self, rule: Rule, kind: int, check: Any = None, chain: int = 0,
-                 order: int = 0) -> None:
+                 order: int = 0, rules_out: Callable[[str], bool] | None = None) -> None:
         self.rule = rule
         self.kind = kind
         #: The detector (C{DETECT}) or the compiled C{re} pattern (C{CONFIRM}).
         self.check = check
+        #: For a detector: its cheap test of values it never flags, if it has one.
+        self.rules_out = rules_out
         #: The index of the rule's chain in its family.
         self.chain = chain
         #: The rule's position among the family's rules: matches keep this order.
@@ -127,7 +130,7 @@ def scan(db: Any, data: bytes) -> tuple[list[tuple[int, int]], bool]:
     """(pattern id, end offset) of every match in C{data}, and whether it stopped at L{MAX_HITS}."""
     hits: list[tuple[int, int]] = []
     try:
-        db.scan(data, match_event_handler=_collect, context=hits)
+        db.scan(data, _collect, 0, hits)
     except hyperscan.ScanTerminated:
         return hits, True
     return hits, False
@@ -187,6 +190,8 @@ class Family:
         #: (paranoia level, collection) -> the values with a hit that a
         #: request at that level may report for a value of that collection.
         self.hot: dict[tuple[int, str], set[str]] = {}
+        #: paranoia level -> the values hot in some collection at that level.
+        self.warm: dict[int, set[str]] = {}
         #: The transformations of each chain, looked up once.
         self._functions = tuple(tuple(TRANSFORMS[name] for name in chain) for chain in chains)
 
@@ -199,12 +204,21 @@ class Family:
             placed.clear()
         for hot in self.hot.values():
             hot.clear()
+        for warm in self.warm.values():
+            warm.clear()
 
     def placed(self, level: int) -> set[str]:
         """The values placed at paranoia C{level} (see L{learn})."""
         found = self.filled.get(level)
         if found is None:
             found = self.filled[level] = set()
+        return found
+
+    def warm_at(self, level: int) -> set[str]:
+        """The values hot in some collection at paranoia C{level}."""
+        found = self.warm.get(level)
+        if found is None:
+            found = self.warm[level] = set()
         return found
 
     def hot_at(self, level: int, collection: str) -> set[str]:
@@ -243,6 +257,7 @@ class Family:
                 transient = [value for value in order if len(value) > CACHE_VALUE_CHARS] or None
         self.placed(level).update(absent)
         hot = self.hot
+        warm = self.warm_at(level)
         for value in filter(cache.__getitem__, absent):
             reads: set[str] = set()
             for hit in cache[value]:
@@ -253,12 +268,14 @@ class Family:
                 found = hot.get((level, collection))
                 if found is not None:
                     found.add(value)
+                    warm.add(value)
         return transient
 
     def drop(self, level: int, values: list[str]) -> None:
         """Take C{values} out of the memo again (see L{learn})."""
         placed = self.placed(level)
         hots = [hot for (at, _), hot in self.hot.items() if at == level]
+        hots.append(self.warm_at(level))
         for value in values:
             self.cache.pop(value, None)
             placed.discard(value)
@@ -388,6 +405,8 @@ class Family:
             seen.add(id(action))
             text = texts.get(action.chain, value) if texts else value
             if action.kind == CONFIRM and not action.check.search(text):
+                continue
+            if action.rules_out is not None and action.rules_out(text):
                 continue
             hits.append(Hit(action, text))
         return tuple(hits)
