@@ -6,7 +6,7 @@ import re
 from typing import ClassVar
 
 import hyperscan
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -329,6 +329,26 @@ class PrefilterTests(SynchronousTestCase):
     def test_any_text(self, text: str) -> None:
         """Detected arbitrary text always matches the prefilter."""
         self.check(text)
+
+
+class PathTests(SynchronousTestCase):
+    """A text that starts with a slash (a path, a request target) and holds
+    no quote is answered at once, as reading it whole would answer."""
+
+    @PROPERTY
+    @given(st.one_of(sql_soup(), ANY_TEXT), st.integers(min_value=1, max_value=4))
+    def test_same_answer(self, tail: str, paranoia: int) -> None:
+        """The reading as it is finds nothing in such a text, at any level."""
+        text = "/" + tail.replace("'", "").replace('"', "")
+        assume(not text.startswith("/*"))
+        self.assertIsNone(sqli._judge(sqli._parse(tokens(text, 0, sqli.MAX_CHARS), ""), "",
+                                      paranoia))
+        self.assertIsNone(sqli.detect(text, paranoia))
+
+    def test_comment_and_quotes_read(self) -> None:
+        """A leading comment, or a quote anywhere, is read as before."""
+        self.assertEqual(sqli.detect("/**/union select 1,2"), "union@as-is")
+        self.assertEqual(sqli.detect("/item?id=1' or '1'='1"), "tautology@squote")
 
 
 class RobustnessTests(SynchronousTestCase):

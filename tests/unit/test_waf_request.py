@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from veil.waf import bodies
+from veil.waf.decoding import percent_decode
 from veil.waf.request import Request
 
 
@@ -109,6 +112,32 @@ class FormTests(SynchronousTestCase):
                           b'{"a": 1}')
         self.assertIn((bodies.TYPE_MISMATCH, "body"), request.anomalies)
         self.assertEqual(values(request, "body"), [("body", '{"a": 1}')])
+
+
+def pairs_one_by_one(raw: str, out: list[tuple[str, str]], limit: int) -> bool:
+    """L{bodies.parse_pairs} written plainly, pair by pair: what its fast path must agree with."""
+    for part in raw.split("&"):
+        if not part:
+            continue
+        if len(out) >= limit:
+            return True
+        name, _, value = part.partition("=")
+        out.append((percent_decode(name, True), percent_decode(value, True)))
+    return False
+
+
+class PairsTests(SynchronousTestCase):
+    """C{a=1&b=2} is split the same way whether or not it has escapes to decode."""
+
+    @settings(max_examples=400, deadline=None)
+    @given(raw=st.text("ab=&+% 2f", max_size=30), before=st.integers(0, 4),
+           limit=st.integers(0, 6))
+    def test_same_pairs(self, raw: str, before: int, limit: int) -> None:
+        """The same pairs, and the same answer at the limit, as reading pair by pair."""
+        start = [("x", "y")] * before
+        fast, plain = list(start), list(start)
+        stopped = bodies.parse_pairs(raw, fast, limit)
+        self.assertEqual((fast, stopped), (plain, pairs_one_by_one(raw, plain, limit)))
 
 
 class JSONTests(SynchronousTestCase):

@@ -17,11 +17,11 @@ Rules are grouped in I{families}: the rules that read the same collections
 rules that read named headers or the method are small families of their
 own).  A family has one hyperscan database holding every pattern of its
 rules (C{rx}, phrases, C{contains}/C{begins}/C{ends}/C{equals}, byte ranges
-and the detectors' prefilters) whatever their transformation chains, and
-patterns that tell which values a transformation could change.  For a
-request, the values the family reads are scanned together, untransformed,
-once; only values a chain changes are transformed and scanned again for
-that chain's rules (L{veil.waf.scanner}).  What each value matched is
+and the detectors' prefilters) whatever their transformation chains, and a
+small one of the patterns that tell which values a transformation could
+change.  For a request, the values the family reads are scanned together,
+untransformed, once by each; only values a chain changes are transformed
+and scanned again for that chain's rules (L{veil.waf.scanner}).  What each value matched is
 remembered, so the header values, cookie names and JSON keys that come
 back request after request are looked up, not scanned.  Only then does
 Python run: target filtering, paranoia levels, exclusions, the C{re}
@@ -32,9 +32,7 @@ detectors, C{num} rules, anomaly rules and C{and} conditions.
 from __future__ import annotations
 
 import re
-from bisect import bisect_right
 from collections.abc import Iterable, Mapping, Sequence
-from itertools import accumulate
 from pathlib import Path
 from typing import Any
 
@@ -66,7 +64,6 @@ from veil.waf.scanner import (
     Action,
     Family,
     Hit,
-    View,
     compile_confirmation,
     seen_at,
 )
@@ -85,7 +82,10 @@ RECENT_REQUESTS = 4096
 EXPLAIN_CHARS = 200
 
 Spec = tuple[tuple[str, frozenset[str] | None], ...]
-Getters = tuple[tuple[str, Any, frozenset[str] | None, View], ...]
+Getters = tuple[tuple[str, Any, frozenset[str] | None, set[str]], ...]
+#: A family, the values it has placed at a paranoia level and those hot
+#: there in some collection, and its getters.
+Step = tuple[Family, set[str], set[str], Getters]
 
 #: The default for L{Engine}'s C{cache_dir}: the user's cache directory
 #: for the package's rules, no cache for rules given by the caller.
@@ -104,16 +104,38 @@ class _Plan:
     python_rules: list[Rule]
     anomaly_rules: dict[str, list[Rule]]
     #: The C{and} conditions of the rules that have them.
-    conditions: dict[int, tuple[Condition, ...]]
+    conditions: dict[int, tuple[_Condition, ...]]
     #: Per paranoia level and request shape (L{veil.waf.request.Request.shape}):
     #: the families that read whole collections or the method, with the
-    #: collections that can have values in a request of that shape, as
-    #: (collection, its values' function, names, the family's memo for it).
-    steps: dict[tuple[int, int], tuple[tuple[Family, Getters], ...]] = \
-        attrs.Factory(dict)
+    #: values they placed at that level and the collections that can have
+    #: values in a request of that shape, as (collection, its values'
+    #: function, names, the values hot there at that level).
+    steps: dict[tuple[int, int], tuple[Step, ...]] = attrs.Factory(dict)
     #: The families that read named headers only, by paranoia level and
     #: header name: only when the request has one of them.
-    by_header: dict[tuple[int, str], list[tuple[Family, Getters]]] = attrs.Factory(dict)
+    by_header: dict[tuple[int, str], list[Step]] = attrs.Factory(dict)
+
+
+class _Expressions:
+    """The expressions of one database, each once, with their flags and extended parameters."""
+
+    def __init__(self) -> None:
+        self.expressions: list[bytes] = []
+        self.flags: list[int] = []
+        self.params: list[tuple[int, int]] = []
+        self._index: dict[tuple[bytes, int, tuple[int, int]], int] = {}
+
+    def add(self, expression: str, flag: int, min_length: int = 0) -> int:
+        """The id of C{expression} with these flags (a new one, or the one it already has)."""
+        params = (min_length and hyperscan.HS_EXT_FLAG_MIN_LENGTH, min_length)
+        key = (expression.encode("utf-8"), flag, params)
+        ident = self._index.get(key)
+        if ident is None:
+            ident = self._index[key] = len(self.expressions)
+            self.expressions.append(key[0])
+            self.flags.append(flag)
+            self.params.append(params)
+        return ident
 
 
 @attrs.frozen
@@ -198,7 +220,8 @@ class Engine:
         members = ([(_spec(broad), broad)] if broad else []) + list(narrow.items())
         families = [f for f in (self._family(spec, rules) for spec, rules in members)
                     if f is not None]
-        conditions = {r.id: r.conditions for r in rules if r.conditions}
+        conditions = {r.id: tuple(_Condition(c) for c in r.conditions)
+                      for r in rules if r.conditions}
         plan = _Plan(families, python_rules, anomaly_rules, conditions)
         always: list[Family] = []
         levels = range(1, STRICTEST_PARANOIA + 1)
@@ -207,12 +230,12 @@ class Engine:
                    for collection, names in family.spec):
                 for level in levels:
                     getters = tuple(("headers", VALUES["headers"], names,
-                                     family.view(level, "headers"))
+                                     family.hot_at(level, "headers"))
                                     for _, names in family.spec)
                     for _, names in family.spec:
                         for name in sorted(names or ()):
                             plan.by_header.setdefault((level, name), []).append(
-                                (family, getters))
+                                (family, family.placed(level), family.warm_at(level), getters))
             else:
                 always.append(family)
         for level in levels:
@@ -220,46 +243,37 @@ class Engine:
                 steps = []
                 for family in always:
                     getters = tuple((collection, VALUES[collection], names,
-                                     family.view(level, collection))
+                                     family.hot_at(level, collection))
                                     for collection, names in family.spec
                                     if collection not in SOURCES or SOURCES[collection] & shape)
                     if getters:
-                        steps.append((family, getters))
+                        steps.append((family, family.placed(level), family.warm_at(level),
+                                      getters))
                 plan.steps[level, shape] = tuple(steps)
         return plan
 
     def _family(self, spec: Spec, rules: list[Rule]) -> Family | None:
         chains = list(dict.fromkeys(rule.transforms for rule in rules))
-        index: dict[tuple[bytes, int, tuple[int, int]], int] = {}
-        expressions: list[bytes] = []
-        flags: list[int] = []
-        ext: list[tuple[int, int]] = []
+        patterns = _Expressions()
         actions: list[list[Action]] = []
-        masks: list[int] = []
-        confirms: dict[int, Any] = {}
-
-        def add(expression: str, flag: int, min_length: int = 0) -> int:
-            key = (expression.encode("utf-8"), flag, (min_length and
-                                                      hyperscan.HS_EXT_FLAG_MIN_LENGTH,
-                                                      min_length))
-            ident = index.get(key)
-            if ident is None:
-                ident = index[key] = len(expressions)
-                expressions.append(key[0])
-                flags.append(flag)
-                ext.append(key[2])
-                actions.append([])
-                masks.append(0)
-            return ident
-
         for order, rule in enumerate(rules):
             chain = chains.index(rule.transforms)
             shared: dict[int, Action] = {}
             for expression, flag, kind, check in self._patterns(rule):
                 action = shared.get(kind)
                 if action is None:
-                    action = shared[kind] = Action(rule, kind, check, chain, order)
-                actions[add(expression, flag)].append(action)
+                    rules_out = self.detectors[operator_name(rule.argument)].rules_out \
+                        if kind == DETECT else None
+                    action = shared[kind] = Action(rule, kind, check, chain, order, rules_out)
+                ident = patterns.add(expression, flag)
+                if ident == len(actions):
+                    actions.append([])
+                actions[ident].append(action)
+        if not patterns.expressions:
+            return None
+        flags = _Expressions()
+        masks: list[int] = []
+        confirms: dict[int, Any] = {}
         always_dirty = 0
         for name in dict.fromkeys(name for chain in chains for name in chain):
             mask = sum(1 << i for i, chain in enumerate(chains) if name in chain)
@@ -268,17 +282,18 @@ class Engine:
                 continue
             for expression, min_length in CHANGE_FLAGS[name]:
                 form = expression if min_length else per_value(expression)
-                ident = add(form, hyperscan.HS_FLAG_DOTALL, min_length)
+                ident = flags.add(form, hyperscan.HS_FLAG_DOTALL, min_length)
+                if ident == len(masks):
+                    masks.append(0)
                 masks[ident] |= mask
                 if name in CONFIRMED:
                     confirms[ident] = CHANGES[name]
-        if not expressions:
-            return None
-        db, prefiltered = self._database(expressions, flags, ext, actions)
+        db, prefiltered = self._database(patterns, actions)
         for ident in prefiltered:
             actions[ident] = [self._approximate(action) for action in actions[ident]]
-        return Family(spec, chains, db, [tuple(a) for a in actions], masks, always_dirty,
-                      [confirms.get(i) for i in range(len(expressions))])
+        flag_db = self._database(flags, None)[0] if flags.expressions else None
+        return Family(spec, chains, db, [tuple(a) for a in actions], flag_db, masks,
+                      always_dirty, [confirms.get(i) for i in range(len(masks))])
 
     def _patterns(self, rule: Rule) -> Iterable[tuple[str, int, int, Any]]:
         """(expression, hyperscan flags, action kind, check) for each pattern of C{rule}."""
@@ -324,29 +339,34 @@ class Engine:
         if rule.operator != "rx":  # pragma: no cover - literals always compile
             raise AssertionError(rule.id)
         self.confirmed.add(rule.id)
-        return Action(rule, CONFIRM, compile_confirmation(rule), action.chain, action.order)
+        return Action(rule, CONFIRM, compile_confirmation(rule), action.chain, action.order,
+                      action.rules_out)
 
-    def _database(self, expressions: list[bytes], flags: list[int],
-                  ext: list[tuple[int, int]], actions: list[list[Action]]) -> tuple[Any, list[int]]:
+    def _database(self, expressions: _Expressions,
+                  actions: list[list[Action]] | None) -> tuple[Any, list[int]]:
         """
         One database of all C{expressions} (from the cache if it has it),
         and the ids of those hyperscan cannot compile exactly (lookaround,
         back-references): they are compiled as prefilters (a superset) and
         their matches are confirmed with C{re}.
         """
-        ids = list(range(len(expressions)))
-        params = [(flag, length) for flag, length in ext]
+        patterns, flags, params = expressions.expressions, expressions.flags, expressions.params
+        ids = list(range(len(patterns)))
 
         def build() -> tuple[Any, dict]:
-            prefiltered = _prefilters(expressions, flags, params, actions)
+            try:
+                return _compiled(patterns, flags, params), {"prefilter": []}
+            except hyperscan.error:
+                pass
+            prefiltered = _prefilters(patterns, flags, params, actions)
             final = [f | hyperscan.HS_FLAG_PREFILTER if i in prefiltered else f
                      for i, f in enumerate(flags)]
-            return _compiled(expressions, final, params), {"prefilter": sorted(prefiltered)}
+            return _compiled(patterns, final, params), {"prefilter": sorted(prefiltered)}
 
         if self._cache is None:
             db, metadata = build()
         else:
-            key = cache_key(expressions, flags, ids, params, hyperscan.HS_MODE_BLOCK)
+            key = cache_key(patterns, flags, ids, params, hyperscan.HS_MODE_BLOCK)
             db, metadata = self._cache.load_or_compile(key, build)
         return db, [int(i) for i in metadata.get("prefilter", ())]
 
@@ -405,7 +425,8 @@ class Engine:
 class _Scan:
     """One request's inspection."""
 
-    __slots__ = ("explain", "fast", "matches", "paranoia", "request", "seen")
+    __slots__ = ("conditions", "explain", "fast", "held", "matches", "paranoia", "request",
+                 "seen")
 
     def __init__(self, request: Request, paranoia: int, explain: bool, fast: bool) -> None:
         self.request = request
@@ -414,20 +435,26 @@ class _Scan:
         self.fast = fast
         self.matches: list[Match] = []
         self.seen: set[tuple[int, str]] = set()
+        #: The C{and} conditions of rules, and whether they held (each is
+        #: tested once, when its rule first matches).
+        self.conditions: dict[int, tuple[_Condition, ...]] = {}
+        self.held: dict[int, bool] = {}
 
     def run(self, plan: _Plan) -> tuple[Match, ...]:
         request = self.request
+        self.conditions = plan.conditions
         level = self.paranoia
-        for family, getters in plan.steps[level, request.shape]:
-            self._family(family, getters)
+        family = self._family if self.fast else self._reference
+        for step in plan.steps[level, request.shape]:
+            family(*step)
         if plan.by_header:
             by_header = plan.by_header
             done: list[Family] = []
             for name, _ in request.headers:
-                for family, getters in by_header.get((level, name), ()):
-                    if family not in done:
-                        done.append(family)
-                        self._family(family, getters)
+                for step in by_header.get((level, name), ()):
+                    if step[0] not in done:
+                        done.append(step[0])
+                        family(*step)
         paranoia = self.paranoia
         if plan.anomaly_rules:
             for kind, target in request.anomalies:
@@ -437,90 +464,102 @@ class _Scan:
         for rule in plan.python_rules:
             if rule.paranoia <= paranoia:
                 self._numeric(rule)
-        if plan.conditions and self.matches:
-            pending = {m.rule_id for m in self.matches if m.rule_id in plan.conditions}
-            failed = {rule_id for rule_id in pending
-                      if not all(self._holds(c) for c in plan.conditions[rule_id])}
-            if failed:
-                self.matches = [m for m in self.matches if m.rule_id not in failed]
         return tuple(self.matches)
 
-    def _family(self, family: Family, getters: Getters) -> None:
+    def _family(self, family: Family, placed: set[str], warm: set[str], getters: Getters) -> None:
         """
-        Look the values of C{getters} up in C{family}'s memo (filling it),
-        then report the values that matched.  Each collection's values are
-        taken as a set: the missing ones are a set difference, the matching
-        ones an intersection; only these are looked at one by one.
+        The values of C{getters} placed by C{family} (those it has not
+        placed at this level yet are looked up or scanned, together), then
+        reported where they are hot.  The values of every collection are
+        taken as one set: the new ones are one set difference, the hot ones
+        one intersection; only collections that have a hot value are looked
+        at further.
         """
         request = self.request
-        level = self.paranoia
-        batch = []
-        if self.fast:
-            pending = []
-            wanted: set[str] = set()
-            for collection, values_of, names, view in getters:
-                values = values_of(request, names)
-                if values:
-                    unique = set(values)
-                    absent = unique.difference(view.entries)
-                    if absent:
-                        wanted |= absent
-                        pending.append((collection, absent, view))
-                    batch.append((collection, names, values, unique, view))
-            purge = family.fill(level, pending, wanted) if wanted else ()
-        else:
-            purge = ()
-            for collection, values_of, names, _ in getters:
-                values = values_of(request, names)
-                if values:
-                    view = View()
-                    unique = set(values)
-                    for value in unique:
-                        entry = view.entries[value] = seen_at(family.reference(value), level,
-                                                              collection)
-                        if entry:
-                            view.hot.add(value)
-                    batch.append((collection, names, values, unique, view))
-        for collection, names, values, unique, view in batch:
-            hot = view.hot.intersection(unique)
-            if hot:
-                self._hits(collection, names, values, hot, view.entries)
-        for view, values in purge:
-            for value in values:
-                view.entries.pop(value, None)
-                view.hot.discard(value)
+        found = []
+        everything: set[str] = set()
+        for getter in getters:
+            values = getter[1](request, getter[2])
+            if values:
+                everything.update(values)
+                found.append((getter, values))
+        if not found:
+            return
+        absent = everything.difference(placed)
+        transient = family.learn(self.paranoia, everything, absent) if absent else None
+        if warm:
+            warm = everything.intersection(warm)
+            if warm:
+                for (collection, _, names, hot), values in found:
+                    if not hot.isdisjoint(warm):
+                        matched = hot.intersection(values)
+                        if matched:
+                            self._hits(collection, names, matched, family.cache, hot)
+        if transient:
+            family.drop(self.paranoia, transient)
 
-    def _hits(self, collection: str, names: frozenset[str] | None, values: list[str],
-              hot: set[str], entries: dict[str, tuple[Hit, ...]]) -> None:
-        """Report what the values of one collection in C{hot} matched, with their target names."""
-        parts = COLLECTIONS[collection](self.request, names)
-        starts = list(accumulate((len(part.values) for part in parts), initial=0))
-        seen = self.seen
-        for index, value in enumerate(values):
-            if value not in hot:
-                continue
-            part_index = bisect_right(starts, index) - 1
-            targets_of = parts[part_index].names_of(index - starts[part_index])
-            for hit in entries[value]:
-                action = hit.action
-                rule = action.rule
-                targets = [t for t in targets_of if action.selects(t)]
-                if not targets or all((rule.id, t) in seen for t in targets):
+    def _reference(self, family: Family, placed: set[str], warm: set[str],
+                   getters: Getters) -> None:
+        """L{_family} the literal way: every value computed by L{Family.reference}, nothing kept."""
+        request = self.request
+        level = self.paranoia
+        for collection, values_of, names, _ in getters:
+            values = values_of(request, names)
+            if values:
+                entries = {}
+                for value in set(values):
+                    entry = seen_at(family.reference(value), level, collection)
+                    if entry:
+                        entries[value] = entry
+                if entries:
+                    self._hits(collection, names, set(entries), entries, set())
+
+    def _hits(self, collection: str, names: frozenset[str] | None, matched: set[str],
+              entries: dict[str, tuple[Hit, ...]], hot: set[str]) -> None:
+        """
+        Report what the values of one collection in C{matched} matched,
+        with their target names.  A value whose hits all fail there (its
+        detectors said no) leaves the C{hot} set.
+        """
+        level = self.paranoia
+        for part in COLLECTIONS[collection](self.request, names):
+            for index, value in enumerate(part.values):
+                if value not in matched:
                     continue
-                detail = None
-                if action.kind == DETECT:
-                    detail = hit.detected()
-                    if detail is None:
+                targets_of = part.names_of(index)
+                live = False
+                for hit in entries[value]:
+                    action = hit.action
+                    rule = action.rule
+                    if rule.paranoia > level or collection not in action.collections:
                         continue
-                shown = hit.text if self.explain else ""
-                for target in targets:
-                    self._add(rule, target, detail, shown)
+                    detail = None
+                    if action.kind == DETECT:
+                        detail = hit.detected()
+                        if detail is None:
+                            continue
+                    live = True
+                    targets = [t for t in targets_of if action.selects(t)]
+                    if not targets:
+                        continue
+                    shown = hit.text if self.explain else ""
+                    for target in targets:
+                        self._add(rule, target, detail, shown)
+                if not live:
+                    hot.discard(value)
 
     def _add(self, rule: Rule, target: str, detail: str | None, value: str) -> None:
         key = (rule.id, target)
         if key in self.seen:
             return
         self.seen.add(key)
+        conditions = self.conditions.get(rule.id)
+        if conditions is not None:
+            held = self.held.get(rule.id)
+            if held is None:
+                held = self.held[rule.id] = all(c.holds(self) for c in conditions)
+            if not held:
+                return
         self.matches.append(Match(
             rule.id, rule.attack_class, rule.severity, target, None, detail,
             rule.transforms if self.explain else (),
@@ -551,19 +590,73 @@ class _Scan:
             if compare(rule.argument, _chain(rule.transforms, value)):
                 self._add(rule, target, None, value if self.explain else "")
 
-    def _holds(self, condition: Condition) -> bool:
-        values = [value for _, value in self._values(condition.targets)]
-        if condition.operator == "absent":
-            result = not values
-        else:
-            result = any(_test(condition, _chain(condition.transforms, v)) for v in values)
-        return result != condition.negate
-
-
 def _chain(transforms: tuple[str, ...], value: str) -> str:
     for name in transforms:
         value = TRANSFORMS[name](value)
     return value
+
+
+class _Condition:
+    """
+    A rule's C{and} condition, ready to test: the values it reads are
+    taken by the collections' value functions when its targets are plain
+    (no negated selector), and its operator's argument is prepared once.
+    """
+
+    __slots__ = ("condition", "getters", "phrases", "search")
+
+    def __init__(self, condition: Condition) -> None:
+        self.condition = condition
+        self.getters: list[tuple[Any, frozenset[str] | None]] | None = None
+        if not any(s.negated for s in condition.targets):
+            wanted: dict[str, frozenset[str] | None] = {}
+            for selector in condition.targets:
+                if selector.name is None or wanted.get(selector.collection, ...) is None:
+                    wanted[selector.collection] = None
+                else:
+                    wanted[selector.collection] = \
+                        (wanted.get(selector.collection) or frozenset()) | {selector.name}
+            self.getters = [(VALUES[collection], names) for collection, names in wanted.items()]
+        operator, argument = condition.operator, condition.argument
+        self.search = re.compile(argument, re.DOTALL | (0 if condition.case else re.IGNORECASE)) \
+            .search if operator == "rx" else None
+        self.phrases: tuple[str, ...] = ()
+        if operator in ("pm", "contains", "begins", "ends", "equals"):
+            self.phrases = tuple(argument) if condition.case else \
+                tuple(a.lower() for a in argument)
+
+    def holds(self, scan: _Scan) -> bool:
+        """Whether the condition holds for the request of C{scan}."""
+        condition = self.condition
+        if self.getters is not None:
+            request = scan.request
+            values = [v for values_of, names in self.getters for v in values_of(request, names)]
+        else:
+            values = [value for _, value in scan._values(condition.targets)]
+        if condition.operator == "absent":
+            result = not values
+        else:
+            transforms = condition.transforms
+            result = any(self._test(_chain(transforms, v) if transforms else v) for v in values)
+        return result != condition.negate
+
+    def _test(self, value: str) -> bool:
+        operator = self.condition.operator
+        if operator == "rx":
+            assert self.search is not None
+            return self.search(value) is not None
+        if operator == "num":
+            return compare(self.condition.argument, value)
+        phrases = self.phrases
+        if not self.condition.case:
+            value = value.lower()
+        if operator in ("pm", "contains"):
+            return any(a in value for a in phrases)
+        if operator == "begins":
+            return value.startswith(phrases)
+        if operator == "ends":
+            return value.endswith(phrases)
+        return value in phrases
 
 
 def _test(condition: Condition, value: str) -> bool:
@@ -648,14 +741,8 @@ def _compiled(expressions: list[bytes], flags: list[int],
 
 
 def _prefilters(expressions: list[bytes], flags: list[int], params: list[tuple[int, int]],
-                actions: list[list[Action]]) -> set[int]:
+                actions: list[list[Action]] | None) -> set[int]:
     """The patterns that compile only as prefilters; L{RuleError} for one that does not even then."""
-    try:
-        _compiled(expressions, flags, params)
-    except hyperscan.error:
-        pass
-    else:
-        return set()
     found = set()
     for index, expression in enumerate(expressions):
         if _compile_error(expression, flags[index], params[index]) is None:
@@ -663,7 +750,7 @@ def _prefilters(expressions: list[bytes], flags: list[int], params: list[tuple[i
         error = _compile_error(expression, flags[index] | hyperscan.HS_FLAG_PREFILTER,
                                params[index])
         if error is not None:
-            rule = actions[index][0].rule if actions[index] else None
+            rule = actions[index][0].rule if actions and actions[index] else None
             where = f"{rule.source}: rule {rule.id}" if rule else "a change flag"
             raise RuleError(f"{where}: hyperscan cannot compile its pattern, even as a"
                             f" prefilter: {error}")

@@ -7,7 +7,9 @@ A detector is a function of a transformed value that returns a short reason
 I{prefilter}: a regular expression in the multi-pattern engine's dialect
 that every injection it detects matches.  The engine compiles the prefilter
 with the other patterns and calls the detector only on values that match
-it.  A rule names a detector with C{detect = "sqli"}: the C{detect_sqli}
+it.  A detector may also have a cheap test of values it never flags
+(C{rules_out}): a value the prefilter matched but that test rules out is
+dropped at once, as if the detector had said no.  A rule names a detector with C{detect = "sqli"}: the C{detect_sqli}
 operator of the registry given to the engine.
 """
 
@@ -26,6 +28,8 @@ class Detector:
     name: str
     prefilter: str
     detect: Callable[[str], str | None]
+    #: Whether a value is one the detector never flags (cheaply), or None.
+    rules_out: Callable[[str], bool] | None = None
 
 
 def operator_name(detector: str) -> str:
@@ -39,7 +43,7 @@ def registry(*detectors: Detector) -> dict[str, Detector]:
 
 
 #: The detector modules Veil ships: each has C{detect(text) -> str | None}
-#: and C{PREFILTER}.
+#: and C{PREFILTER}, and may have C{rules_out(text) -> bool}.
 BUILTIN = ("sqli", "xss")
 
 
@@ -61,5 +65,5 @@ def default_registry() -> Mapping[str, Detector]:
         detect = getattr(module, "detect", None)
         prefilter = getattr(module, "PREFILTER", None)
         if callable(detect) and isinstance(prefilter, str) and prefilter:
-            found.append(Detector(name, prefilter, detect))
+            found.append(Detector(name, prefilter, detect, getattr(module, "rules_out", None)))
     return registry(*found)

@@ -443,6 +443,55 @@ def _legacy_anchors(pattern: str) -> str:
 # -- what a transformation could change -----------------------------------------------------
 
 _B64 = "A-Za-z0-9+/_\\-"
+_B64_NONLETTER = "0-9+/_\\-"
+
+
+def _window(length: int, first: str, second: str, between: str) -> list[str]:
+    """
+    Expressions for a window of C{length} Base64 characters whose first
+    letter is in class C{first} and which holds a letter of class
+    C{second} after it (C{between}: what may come between them): one
+    alternative per place of the two letters.
+    """
+    alternatives = []
+    for before in range(length):
+        for gap in range(length - before - 1):
+            after = length - before - gap - 2
+            alternatives.append(_repeat(_B64_NONLETTER, before) + f"[{first}]"
+                                + _repeat(between, gap) + f"[{second}]" + _repeat(_B64, after))
+    return alternatives
+
+
+def _repeat(members: str, count: int) -> str:
+    """A class of C{members} repeated C{count} times (nothing for none)."""
+    return "" if count == 0 else f"[{members}]" if count == 1 else f"[{members}]{{{count}}}"
+
+
+def _base64_flags() -> tuple[tuple[str, int], ...]:
+    """
+    What a run L{veil.waf.transforms.base64} may decode looks like: it
+    decodes only runs of at least C{B64_MIN} Base64 characters that have
+    letters of both cases, or no letter and not only digits (a run of
+    digits followed by C{=} padding counts).  A run of one case (words,
+    slugs, hex digests, UUIDs, upper-case codes, ISO dates) or of digits
+    alone is left alone, and a flag that matched those would send every
+    such value to Python to learn nothing.
+
+    A run with both cases has two letters of different cases with no
+    letter between them; if they are less than C{B64_MIN} apart, some
+    window of C{B64_MIN} characters of the run holds both, else they are
+    the ends of a stretch of C{B64_MIN - 1} or more characters without a
+    letter.
+    """
+    lower, upper = "a-z", "A-Z"
+    mixed = (_window(B64_MIN, lower, upper, lower + _B64_NONLETTER)
+             + _window(B64_MIN, upper, lower, upper + _B64_NONLETTER)
+             + [f"[{lower}][{_B64_NONLETTER}]{{{B64_MIN - 1},}}[{upper}]",
+                f"[{upper}][{_B64_NONLETTER}]{{{B64_MIN - 1},}}[{lower}]"])
+    letterless = [_repeat("0-9", k) + "[+/_\\-]" + _repeat(_B64_NONLETTER, B64_MIN - 1 - k)
+                  for k in range(B64_MIN)] + [f"[0-9]{{{B64_MIN}}}="]
+    return (("|".join(mixed), 0), ("|".join(letterless), 0))
+
 
 #: For each transformation with a cheap test, patterns (case-sensitive, in
 #: the joined-buffer form) at least one of which matches every value the
@@ -457,9 +506,10 @@ CHANGE_FLAGS: dict[str, tuple[tuple[str, int], ...]] = {
     # A numeric reference, a named one with its ;, or one of the few
     # browsers decode without it.
     "htmldecode": (("&(?:#|[A-Za-z][A-Za-z0-9]{1,31};|lt|gt|amp|quot|nbsp|LT|GT|AMP|QUOT)", 0),),
-    # A run of 12 or more Base64 characters (paths and tokens have them:
-    # the transformation itself, run on the value, tells; see CONFIRMED).
-    "base64": ((f"[{_B64}]{{{B64_MIN}}}", 0),),
+    # A run of 12 or more Base64 characters with both cases or without
+    # letters (user agents and tokens have them: the transformation itself,
+    # run on the value, tells; see CONFIRMED).
+    "base64": _base64_flags(),
     # Anything not ASCII (NFKC and invisible characters).
     "nfkc": (("[\\x80-\\xff]", 0),),
     "removenulls": (("\\x00", 0),),

@@ -90,6 +90,7 @@ class Request:
         "_anomalies",
         "_body",
         "_content_type",
+        "_cookie_list",
         "_cookies",
         "_header_index",
         "_header_text",
@@ -120,7 +121,8 @@ class Request:
         self._path: str | None = None
         self._query_args: list[tuple[str, str]] | None = None
         self._parsed: bodies.Body | None = None
-        self._cookies: list[tuple[str, str]] | None = None
+        self._cookies: _CookieHeader | None = None
+        self._cookie_list: list[tuple[str, str]] | None = None
         self._anomalies: list[tuple[str, str]] | None = None
         self._media: tuple[str, dict[str, str]] | None = None
 
@@ -174,11 +176,17 @@ class Request:
     @property
     def headers(self) -> list[tuple[str, str]]:
         """The headers as text, names in lower case, in the order received."""
-        if self._header_text is None:
+        found = self._header_text
+        if found is None:
             known = _HEADER_NAMES
-            self._header_text = [(known.get(name) or _header_name(name), text_of(value))
-                                 for name, value in self._headers]
-        return self._header_text
+            try:
+                found = [(known.get(name) or _header_name(name), value.decode())
+                         for name, value in self._headers]
+            except UnicodeDecodeError:
+                found = [(known.get(name) or _header_name(name), text_of(value))
+                         for name, value in self._headers]
+            self._header_text = found
+        return found
 
     @property
     def header_names(self) -> list[str]:
@@ -202,16 +210,28 @@ class Request:
 
     @property
     def cookies(self) -> list[tuple[str, str]]:
-        if self._cookies is None:
-            cookies: list[tuple[str, str]] = []
-            for key, value in self.headers:
-                if key == "cookie":
-                    found = _COOKIES.get(value)
-                    if found is None:
-                        found = _cookie_pairs(value)
-                    cookies += found
-            self._cookies = cookies
-        return self._cookies
+        """The cookies (name, value) of every C{Cookie} header, in order (a list of the request's own)."""
+        found = self._cookie_list
+        if found is None:
+            found = self._cookie_list = list(self.cookie_header.pairs)
+        return found
+
+    @property
+    def cookie_header(self) -> _CookieHeader:
+        """
+        The C{Cookie} headers, parsed (a client sends the same one again and
+        again: it is looked up, not parsed, see L{_COOKIES}).
+        """
+        found = self._cookies
+        if found is None:
+            values = [value for key, value in self.headers if key == "cookie"]
+            if len(values) == 1:
+                found = _COOKIES.get(values[0]) or _cookie_header(values[0])
+            else:
+                found = _CookieHeader([pair for value in values for pair in
+                                       (_COOKIES.get(value) or _cookie_header(value)).pairs])
+            self._cookies = found
+        return found
 
     # -- arguments and the body ----------------------------------------------------------
 
@@ -278,8 +298,8 @@ class Request:
         shape = HAS_QUERY if b"?" in self._target else 0
         if self._body:
             shape |= HAS_BODY
-        for name, _ in self._headers:
-            if len(name) == 6 and name.lower() == b"cookie":
+        for name, _ in self.headers:
+            if name == "cookie":
                 return shape | HAS_COOKIES
         return shape
 
@@ -295,21 +315,32 @@ class Request:
 _HEADER_NAMES: dict[bytes, str] = {}
 
 
-#: Cookie header values -> their (name, value) pairs (bounded: a client's
-#: cookies come back with each of its requests, and are parsed once).
-_COOKIES: dict[str, tuple[tuple[str, str], ...]] = {}
+class _CookieHeader:
+    """The cookies of C{Cookie} headers: their pairs, and the values and names the engine reads."""
+
+    __slots__ = ("names", "pairs", "values")
+
+    def __init__(self, pairs: list[tuple[str, str]] | tuple[tuple[str, str], ...]) -> None:
+        self.pairs = tuple(pairs)
+        self.values = tuple(v for _, v in pairs if v)
+        self.names = tuple(k for k, _ in pairs if k)
+
+
+#: Cookie header values -> their cookies (bounded: a client's cookies
+#: come back with each of its requests, and are parsed once).
+_COOKIES: dict[str, _CookieHeader] = {}
 #: Cookie headers longer than this are parsed each time they come.
 _COOKIE_CHARS = 4096
 
 
-def _cookie_pairs(value: str) -> tuple[tuple[str, str], ...]:
+def _cookie_header(value: str) -> _CookieHeader:
     cookies = []
     for item in value.split(";"):
         name, _, content = item.partition("=")
         name = name.strip()
         if name or content:
             cookies.append((name, content.strip()))
-    found = tuple(cookies)
+    found = _CookieHeader(tuple(cookies))
     if len(value) <= _COOKIE_CHARS:
         if len(_COOKIES) >= 1024:
             _COOKIES.clear()
@@ -468,16 +499,17 @@ def _args_values(request: Request, names: frozenset[str] | None) -> list[str]:
 def _headers_values(request: Request, names: frozenset[str] | None) -> list[str]:
     if names is None:
         return [v for k, v in request.headers if k != "cookie"]
-    index = request.header_index
-    return [v for k in names if k in index for v in index[k]]
+    return [v for k, v in request.headers if k in names]
 
 
-def _cookies_values(request: Request, names: frozenset[str] | None) -> list[str]:
+def _cookies_values(request: Request, names: frozenset[str] | None) -> Sequence[str]:
+    if names is None:
+        return request.cookie_header.values
     return _pairs_values(request.cookies, names)
 
 
-def _cookies_names_values(request: Request, names: frozenset[str] | None) -> list[str]:
-    return [k for k, _ in request.cookies if k]
+def _cookies_names_values(request: Request, names: frozenset[str] | None) -> Sequence[str]:
+    return request.cookie_header.names
 
 
 def _args_names_values(request: Request, names: frozenset[str] | None) -> list[str]:
@@ -501,7 +533,7 @@ def _from_parts(collection: str) -> Callable[[Request, frozenset[str] | None], l
 
 
 #: Each collection's values alone, in the order of its parts' values.
-VALUES: dict[str, Callable[[Request, frozenset[str] | None], list[str]]] = {
+VALUES: dict[str, Callable[[Request, frozenset[str] | None], Sequence[str]]] = {
     "method": _method_values,
     "uri": _uri_values,
     "path": _path_values,

@@ -10,10 +10,11 @@ the rule's chain, alone.  The fast path (L{Family.entries}) gets the same
 matches with one scan in the common case:
 
  1. The values are joined (L{veil.waf.patterns}: C{SEP v0 SEP v1 ... SEP})
-    and scanned once, untransformed, by a database holding the patterns of
-    every chain of the family and the I{change flags}
-    (L{veil.waf.patterns.CHANGE_FLAGS}): patterns that match a value
-    whenever a transformation could change it.
+    and scanned, untransformed, once by a database holding the patterns of
+    every chain of the family and once by a small database of the I{change
+    flags} (L{veil.waf.patterns.CHANGE_FLAGS}): patterns that match a value
+    whenever a transformation could change it.  A value that neither
+    matches costs nothing more.
  2. A value no flag of a chain matched is left as it is by the chain, so
     what that chain's patterns matched in step 1 is what they match in the
     transformed value.  The other values are transformed in Python, chain
@@ -29,10 +30,15 @@ attributed to the value whose separator it ends at.
 What a value matched (its I{entry}) depends on nothing but the value, so
 entries are remembered across requests (L{Family.cache}, bounded): the
 header values of browsers, cookie names and JSON keys come back all the
-time and are looked up rather than scanned.  A detector runs on the
-transformed value only when a request needs its answer (a rule at the
-request's paranoia level, on a target it reads), and its answer is
-remembered with the entry.
+time and are looked up rather than scanned.  Per paranoia level, a family
+keeps the set of values it has placed (L{Family.filled}) and, per
+collection, the values that have a hit there at that level
+(L{Family.hot}): a request costs one set difference for its new values and
+one intersection per collection for those that matched, whatever the
+number of values.  A detector runs on the transformed value only when a
+request needs its answer (a rule at the request's paranoia level, on a
+target it reads), and its answer is remembered with the entry; a value
+whose detectors all said no is no longer hot there.
 """
 
 from __future__ import annotations
@@ -40,7 +46,7 @@ from __future__ import annotations
 import re
 from bisect import bisect_right
 from collections.abc import Callable, Sequence
-from itertools import accumulate, compress
+from itertools import accumulate
 from typing import Any
 
 import hyperscan
@@ -67,14 +73,17 @@ NOTHING: tuple = ()
 class Action:
     """What a pattern stands for: a rule, how its match is decided, and its chain."""
 
-    __slots__ = ("chain", "check", "collections", "kind", "order", "rule", "selected")
+    __slots__ = ("chain", "check", "collections", "kind", "order", "rule", "rules_out",
+                 "selected")
 
     def __init__(self, rule: Rule, kind: int, check: Any = None, chain: int = 0,
-                 order: int = 0) -> None:
+                 order: int = 0, rules_out: Callable[[str], bool] | None = None) -> None:
         self.rule = rule
         self.kind = kind
         #: The detector (C{DETECT}) or the compiled C{re} pattern (C{CONFIRM}).
         self.check = check
+        #: For a detector: its cheap test of values it never flags, if it has one.
+        self.rules_out = rules_out
         #: The index of the rule's chain in its family.
         self.chain = chain
         #: The rule's position among the family's rules: matches keep this order.
@@ -91,28 +100,6 @@ class Action:
                 self.selected.clear()
             known = self.selected[target] = self.rule.selects(target)
         return known
-
-
-class View:
-    """
-    What requests at one paranoia level see in the values of one
-    collection: value -> its hits there (the memo), and the set of values
-    that have any (so that a request finds its matching values by one set
-    intersection).
-    """
-
-    __slots__ = ("entries", "hot")
-
-    def __init__(self) -> None:
-        self.entries: dict[str, tuple[Hit, ...]] = {}
-        self.hot: set[str] = set()
-
-    def clear(self) -> None:
-        self.entries.clear()
-        self.hot.clear()
-
-    def __len__(self) -> int:
-        return len(self.entries)
 
 
 class Hit:
@@ -143,7 +130,7 @@ def scan(db: Any, data: bytes) -> tuple[list[tuple[int, int]], bool]:
     """(pattern id, end offset) of every match in C{data}, and whether it stopped at L{MAX_HITS}."""
     hits: list[tuple[int, int]] = []
     try:
-        db.scan(data, match_event_handler=_collect, context=hits)
+        db.scan(data, _collect, 0, hits)
     except hyperscan.ScanTerminated:
         return hits, True
     return hits, False
@@ -172,120 +159,168 @@ def locate(data: bytes, texts: Sequence[str], ascii_only: bool,
 class Family:
     """
     The rules that read one set of collections: their chains, their
-    database (every pattern of every chain, and the change flags) and the
+    databases (every pattern of every chain; the change flags) and the
     memo of value entries.
     """
 
     def __init__(self, spec: Any, chains: Sequence[tuple[str, ...]], db: Any,
-                 actions: Sequence[tuple[Action, ...]], masks: Sequence[int],
+                 actions: Sequence[tuple[Action, ...]], flag_db: Any, masks: Sequence[int],
                  always_dirty: int, confirms: Sequence[Callable[[str], bool] | None]) -> None:
         self.spec = spec
         self.chains = tuple(chains)
+        #: The patterns of the rules (ids index L{actions}).
         self.db = db
-        #: Per pattern id: the actions it stands for (none for a change flag).
+        #: Per pattern id: the actions it stands for.
         self.actions = tuple(actions)
-        #: Per pattern id: the chains a change flag makes dirty (0 for a pattern).
+        #: The change flags (ids index L{masks} and L{confirms}), or L{None}.
+        self.flag_db = flag_db
+        #: Per flag id: the chains it makes dirty.
         self.masks = tuple(masks)
         #: The chains that are never skipped (a transformation without a flag).
         self.always_dirty = always_dirty
-        #: Per pattern id: for a flag that is confirmed, whether the value
+        #: Every chain, as a mask.
+        self.every_chain = (1 << len(self.chains)) - 1
+        #: Per flag id: for a flag that is confirmed, whether the value
         #: really changes (L{veil.waf.patterns.CONFIRMED}).
         self.confirms = tuple(confirms)
         #: value -> what it matched (every hit, at every level).
         self.cache: dict[str, tuple[Hit, ...]] = {}
-        #: (paranoia level, collection) -> what a request at that level sees
-        #: in the values of that collection.
-        self.views: dict[tuple[int, str], View] = {}
+        #: paranoia level -> the values placed in the hot sets of that level.
+        self.filled: dict[int, set[str]] = {}
+        #: (paranoia level, collection) -> the values with a hit that a
+        #: request at that level may report for a value of that collection.
+        self.hot: dict[tuple[int, str], set[str]] = {}
+        #: paranoia level -> the values hot in some collection at that level.
+        self.warm: dict[int, set[str]] = {}
         #: The transformations of each chain, looked up once.
         self._functions = tuple(tuple(TRANSFORMS[name] for name in chain) for chain in chains)
 
     # -- the fast path -------------------------------------------------------------------
 
     def forget(self) -> None:
-        """Empty the memo (the views stay the same objects: the engine's plan holds them)."""
+        """Empty the memo (the sets stay the same objects: the engine's plan holds them)."""
         self.cache.clear()
-        for view in self.views.values():
-            view.clear()
+        for placed in self.filled.values():
+            placed.clear()
+        for hot in self.hot.values():
+            hot.clear()
+        for warm in self.warm.values():
+            warm.clear()
 
-    def view(self, level: int, collection: str) -> View:
-        """The memo of what a request at paranoia C{level} sees in a value of C{collection}."""
-        key = (level, collection)
-        found = self.views.get(key)
+    def placed(self, level: int) -> set[str]:
+        """The values placed at paranoia C{level} (see L{learn})."""
+        found = self.filled.get(level)
         if found is None:
-            found = self.views[key] = View()
+            found = self.filled[level] = set()
         return found
 
-    def fill(self, level: int, pending: list[tuple[str, set[str], View]],
-             wanted: set[str]) -> list[tuple[View, list[str]]]:
+    def warm_at(self, level: int) -> set[str]:
+        """The values hot in some collection at paranoia C{level}."""
+        found = self.warm.get(level)
+        if found is None:
+            found = self.warm[level] = set()
+        return found
+
+    def hot_at(self, level: int, collection: str) -> set[str]:
+        """The values that may match for a request at C{level} in C{collection}."""
+        key = (level, collection)
+        found = self.hot.get(key)
+        if found is None:
+            found = self.hot[key] = set()
+        return found
+
+    def learn(self, level: int, everything: set[str], absent: set[str]) -> list[str] | None:
         """
-        Add to the views of C{pending} ((collection, values missing from its
-        view, view)) the entries of their missing values, as a request at
-        C{level} sees them in that collection: from the memo of all entries
-        or computed (C{wanted}: every missing value, scanned together).
-        Returns the values to take out of the views again once the request
+        Place the values of C{absent} (those of C{everything}, a request's
+        values, not yet placed at C{level}): their entries from the memo or
+        computed (all missing ones scanned together), and the values with
+        a hit at C{level} in the hot sets of the collections those hits'
+        rules read.  Returns the values to take out again once the request
         has its answers (too long to remember, or from a scan cut short).
 
-        The work done for every value is done by C{map}, C{zip} and set
-        operations; Python loops run over the values that matched.
+        The work done for every value is done by set operations, C{zip}
+        and C{filter}; Python loops run over the values that matched.
         """
         cache = self.cache
-        missing = list(wanted.difference(cache))
-        transient: list[str] = []
+        missing = absent.difference(cache)
+        transient = None
         if missing:
-            computed, complete = self.compute(missing)
             if len(cache) + len(missing) > CACHE_ENTRIES:
-                cache.clear()
-            cache.update(zip(missing, computed, strict=True))
+                self.forget()
+                absent = missing = everything
+            order = list(missing)
+            computed, complete = self.compute(order)
+            cache.update(zip(order, computed, strict=True))
             if not complete:
-                transient = missing
-            elif max(map(len, missing)) > CACHE_VALUE_CHARS:
-                transient = [value for value in missing if len(value) > CACHE_VALUE_CHARS]
-        purge = []
-        for collection, absent, view in pending:
-            if not absent:
-                continue
-            if len(view.entries) + len(absent) > CACHE_ENTRIES:
-                view.clear()
-            order = list(absent)
-            entries = list(map(cache.__getitem__, order))
-            view.entries.update(zip(order, entries))
-            for value, entry in zip(compress(order, entries), compress(entries, entries)):
-                entry = view.entries[value] = seen_at(entry, level, collection)
-                if entry:
-                    view.hot.add(value)
-            if transient:
-                purge.append((view, transient))
-        for value in transient:
-            del cache[value]
-        return purge
+                transient = order
+            elif max(map(len, order)) > CACHE_VALUE_CHARS:
+                transient = [value for value in order if len(value) > CACHE_VALUE_CHARS] or None
+        self.placed(level).update(absent)
+        hot = self.hot
+        warm = self.warm_at(level)
+        for value in filter(cache.__getitem__, absent):
+            reads: set[str] = set()
+            for hit in cache[value]:
+                action = hit.action
+                if action.rule.paranoia <= level:
+                    reads.update(action.collections)
+            for collection in reads:
+                found = hot.get((level, collection))
+                if found is not None:
+                    found.add(value)
+                    warm.add(value)
+        return transient
+
+    def drop(self, level: int, values: list[str]) -> None:
+        """Take C{values} out of the memo again (see L{learn})."""
+        placed = self.placed(level)
+        hots = [hot for (at, _), hot in self.hot.items() if at == level]
+        hots.append(self.warm_at(level))
+        for value in values:
+            self.cache.pop(value, None)
+            placed.discard(value)
+            for hot in hots:
+                hot.discard(value)
 
     def compute(self, values: list[str]) -> tuple[list[tuple[Hit, ...]], bool]:
         """The entries of C{values}, and whether they are complete (no scan stopped at L{MAX_HITS})."""
         data, ascii_only = joined(values)
         hits, stopped = scan(self.db, data)
         count = len(values)
-        matched: dict[int, list[Action]] = {}
         always_dirty = self.always_dirty
-        dirty: dict[int, int] = dict.fromkeys(range(count), always_dirty) if always_dirty else {}
-        table, masks, confirms = self.actions, self.masks, self.confirms
+        dirty = dict.fromkeys(range(count), always_dirty) if always_dirty else {}
+        flags: list[tuple[int, int]] = []
+        if self.flag_db is not None:
+            flags, flags_stopped = scan(self.flag_db, data)
+            if flags_stopped:
+                # The values after the last one flagged may be changed too.
+                last = max(index for index, _ in locate(data, values, ascii_only, flags))
+                dirty.update(dict.fromkeys(range(last, count), self.every_chain))
+        if not hits and not flags and not dirty:
+            return [NOTHING] * count, True
+        if flags:
+            masks, confirms = self.masks, self.confirms
+            for index, ident in locate(data, values, ascii_only, flags):
+                if index < 0 or index >= count:
+                    continue  # pragma: no cover - only a pattern matching a bare separator
+                mask = masks[ident]
+                known = dirty.get(index, 0)
+                if not mask & ~known:
+                    continue
+                confirm = confirms[ident]
+                if confirm is not None and not confirm(values[index].replace(SEP, SEP_STANDIN)):
+                    continue
+                dirty[index] = known | mask
+        matched: dict[int, list[Action]] = {}
+        table = self.actions
         for index, ident in locate(data, values, ascii_only, hits):
             if index < 0 or index >= count:
                 continue  # pragma: no cover - only a pattern matching a bare separator
-            actions = table[ident]
-            if actions:
-                found = matched.get(index)
-                if found is None:
-                    matched[index] = list(actions)
-                else:
-                    found.extend(actions)
-                continue
-            mask = masks[ident]
-            known = dirty.get(index, 0)
-            confirm = confirms[ident]
-            if confirm is not None and (
-                    not mask & ~known or not confirm(values[index].replace(SEP, SEP_STANDIN))):
-                continue
-            dirty[index] = known | mask
+            found = matched.get(index)
+            if found is None:
+                matched[index] = list(table[ident])
+            else:
+                found.extend(table[ident])
         texts: dict[int, dict[int, str]] = {}
         pieces: list[tuple[int, int, str]] = []
         for index, mask in dirty.items():
@@ -370,6 +405,8 @@ class Family:
             seen.add(id(action))
             text = texts.get(action.chain, value) if texts else value
             if action.kind == CONFIRM and not action.check.search(text):
+                continue
+            if action.rules_out is not None and action.rules_out(text):
                 continue
             hits.append(Hit(action, text))
         return tuple(hits)

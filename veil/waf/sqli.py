@@ -50,7 +50,7 @@ from __future__ import annotations
 from veil.waf.sqltokens import closing_quote, tokens
 from veil.waf.wordsets import words
 
-__all__ = ["MAX_CHARS", "MAX_SCAN", "MAX_TOKENS", "PREFILTER", "detect"]
+__all__ = ["MAX_CHARS", "MAX_SCAN", "MAX_TOKENS", "PREFILTER", "detect", "rules_out"]
 
 #: Characters of a value searched for the quote that starts a quoted context.
 MAX_SCAN = 1024 * 1024
@@ -279,6 +279,8 @@ def detect(text: str, paranoia: int = 1) -> str | None:
     ordinary text does not; 2 and above also flag weaker shapes (see the
     module docstring).
     """
+    if rules_out(text):
+        return None
     reason = _judge(_parse(tokens(text, 0, MAX_CHARS), ""), "", paranoia)
     if reason:
         return reason + "@as-is"
@@ -290,6 +292,17 @@ def detect(text: str, paranoia: int = 1) -> str | None:
             if reason:
                 return reason + name
     return None
+
+
+def rules_out(text: str) -> bool:
+    """
+    Whether C{text} is one L{detect} never flags, told cheaply: a path or a
+    request target (a slash first, not a comment's) without quotes.  Its
+    first token, an operator that no expression starts with, ends the
+    reading as it is (a fragment with nothing in it), and no quote starts
+    another reading.
+    """
+    return text[:1] == "/" and text[1:2] != "*" and "'" not in text and '"' not in text
 
 
 def _parse(toks, quote: str) -> tuple[int, str] | None:
