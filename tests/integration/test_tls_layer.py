@@ -251,6 +251,25 @@ class ThinLayerTests(EdgeTestCase):
         await within(client.closed)
         self.assertTrue(client.conn.get_shutdown() & SSL.RECEIVED_SHUTDOWN)
 
+    async def test_data_and_close_notify_in_one_segment(self) -> None:
+        """
+        A record of data and the close_notify after it, in one TCP segment:
+        the data reaches the application, then the close is answered (the
+        layer reads on after a record while ciphertext is left).
+        """
+        calls: list[bytes] = []
+        app = self.serve(ThinFactory(lambda p, data: calls.append(data)))
+        client = await self.memory_client("app.test")
+        await within(client.handshake)
+        client.conn.send(b"last words")
+        client.conn.shutdown()
+        client.write_raw(client.conn.bio_read(65536))
+        reason = await within(app.made[0].lost)
+        self.assertEqual(calls, [b"last words"])
+        self.assertIsInstance(reason, ConnectionDone)
+        await within(client.closed)
+        self.assertTrue(client.conn.get_shutdown() & SSL.RECEIVED_SHUTDOWN)
+
     async def test_linger_is_bounded(self) -> None:
         """
         A peer that neither answers the close_notify nor closes is cut

@@ -58,7 +58,8 @@ except ImportError:  # pragma: no cover - depends on the installed pyOpenSSL
     _lib = _ffi = exception_from_error_queue = None
 
 _NEEDED = ("SSL_read", "SSL_write", "SSL_get_error", "SSL_shutdown", "BIO_read", "BIO_write",
-           "ERR_clear_error", "SSL_version", "TLS1_3_VERSION", "SSL_do_handshake")
+           "ERR_clear_error", "SSL_version", "TLS1_3_VERSION", "SSL_do_handshake",
+           "SSL_pending", "BIO_get_mem_data")
 AVAILABLE = (
     _lib is not None
     and all(hasattr(_lib, name) for name in _NEEDED)
@@ -78,6 +79,7 @@ if AVAILABLE:
     _WANT_READ = _lib.SSL_ERROR_WANT_READ
     _ZERO_RETURN = _lib.SSL_ERROR_ZERO_RETURN
     _TLS13 = _lib.TLS1_3_VERSION
+    _NULL = _ffi.NULL
 
 #: Seconds a peer has to answer our close_notify before the connection is dropped.
 LINGER = 5.0
@@ -194,12 +196,17 @@ class TLSLayer:
         read = _lib.SSL_read
         n = read(ssl, buf, _READ_SIZE)
         if n > 0:
-            data = _ffi.buffer(buf, n)[:]
+            data = _ffi.unpack(buf, n)
+            if not _lib.BIO_get_mem_data(self._rbio, _NULL) and not _lib.SSL_pending(ssl):
+                # Nothing left to decrypt (one record per read, as a rule):
+                # another SSL_read would only say so, with SSL_get_error.
+                self.protocol.dataReceived(data)
+                return
             n = read(ssl, buf, _READ_SIZE)
             if n > 0:
                 chunks = [data]
                 while n > 0:
-                    chunks.append(_ffi.buffer(buf, n)[:])
+                    chunks.append(_ffi.unpack(buf, n))
                     n = read(ssl, buf, _READ_SIZE)
                 data = b"".join(chunks)
             error = _lib.SSL_get_error(ssl, n)
@@ -237,12 +244,12 @@ class TLSLayer:
             # small one is cheaper copied, then sent as bytes).
             self._write_scratch(_ffi.buffer(out, n))
             return
-        data = _ffi.buffer(out, n)[:]
+        data = _ffi.unpack(out, n)
         if n == _OUT_SIZE:
             chunks = [data]
             n = _lib.BIO_read(wbio, out, _OUT_SIZE)
             while n > 0:
-                chunks.append(_ffi.buffer(out, n)[:])
+                chunks.append(_ffi.unpack(out, n))
                 n = _lib.BIO_read(wbio, out, _OUT_SIZE)
             data = b"".join(chunks)
         self.transport.write(data)

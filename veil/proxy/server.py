@@ -604,9 +604,10 @@ class ProxyProtocol(Protocol):
             odd = True
         if odd and not self._line_ok(method, url):
             raise _Reject(400)
-        if parser.get_http_version() == "1.0":
+        version = parser.get_http_version()
+        if version == "1.0":
             ex.http10 = True
-        elif parser.get_http_version() != "1.1":
+        elif version != "1.1":
             raise _Reject(400)
         ex.keep_alive = parser.should_keep_alive()
         ex.prepare(parser.should_upgrade())

@@ -63,6 +63,10 @@ from veil.tcp import TCPConnector, no_delay
 
 _log = Logger()
 
+#: Looked up once (they are used once per request that reuses a connection).
+_ioctl = fcntl.ioctl
+_FIONREAD = termios.FIONREAD
+
 #: Failure kinds reported to a listener.
 CONNECT, TIMEOUT, LOST, INVALID = "connect", "timeout", "lost", "invalid"
 
@@ -295,7 +299,7 @@ class OriginConnection(Protocol):
             return not self.closed
         avail = self.pool._avail
         try:
-            fcntl.ioctl(self._fd, termios.FIONREAD, avail, True)
+            _ioctl(self._fd, _FIONREAD, avail, True)
         except OSError:
             return False
         return not avail[0]
@@ -629,7 +633,7 @@ class OriginPool:
         if fd >= 0:
             avail = self._avail
             try:
-                fcntl.ioctl(fd, termios.FIONREAD, avail, True)
+                _ioctl(fd, _FIONREAD, avail, True)
             except OSError:
                 avail[0] = 1
             if avail[0]:
