@@ -29,7 +29,12 @@ from twisted.protocols.tls import TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from tests.integration.test_edge_protocol import WAIT, EdgeTestCase, MemoryTLSClient, within
+from tests.integration.test_edge_protocol import (
+    WAIT,
+    EdgeTestCase,
+    MemoryTLSClient,
+    within,
+)
 from tests.integration.test_proxy import assert_streams_bounded, get, site, talk
 from tests.support.origin import client_threads, listen_origin
 from veil.edge.hello import ClientHello
