@@ -659,24 +659,6 @@ class _Condition:
         return value in phrases
 
 
-def _test(condition: Condition, value: str) -> bool:
-    operator, argument = condition.operator, condition.argument
-    if operator == "num":
-        return compare(argument, value)
-    if operator == "rx":
-        return re.search(argument, value, re.DOTALL | (0 if condition.case else re.IGNORECASE)) is not None
-    if not condition.case:
-        value = value.lower()
-        argument = tuple(a.lower() for a in argument)
-    if operator in ("pm", "contains"):
-        return any(a in value for a in argument)
-    if operator == "begins":
-        return value.startswith(argument)
-    if operator == "ends":
-        return value.endswith(argument)
-    return value in argument
-
-
 # -- patterns ------------------------------------------------------------------------------
 
 
@@ -722,8 +704,7 @@ def _matches(rule: Rule, value: str) -> bool:
     """Whether C{rule}'s operator matches C{value} untransformed (C{re}'s reading)."""
     operator, argument = rule.operator, rule.argument
     if operator in ("rx", "pm", "contains", "begins", "ends", "equals"):
-        condition = Condition((), (), operator, argument, False, rule.case)
-        return _test(condition, value)
+        return _Condition(Condition((), (), operator, argument, False, rule.case))._test(value)
     if operator == "bytes":
         return any(low <= byte <= high for byte in value.encode() for low, high in argument)
     return operator == "detect"
