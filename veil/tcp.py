@@ -55,17 +55,12 @@ class _WriteAtOnce:
     """For L{tcp.Connection} subclasses: send at once when nothing is queued."""
 
     def write(self, data: bytes) -> None:
-        if (not self._tempDataLen and self.offset == len(self.dataBuffer) and self.connected
-                and not self.disconnecting and not self._writeDisconnecting
-                and type(data) is bytes):
-            try:
-                sent = self.socket.send(data)
-            except OSError:
-                sent = 0  # queued below; the queue reports a real error
-            if sent == len(data):
-                return
-            data = data[sent:]
-        abstract.FileDescriptor.write(self, data)
+        if type(data) is bytes:
+            data = self._send_now(data)
+            if data:
+                abstract.FileDescriptor.write(self, data)
+        else:
+            abstract.FileDescriptor.write(self, data)
 
     def writeSequence(self, iovec: Any) -> None:
         self.write(b"".join(iovec))
@@ -77,16 +72,23 @@ class _WriteAtOnce:
         nothing is queued, so that it is not first copied into C{bytes};
         what the kernel does not take is copied into the queue.
         """
+        data = self._send_now(data)
+        if data:
+            abstract.FileDescriptor.write(self, bytes(data))
+
+    def _send_now(self, data: Any) -> Any:
+        """
+        Send C{data} at once if nothing is queued and the connection is open;
+        return what is left to queue (all of it when nothing was sent).
+        """
         if (not self._tempDataLen and self.offset == len(self.dataBuffer) and self.connected
                 and not self.disconnecting and not self._writeDisconnecting):
             try:
                 sent = self.socket.send(data)
             except OSError:
                 sent = 0  # queued below; the queue reports a real error
-            if sent == len(data):
-                return
-            data = data[sent:]
-        abstract.FileDescriptor.write(self, bytes(data))
+            return data[sent:]
+        return data
 
 
 class _ReadInline:
