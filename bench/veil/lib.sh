@@ -68,6 +68,22 @@ PY
         sed -e "s|@RUN@|$origin_run|g" -e "s|@UPSTREAM_PORT@|$ORIGIN_PORT|g" \
             "$harness/upstream/nginx.conf" > "$origin_run/nginx.conf"
     fi
+    if ! grep -q "location = /post" "$origin_run/nginx.conf"; then
+        # S5: the origin answers the form POST with "ok", as post_bench.py's does.
+        sed -i 's|^\( *\)location / {|\1location = /post { default_type text/plain; return 200 "ok\\n"; }\n&|' \
+            "$origin_run/nginx.conf"
+    fi
+    if [[ ! -s $T/post.lua ]]; then
+        # S5's request: post_bench.py's form, read from the shared harness.
+        python3 - "$harness/tools" > "$T/post.lua" <<'PY'
+import json, sys
+sys.path.insert(0, sys.argv[1])
+from post_bench import FORM
+print('wrk.method = "POST"')
+print('wrk.headers["Content-Type"] = "application/x-www-form-urlencoded"')
+print("wrk.body = " + json.dumps(FORM))
+PY
+    fi
 }
 
 veil_bench_ports_free() {  # fails, naming the holders, if a port of ours is taken
@@ -142,5 +158,6 @@ veil_bench_wait() {  # until Veil answers /1k through the origin (up to 5 minute
 
 wrk_for() {  # seconds [wrk options]; wrk's report on $path with $conns connections, CPU 1
     env NSS_WRAPPER_HOSTS="$run/hosts" LD_PRELOAD=libnss_wrapper.so taskset -c 1 \
-        wrk -t1 -c"$conns" -d"${1}s" "${@:2}" "https://www.bench.test:$VEIL_PORT$path"
+        wrk -t1 -c"$conns" -d"${1}s" ${wrk_script:+-s "$wrk_script"} "${@:2}" \
+        "https://www.bench.test:$VEIL_PORT$path"
 }

@@ -5,7 +5,8 @@
 #   bench/veil/profile.sh spy S1 OUT.txt     py-spy samples (collapsed stacks) under load
 #   bench/veil/profile.sh calls S1 OUT.prof  cProfile (twistd --profile) under light load
 #   bench/veil/profile.sh turns S1 [OUT.txt] reactor turns and request-log writes under load
-#   (S1: keep-alive GET /1k; S3: GET /64k; S2: a new TLS connection per request)
+#   (S1: keep-alive GET /1k; S3: GET /64k; S2: a new TLS connection per request;
+#   S5: keep-alive POST of the 502-byte form of the shared tools/post_bench.py)
 #
 # Veil runs from this working tree (PYTHONPATH), in the harness's virtualenv, on a copy
 # of the harness's seed data directory; bench/veil/lib.sh makes whatever of these is
@@ -30,8 +31,10 @@ mode=${1:?usage: profile.sh cost|spy|calls S1|S2|S3 [LABEL|OUT]}
 scenario=${2:-S1}
 arg=${3:-}
 here=$(cd "$(dirname "$0")" && pwd)
+wrk_script=
 case $scenario in S1) path=/1k ;; S3) path=/64k ;; S2) path= ;;
-    *) echo "scenario: S1, S2 or S3" >&2; exit 2 ;; esac
+    S5) path=/post; wrk_script=${BENCH_TMP:-/tmp/veil-bench}/post.lua ;;
+    *) echo "scenario: S1, S2, S3 or S5" >&2; exit 2 ;; esac
 case $mode in cost|calls|spy|turns) ;; *) echo "mode: cost, spy, calls or turns" >&2; exit 2 ;; esac
 source "$here/lib.sh"
 veil_bench_start
