@@ -129,8 +129,8 @@ def pairs_one_by_one(raw: str, out: list[tuple[str, str]], limit: int) -> bool:
 class PairsTests(SynchronousTestCase):
     """C{a=1&b=2} is split the same way whether or not it has escapes to decode."""
 
-    @settings(max_examples=400, deadline=None)
-    @given(raw=st.text("ab=&+% 2f", max_size=30), before=st.integers(0, 4),
+    @settings(max_examples=1500, deadline=None)
+    @given(raw=st.text("ab=&+% 2f6uUc03é\ud800\x1e1eE", max_size=30), before=st.integers(0, 4),
            limit=st.integers(0, 6))
     def test_same_pairs(self, raw: str, before: int, limit: int) -> None:
         """The same pairs, and the same answer at the limit, as reading pair by pair."""
