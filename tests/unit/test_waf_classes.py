@@ -388,6 +388,12 @@ class RequestForgeryTests(ClassCase):
                               '"http://x.example/e">]><r>&x;</r>'), "xxe")
         self.blocked(query('<!DOCTYPE a [<!ENTITY % p SYSTEM "http://x.example/d.dtd"> %p;]>'), "xxe")
 
+    def test_external_dtd_only(self) -> None:
+        """A DOCTYPE that loads an external DTD, with no internal subset, in the body."""
+        self.blocked(xml_body('<!DOCTYPE r SYSTEM "http://x.example/evil.dtd"><r>1</r>'), "xxe")
+        self.blocked(xml_body('<?xml version="1.0"?>\n<!DOCTYPE r PUBLIC "-//A//EN" '
+                              '"file:///etc/passwd"><r/>'), "xxe")
+
     def test_lookalikes(self) -> None:
         """A loopback redirect URI (RFC 8252), a plain XML document, a link."""
         self.passes(Request(b"GET", b"/oauth/authorize?redirect_uri=http%3A%2F%2F127.0.0.1%3A53682%2F"

@@ -225,6 +225,13 @@ class XMLTests(SynchronousTestCase):
         self.assertEqual(found["xml:/x"], "&e;&big;")
         self.assertEqual(request.anomalies, [])
 
+    def test_external_doctype(self) -> None:
+        """A DOCTYPE without an internal subset is read whole, from its "<!DOCTYPE"."""
+        body = b'<?xml version="1.0"?>\n<!DOCTYPE r SYSTEM "http://x.example/e.dtd"><r>1</r>'
+        request = Request(b"POST", b"/", [(b"Content-Type", b"application/xml")], body)
+        self.assertEqual(dict(values(request, "xml"))["xml:#doctype"],
+                         '<!DOCTYPE r SYSTEM "http://x.example/e.dtd">')
+
     def test_billion_laughs(self) -> None:
         """Nested entities are not expanded, so an entity bomb costs nothing."""
         lol = b"".join(b'<!ENTITY l%d "&l%d;&l%d;&l%d;&l%d;&l%d;&l%d;&l%d;&l%d;&l%d;&l%d;">'

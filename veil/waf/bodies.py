@@ -367,7 +367,11 @@ def _xml_body(body: Body, data: bytes, complete: bool, params: dict[str, str],
             stack[-1][1].append(text)
 
     def doctype_start(*_: Any) -> None:
-        doctype.append(parser.CurrentByteIndex)
+        # Without an internal subset, expat reports the DOCTYPE when it reaches
+        # its closing ">": the declaration starts at the "<!DOCTYPE" before.
+        at = parser.CurrentByteIndex
+        start_at = data.rfind(b"<!DOCTYPE", 0, at + 1)
+        doctype.append(at if start_at < 0 else start_at)
 
     def doctype_end() -> None:
         if doctype:
