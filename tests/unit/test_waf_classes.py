@@ -245,6 +245,13 @@ class CommandInjectionTests(ClassCase):
         self.passes(query("see process[step 2] of the guide"))
         self.passes(json_body('{"price": "$1:00", "note": "constructor of the house"}'))
 
+    def test_escapes_inside_base64(self) -> None:
+        """Base64 of text hidden with JavaScript escapes, and Base64 behind escapes, both decoded."""
+        hidden = r"_$$\u004e\u0044_FUNC$$_\u0066unction()"
+        self.blocked(header("Cookie", "c=" + base64.b64encode(hidden.encode()).decode()), "rce")
+        escaped = base64.b64encode(b"_$$ND_FUNC$$_function()").decode()
+        self.blocked(header("Cookie", r"c=\u0058" + escaped[1:]), "rce")
+
     def test_line_break(self) -> None:
         """A command on a line of its own at the end of a value (x%0aid, %0awhoami, %0asleep 7)."""
         for payload in ("example.org\nid", "8.8.8.8\nwhoami", "a\r\nsleep 7", "x\nls -la /",
