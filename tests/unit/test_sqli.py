@@ -125,6 +125,8 @@ class AsIsContextTests(SynchronousTestCase):
         self.assertFlags("1 WAITFOR DELAY '0:0:5'", "stacked")
         self.assertFlags("1; declare @s varchar(8000)", "stacked")
         self.assertFlags("EXEC sp_addlogin 'x'", "statement")
+        self.assertFlags("1 exec 'xp_cmdshell ''dir'' '", "stacked")
+        self.assertEqual(sqli.detect("x' exec 'sp_who"), "stacked@squote")
         self.assertFlags("DROP TABLE users; --", "statement")
 
     def test_functions_files_queries(self) -> None:
@@ -216,6 +218,7 @@ class NaturalLanguageTests(SynchronousTestCase):
         "FOO BAR'# BLAH", "DRESS WITH HAT 18';", "I' IS NOT A PLASTIC BAG",
         "3 - 2 -- easy", "(a) or b -- whichever is cheaper", "'Hello' -- she said",
         "'Yes' or 'No'?", "\"1\" = \"1\"", "20% off (limited time) -- today only",
+        "is 'exec' short for executive", "what does 'execute' mean here",
     ]
 
     CODE: ClassVar[list[str]] = [

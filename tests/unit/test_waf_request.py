@@ -129,8 +129,8 @@ def pairs_one_by_one(raw: str, out: list[tuple[str, str]], limit: int) -> bool:
 class PairsTests(SynchronousTestCase):
     """C{a=1&b=2} is split the same way whether or not it has escapes to decode."""
 
-    @settings(max_examples=400, deadline=None)
-    @given(raw=st.text("ab=&+% 2f", max_size=30), before=st.integers(0, 4),
+    @settings(max_examples=1500, deadline=None)
+    @given(raw=st.text("ab=&+% 2f6uUc03é\ud800\x1e1eE", max_size=30), before=st.integers(0, 4),
            limit=st.integers(0, 6))
     def test_same_pairs(self, raw: str, before: int, limit: int) -> None:
         """The same pairs, and the same answer at the limit, as reading pair by pair."""
@@ -224,6 +224,13 @@ class XMLTests(SynchronousTestCase):
         self.assertIn('<!ENTITY e SYSTEM "file:///etc/passwd">', found["xml:#doctype"])
         self.assertEqual(found["xml:/x"], "&e;&big;")
         self.assertEqual(request.anomalies, [])
+
+    def test_external_doctype(self) -> None:
+        """A DOCTYPE without an internal subset is read whole, from its "<!DOCTYPE"."""
+        body = b'<?xml version="1.0"?>\n<!DOCTYPE r SYSTEM "http://x.example/e.dtd"><r>1</r>'
+        request = Request(b"POST", b"/", [(b"Content-Type", b"application/xml")], body)
+        self.assertEqual(dict(values(request, "xml"))["xml:#doctype"],
+                         '<!DOCTYPE r SYSTEM "http://x.example/e.dtd">')
 
     def test_billion_laughs(self) -> None:
         """Nested entities are not expanded, so an entity bomb costs nothing."""

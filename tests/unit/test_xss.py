@@ -121,6 +121,9 @@ class HTMLContextTests(SynchronousTestCase):
         self.assertFlags("<body onload=init()>", None)
         self.assertFlags("<body onload=init()>", "event:onload@html", paranoia=2)
         self.assertFlags("<input onfocus=save() autofocus>", "event:onfocus@html")
+        self.assertFlags("<details open ontoggle=print()>", "event:ontoggle@html")
+        self.assertIsNone(xss.detect("<details open><summary>More</summary>text</details>"))
+        self.assertIsNone(xss.detect('<details ontoggle="track()"><summary>FAQ</summary>'))
         self.assertFlags("<x onbeforehellfreezes=f(1)>", "event:onbeforehellfreezes@html")
         self.assertFlags('<a href="javascript:alert(1)">x</a>', "url:href@html")
         self.assertFlags('<a href=" &#x6A;ava&#09;script&colon;alert(1)">', "url:href@html")
@@ -229,6 +232,17 @@ class BenignTests(SynchronousTestCase):
         """None of these is flagged."""
         for text in self.BENIGN:
             self.assertIsNone(xss.detect(text), text)
+
+    def test_jsx(self) -> None:
+        """React components: handlers bound to names and arrow functions run nothing as HTML."""
+        for text in ('return <button className="btn" onClick={onClick}>{label}</button>;',
+                     "<input onChange={e => setName(e.target.value)} value={name} />",
+                     "<a onClick={() => setOpen(!open)}>menu</a>",
+                     "<form onSubmit={this.handleSubmit}>", "<li onMouseEnter={(e)}>"):
+            self.assertIsNone(xss.detect(text), text)
+        for text in ("<img src=x onerror={alert(1)}>", "<img src=x onerror={(alert(1))}>",
+                     '<a onmouseover="{location=name}">x</a>'):
+            self.assertIsNotNone(xss.detect(text), text)
 
     def test_paranoia(self) -> None:
         """Paranoia 2 also flags simple handlers, forms and any style."""

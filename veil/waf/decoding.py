@@ -12,10 +12,14 @@ from __future__ import annotations
 
 import codecs
 import re
+from binascii import a2b_qp
 from urllib.parse import unquote_to_bytes
 
 _ESCAPES = re.compile(r"(?:%[0-9A-Fa-f]{2})+|%[uU][0-9A-Fa-f]{4}")
 _INVALID_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2}|[uU][0-9A-Fa-f]{4})")
+#: Hexadecimal digits as NUL (and NUL as 1): C{%XX} escapes become C{%\0\0}.
+_HEX_MARKS = bytes(0 if chr(b) in "0123456789abcdefABCDEF" else 1 if b == 0 else b
+                   for b in range(256))
 
 
 def _lenient(error: UnicodeError) -> tuple[str, int]:
@@ -70,9 +74,16 @@ def percent_decode(text: str, plus: bool = False) -> str:
         return text
     if "%u" not in text and "%U" not in text:
         try:
-            return text_of(unquote_to_bytes(text))
+            data = text.encode("utf-8")
         except UnicodeEncodeError:
             pass  # a lone surrogate (from JSON): decode escape by escape
+        else:
+            marked = data.translate(_HEX_MARKS)
+            if marked.count(b"%\0\0") == marked.count(b"%"):
+                # Every % starts a %XX escape: as quoted-printable (=XX, with
+                # the = of the text written =3D), decoded in C.
+                return text_of(a2b_qp(data.replace(b"=", b"=3D").replace(b"%", b"=")))
+            return text_of(unquote_to_bytes(data))
     return _ESCAPES.sub(_unescape, text)
 
 

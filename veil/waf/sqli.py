@@ -192,6 +192,11 @@ _OBJECT = dict.fromkeys(words(
 # EXEC name: strong when the name is a system procedure (see _parse).
 _EXEC_NAME = (_TAIL, None, 0, 0)
 _SYSTEM_PROCEDURES = ("xp_", "sp_", "master", "dbo.", "sys.", "immediate")
+# EXEC 'string': strong unless the string starts with a space, as the rest
+# of a sentence does after a quoted word ("is 'exec' short for ..."); a
+# procedure name or SQL to run starts at the quote.
+_EXEC_STRING = (_TAIL, None, F_EXEC, 2)
+_EXEC_PROSE = (_TAIL, None, F_EXEC, 1)
 _DELETE: dict = {"FROM": {"n": (_TAIL, None, 0, 2)}}
 _DELETE.update(LOW_PRIORITY=_DELETE, QUICK=_DELETE, IGNORE=_DELETE)
 _STATEMENTS: dict[str, dict | tuple] = {
@@ -208,7 +213,7 @@ _STATEMENTS: dict[str, dict | tuple] = {
                 "n": (_TAIL, None, 0, 2), "f": (_TAIL, None, 0, 2)},
     "DELETE": _DELETE,
     "UPDATE": {"n": {"SET": (_TAIL, None, 0, 2)}},
-    "EXEC": {"n": _EXEC_NAME, "(": (_TAIL, None, F_EXEC, 2), "s": (_TAIL, None, F_EXEC, 2),
+    "EXEC": {"n": _EXEC_NAME, "(": (_TAIL, None, F_EXEC, 2), "s": _EXEC_STRING,
              "v": (_TAIL, None, F_EXEC, 2), "AS": (_TAIL, None, F_EXEC, 2),
              "f": (_TAIL, None, F_EXEC, 2)},
     "SET": {"v": (_TAIL, None, 0, 2), "n": {"=": (_TAIL, None, 0, 1)}},
@@ -711,6 +716,8 @@ def _parse(toks, quote: str) -> tuple[int, str] | None:
             else:
                 if entry is _EXEC_NAME and text.lower().startswith(_SYSTEM_PROCEDURES):
                     entry = (_TAIL, None, F_EXEC, 2)
+                elif entry is _EXEC_STRING and text.lstrip("Nn")[1:2].isspace():
+                    entry = _EXEC_PROSE
                 state, c, f, s = entry
                 if c:
                     clause = c

@@ -37,9 +37,10 @@ src="cat.jpg">}, C{<span style="color: red">}, as are "<3", "a < b",
 "h2<h1", C{List<String>} and "JavaScript: the good parts".  An event
 handler that calls one page function with plain arguments
 (C{onclick="save()"}, as in a question about HTML) is flagged only from
-paranoia 2 (unless C{autofocus} fires it unasked), as are C{<form>},
-C{<template>}, any C{style} and SVG drawings (shapes only, as pasted
-icons are).  A C{<style>} sheet is flagged at paranoia 1 only when its CSS
+paranoia 2 (unless C{autofocus}, or C{open} for C{ontoggle}, fires it
+unasked), as are C{<form>}, C{<template>}, any C{style} and SVG drawings
+(shapes only, as pasted icons are).  A JSX handler (C{onClick={save}}) is
+code that runs nothing when HTML reads it.  A C{<style>} sheet is flagged at paranoia 1 only when its CSS
 runs code, loads more or plays parser tricks, so that HTML e-mail passes.
 
 L{PREFILTER} is a regular expression that every text L{detect} flags
@@ -144,6 +145,10 @@ _PLAIN_HANDLER = re.compile(
 )
 _JSFUCK = "[]()!+ \t\n"
 _BARE_NAME = re.compile(r"\s*[\w$.]*\s*")
+# JSX's handler expressions as HTML reads them, code that runs nothing: a
+# block holding a name ({handleClick}, {this.save}), or an arrow function
+# cut short where the unquoted value ends ({() or {e of {() => f()}).
+_JSX_HANDLER = re.compile(r"\s*\{\s*\(?\s*[\w$.]*\s*\)?\s*\}?\s*")
 _ACTIVE_PI = ("xml-stylesheet", "import", "xml:namespace")
 # Content that starts like a sentence: three words and spaces.
 _PROSE = re.compile(r"\s*([A-Za-z][\w'’-]*)[:,;.]?[ \t]+[A-Za-z][\w'’-]*[:,;.]?[ \t]+[A-Za-z]")
@@ -295,7 +300,10 @@ def _html(text: str, state: str, start: int, paranoia: int, depth: int) -> str |
                 return "tag:" + name
             if paranoia >= 2 and name in _SUSPECT_TAGS:
                 return "tag:" + name
-            fires = any(a == "autofocus" for a, _ in attrs)
+            # An attribute that fires a handler without the user: autofocus
+            # (focus), open (a <details> or <dialog> toggles as it renders).
+            names = [a for a, _ in attrs]
+            fires = "autofocus" in names or ("open" in names and "ontoggle" in names)
             for aname, value in attrs:
                 if value is None:
                     continue
@@ -445,9 +453,10 @@ def _attribute(name: str, value: str, pseudo: bool, unquoted: bool, paranoia: in
     if name.startswith("on") and _EVENT_NAME.fullmatch(name):
         if pseudo and name[2:] not in _EVENTS:
             return None
-        if not decoded.strip() or (unquoted and _BARE_NAME.fullmatch(decoded)):
+        if not decoded.strip() or (unquoted and _BARE_NAME.fullmatch(decoded)) \
+                or _JSX_HANDLER.fullmatch(decoded):
             # No code; or, in prose read as attributes ("add onclick=save
-            # to the button"), a name that is not called.
+            # to the button"), a name that is not called; or JSX.
             return None
         # A handler that calls one page function simply, in a tag the text
         # shows or after an unquoted value (as in a question about HTML),
