@@ -13,7 +13,7 @@
 # missing (and finds the shared harness, or VEIL_BENCH_HARNESS names it).
 #
 # PROFILE_KEEP=DIR keeps the callgrind files of "cost" in DIR.
-# PROFILE_STEADY=1 (S1, S3): "cost" measures 20 s in the middle of one wrk run,
+# PROFILE_STEADY=1 (S1, S3, S5): "cost" measures 20 s in the middle of one wrk run,
 # so that its connections' handshakes (10 of about 2.2M instructions each) fall
 # outside the window, and counts the requests inside it from the callgrind
 # data (two llhttp heads each); without it the per-request figure moves with
@@ -121,7 +121,7 @@ spy)
     wait "$spy"
     ;;
 turns)
-    [[ $scenario != S2 ]] || { echo "turns: S1 or S3" >&2; exit 2; }
+    [[ $scenario != S2 ]] || { echo "turns: S1, S3 or S5" >&2; exit 2; }
     wrk_for 15 --latency | awk '/ 99%/{p99=$2} /Requests\/sec/{rps=$2} END {print rps " req/s, p99 " p99}'
     kill -TERM "$veil"; wait "$veil" || true; veil=
     [[ -z $arg ]] || cp "$run/turns.txt" "$arg"
