@@ -201,6 +201,13 @@ class RemoteInclusionTests(ClassCase):
         self.passes(Request(b"GET", b"/login?next=https%3A%2F%2Fshop.test%2Fcart&ref=https://t.co/x",
                             BROWSER))
 
+    def test_page_parameter(self) -> None:
+        """page= and view=, the include parameters of countless PHP sites, given a remote URL."""
+        self.blocked(Request(b"GET", b"/index.php?page=http%3A%2F%2F203.0.113.40%2F&page=1",
+                             BROWSER), "rfi")
+        self.blocked(Request(b"GET", b"/?view=ftp://files.evil.example/x", BROWSER), "rfi")
+        self.passes(Request(b"GET", b"/blog?page=2&pageSize=20&view=grid", BROWSER))
+
     def test_indexed_include_names(self) -> None:
         """An include-style parameter with an index given a URL (_CONF[path]=https://...)."""
         self.blocked(Request(b"GET", b"/plugins/x.php?_CONF[path]=https://files.evil.example/",
