@@ -202,6 +202,13 @@ class OriginHeadLimitTests(ProxyCase):
         await self.assert_refused(b"HTTP/1.1 200 OK\r\nX-Big: " + b"a" * 40 * 1024
                                   + b"\r\nContent-Length: 2\r\n\r\nok")
 
+    async def test_head_too_large_after_interim(self) -> None:
+        """A 40 KiB head after a 1xx in the same read gives 502 (its size is still counted)."""
+        await self.assert_refused(b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\n"
+                                  b"HTTP/1.1 200 OK\r\n" + b"".join(
+                                      b"X-%d: " % i + b"a" * 500 + b"\r\n" for i in range(80))
+                                  + b"Content-Length: 2\r\n\r\nok")
+
     async def test_too_many_headers(self) -> None:
         """101 header fields give 502."""
         await self.assert_refused(b"HTTP/1.1 200 OK\r\n" + b"".join(

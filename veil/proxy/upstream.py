@@ -36,6 +36,7 @@ import fcntl
 import termios
 from collections import deque
 from collections.abc import Callable
+from itertools import chain
 from typing import Any, NamedTuple
 from typing import Protocol as TypingProtocol
 
@@ -426,18 +427,22 @@ class OriginConnection(Protocol):
         headers, reason = self._headers, self._reason or b"Unknown"
         self._headers, self._reason = [], b""
         self._in_head = False
-        size = len(reason)
         for name, value in headers:
             n = len(name)
-            size += n + len(value) + 4
             if n == 14 or n == 17:
                 lower = name.lower()
                 if lower == b"content-length":
                     self._length = int(value)
                 elif lower == b"transfer-encoding":
                     self._chunked = True
-        if size > MAX_HEAD:
-            raise _HeadTooLarge()
+        if self._got > MAX_HEAD - MAX_HEADERS:
+            # Counted only when the bytes of this exchange could hold more:
+            # each field takes at least its name, its value and three bytes
+            # (":", CR LF), so the sum below, which counts four, exceeds the
+            # head's bytes by less than MAX_HEADERS.
+            size = len(reason) + 4 * len(headers) + sum(map(len, chain.from_iterable(headers)))
+            if size > MAX_HEAD:
+                raise _HeadTooLarge()
         if status == 101:
             self.last_headers = headers
             return
