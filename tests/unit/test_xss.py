@@ -238,10 +238,22 @@ class BenignTests(SynchronousTestCase):
         for text in ('return <button className="btn" onClick={onClick}>{label}</button>;',
                      "<input onChange={e => setName(e.target.value)} value={name} />",
                      "<a onClick={() => setOpen(!open)}>menu</a>",
-                     "<form onSubmit={this.handleSubmit}>", "<li onMouseEnter={(e)}>"):
+                     "<form onSubmit={this.handleSubmit}>", "<li onMouseEnter={(e)}>",
+                     "Don't forget:\n```jsx\nreturn <button onClick={onClick}>{label}</button>;\n```"):
             self.assertIsNone(xss.detect(text), text)
         for text in ("<img src=x onerror={alert(1)}>", "<img src=x onerror={(alert(1))}>",
-                     '<a onmouseover="{location=name}">x</a>'):
+                     '<a onmouseover="{location=name}">x</a>',
+                     # \v and ` split and quote values only for old IE: browsers
+                     # run what follows as the handler's code.
+                     "<img src=x onerror={x}\x0bprint()>", "<img src=x onerror={}\x0bimport(name)>",
+                     "<img src=x onerror=`{x}`;print()>", '" onfocus={}\x0bprint() autofocus x="'):
+            self.assertIsNotNone(xss.detect(text), text)
+
+    def test_code_in_string_sinks(self) -> None:
+        """jQuery's eval-likes called with a string count like eval."""
+        for text in ("<img src=x onerror=$.globalEval('alert`1`')>",
+                     "<img src=x onerror=$.getScript(name)>",
+                     "<details open onbeforetoggle=print()>"):
             self.assertIsNotNone(xss.detect(text), text)
 
     def test_paranoia(self) -> None:

@@ -33,7 +33,7 @@ MAX_TOKENS = 1024
 #: Functions that injected code calls, after it broke out of a string.
 SINKS = words("alert confirm prompt eval settimeout setinterval setimmediate function execscript "
     "fetch import write writeln open fromcharcode atob constructor msgbox "
-    "sendbeacon postmessage")
+    "sendbeacon postmessage globaleval getscript")
 #: The sinks that count in a value read whole as code (no break-out): those
 #: that only JavaScript attacks call -- not eval, open or write, which
 #: Python and other code pasted into a form call too.

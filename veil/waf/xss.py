@@ -148,6 +148,8 @@ _BARE_NAME = re.compile(r"\s*[\w$.]*\s*")
 # JSX's handler expressions as HTML reads them, code that runs nothing: a
 # block holding a name ({handleClick}, {this.save}), or an arrow function
 # cut short where the unquoted value ends ({() or {e of {() => f()}).
+# A value that old IE reads as quoted with backticks (=`...`).
+_BACKTICK_VALUE = re.compile(r"=[\t\n\f\r ]*`")
 _JSX_HANDLER = re.compile(r"\s*\{\s*\(?\s*[\w$.]*\s*\)?\s*\}?\s*")
 _ACTIVE_PI = ("xml-stylesheet", "import", "xml:namespace")
 # Content that starts like a sentence: three words and spaces.
@@ -303,7 +305,14 @@ def _html(text: str, state: str, start: int, paranoia: int, depth: int) -> str |
             # An attribute that fires a handler without the user: autofocus
             # (focus), open (a <details> or <dialog> toggles as it renders).
             names = [a for a, _ in attrs]
-            fires = "autofocus" in names or ("open" in names and "ontoggle" in names)
+            fires = "autofocus" in names or ("open" in names and (
+                "ontoggle" in names or "onbeforetoggle" in names))
+            # A \v ends an unquoted value and a backtick quotes one here (as
+            # old IE read them) but not in today's browsers, where
+            # onerror={x}\vprint() and onerror=`{x}`;print() run print():
+            # no JSX reading for a tag that has either.
+            raw = text[tok[5]:after]
+            jsx = "\x0b" not in raw and not _BACKTICK_VALUE.search(raw)
             for aname, value in attrs:
                 if value is None:
                     continue
@@ -315,7 +324,7 @@ def _html(text: str, state: str, start: int, paranoia: int, depth: int) -> str |
                             return "event:" + aname   # XML Events
                         if "on" in aname:
                             aname = aname.rpartition(":")[2]
-                reason = _attribute(aname, value, pseudo, unquoted, paranoia + fires, depth)
+                reason = _attribute(aname, value, pseudo, unquoted, paranoia + fires, depth, jsx)
                 if reason:
                     return reason
                 if name == "meta" and _active_meta(aname, value, attrs):
@@ -443,7 +452,7 @@ def _jsfuck(value: str) -> bool:
 
 
 def _attribute(name: str, value: str, pseudo: bool, unquoted: bool, paranoia: int,
-               depth: int) -> str | None:
+               depth: int, jsx: bool = True) -> str | None:
     """
     Why the attribute C{name}=C{value} is an attack, or C{None}.  C{pseudo}:
     it follows the value the text was injected into, in a tag the text does
@@ -454,7 +463,7 @@ def _attribute(name: str, value: str, pseudo: bool, unquoted: bool, paranoia: in
         if pseudo and name[2:] not in _EVENTS:
             return None
         if not decoded.strip() or (unquoted and _BARE_NAME.fullmatch(decoded)) \
-                or _JSX_HANDLER.fullmatch(decoded):
+                or (jsx and _JSX_HANDLER.fullmatch(decoded)):
             # No code; or, in prose read as attributes ("add onclick=save
             # to the button"), a name that is not called; or JSX.
             return None
