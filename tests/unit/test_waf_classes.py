@@ -421,6 +421,12 @@ class RequestForgeryTests(ClassCase):
         self.blocked(xml_body('<!DOCTYPE r SYSTEM "http://x.example/evil.dtd"><r>1</r>'), "xxe")
         self.blocked(xml_body('<?xml version="1.0"?>\n<!DOCTYPE r PUBLIC "-//A//EN" '
                               '"file:///etc/passwd"><r/>'), "xxe")
+        # A second "<!DOCTYPE" inside the system literal; the same in UTF-16.
+        self.blocked(xml_body('<!DOCTYPE r SYSTEM "http://x.example/e.dtd?<!DOCTYPE"><r>1</r>'),
+                     "xxe")
+        utf16 = '<?xml version="1.0" encoding="UTF-16"?><!DOCTYPE r SYSTEM "http://x.example/e.dtd"><r/>'
+        self.blocked(Request(b"POST", b"/soap", BROWSER + [(b"Content-Type", b"application/xml")],
+                             utf16.encode("utf-16")), "xxe")
 
     def test_lookalikes(self) -> None:
         """A loopback redirect URI (RFC 8252), a plain XML document, a link."""

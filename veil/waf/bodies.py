@@ -329,7 +329,7 @@ def _xml_body(body: Body, data: bytes, complete: bool, params: dict[str, str],
               declared: bool) -> bool:
     out = body.xml
     stack: list[tuple[str, list[str]]] = []
-    doctype: list[int] = []
+    doctype: list[tuple[int, str, bool]] = []
 
     parser = expat.ParserCreate()
     parser.buffer_text = True
@@ -366,19 +366,28 @@ def _xml_body(body: Body, data: bytes, complete: bool, params: dict[str, str],
         if stack and text.startswith("&"):
             stack[-1][1].append(text)
 
-    def doctype_start(*_: Any) -> None:
-        # Without an internal subset, expat reports the DOCTYPE when it reaches
-        # its closing ">": the declaration starts at the "<!DOCTYPE" before.
-        at = parser.CurrentByteIndex
-        start_at = data.rfind(b"<!DOCTYPE", 0, at + 1)
-        doctype.append(at if start_at < 0 else start_at)
+    def doctype_start(name: str | None, system_id: str | None, public_id: str | None,
+                      has_internal_subset: int) -> None:
+        # The declaration as expat decoded it (so whatever the body's
+        # encoding, and whatever its literals hold): name and identifiers.
+        # Without an internal subset expat reports it at its closing ">";
+        # with one, at its "[", from where the subset is read raw.
+        head = "<!DOCTYPE " + (name or "")
+        if public_id is not None:
+            head += f' PUBLIC "{public_id}"' + (f' "{system_id}"' if system_id else "")
+        elif system_id is not None:
+            head += f' SYSTEM "{system_id}"'
+        doctype.append((parser.CurrentByteIndex, head, bool(has_internal_subset)))
 
     def doctype_end() -> None:
         if doctype:
-            start_at = doctype[0]
-            close = data.find(b">", max(parser.CurrentByteIndex, start_at))
+            at, head, subset = doctype[0]
+            if not subset:
+                out.append(("#doctype", head + ">"))
+                return
+            close = data.find(b">", max(parser.CurrentByteIndex, at))
             stop = len(data) if close < 0 else close + 1
-            out.append(("#doctype", text_of(data[start_at:stop])))
+            out.append(("#doctype", head + " " + text_of(data[at:stop])))
 
     def instruction(target: str, text: str) -> None:
         full()
@@ -397,7 +406,8 @@ def _xml_body(body: Body, data: bytes, complete: bool, params: dict[str, str],
         body.anomalies.append((LIMITS, "body"))
     except (expat.ExpatError, ValueError, RecursionError):
         if doctype and not any(name == "#doctype" for name, _ in out):
-            out.append(("#doctype", text_of(data[doctype[0]:doctype[0] + 4096])))
+            at, head, _ = doctype[0]
+            out.append(("#doctype", head + " " + text_of(data[at:at + 4096])))
         if declared:
             body.anomalies.append((MALFORMED_XML, "body"))
             body.text = _decoded(data, params)
