@@ -21,12 +21,12 @@ and the detectors' prefilters) whatever their transformation chains, and a
 small one of the patterns that tell which values a transformation could
 change.  For a request, the values the family reads are scanned together,
 untransformed, once by each; only values a chain changes are transformed
-and scanned again for that chain's rules (L{veil.waf.scanner}).  What each value matched is
-remembered, so the header values, cookie names and JSON keys that come
-back request after request are looked up, not scanned.  Only then does
-Python run: target filtering, paranoia levels, exclusions, the C{re}
-confirmation of the few patterns hyperscan cannot express exactly, the
-detectors, C{num} rules, anomaly rules and C{and} conditions.
+and scanned again for that chain's rules (L{veil.waf.scanner}).  What each
+value matched is remembered, so the header values, cookie names and JSON
+keys that come back request after request are looked up, not scanned.
+Only then does Python run: target filtering, paranoia levels, exclusions,
+the C{re} confirmation of the few patterns hyperscan cannot express
+exactly, the detectors, C{num} rules, anomaly rules and C{and} conditions.
 """
 
 from __future__ import annotations
@@ -55,7 +55,15 @@ from veil.waf.patterns import (
 )
 from veil.waf.policy import STRICTEST_PARANOIA, SitePolicy
 from veil.waf.request import COLLECTIONS, SOURCES, VALUES, Request
-from veil.waf.rules import Condition, Rule, RuleError, compare, package_rules, selects
+from veil.waf.rules import (
+    Condition,
+    Rule,
+    RuleError,
+    collections_of,
+    compare,
+    package_rules,
+    selects,
+)
 from veil.waf.scanner import (
     CONFIRM,
     DETECT,
@@ -569,16 +577,7 @@ class _Scan:
 
     def _values(self, selectors: Sequence[Any]) -> Iterable[tuple[str, str]]:
         """(target, value) for every value the selectors choose."""
-        wanted: dict[str, frozenset[str] | None] = {}
-        for selector in selectors:
-            if selector.negated:
-                continue
-            if selector.name is None or wanted.get(selector.collection, ...) is None:
-                wanted[selector.collection] = None
-            else:
-                wanted[selector.collection] = \
-                    (wanted.get(selector.collection) or frozenset()) | {selector.name}
-        for collection, names in wanted.items():
+        for collection, names in collections_of(selectors).items():
             for part in self.request.parts(collection, names):
                 for index, value in enumerate(part.values):
                     for target in part.names_of(index):
@@ -589,6 +588,7 @@ class _Scan:
         for target, value in self._values(rule.targets):
             if compare(rule.argument, _chain(rule.transforms, value)):
                 self._add(rule, target, None, value if self.explain else "")
+
 
 def _chain(transforms: tuple[str, ...], value: str) -> str:
     for name in transforms:
@@ -609,14 +609,8 @@ class _Condition:
         self.condition = condition
         self.getters: list[tuple[Any, frozenset[str] | None]] | None = None
         if not any(s.negated for s in condition.targets):
-            wanted: dict[str, frozenset[str] | None] = {}
-            for selector in condition.targets:
-                if selector.name is None or wanted.get(selector.collection, ...) is None:
-                    wanted[selector.collection] = None
-                else:
-                    wanted[selector.collection] = \
-                        (wanted.get(selector.collection) or frozenset()) | {selector.name}
-            self.getters = [(VALUES[collection], names) for collection, names in wanted.items()]
+            self.getters = [(VALUES[collection], names)
+                            for collection, names in collections_of(condition.targets).items()]
         operator, argument = condition.operator, condition.argument
         self.search = re.compile(argument, re.DOTALL | (0 if condition.case else re.IGNORECASE)) \
             .search if operator == "rx" else None

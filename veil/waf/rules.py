@@ -102,6 +102,23 @@ def parse_selector(text: str) -> Selector:
     return Selector(collection, name if colon else None, negated)
 
 
+def collections_of(selectors: Iterable[Selector]) -> dict[str, frozenset[str] | None]:
+    """
+    The collections that C{selectors} read (negated ones aside), each with
+    all its members (L{None}) or only the names they give.
+    """
+    out: dict[str, frozenset[str] | None] = {}
+    for selector in selectors:
+        if selector.negated:
+            continue
+        if selector.name is None:
+            out[selector.collection] = None
+        elif selector.collection not in out or out[selector.collection] is not None:
+            known = out.get(selector.collection) or frozenset()
+            out[selector.collection] = known | {selector.name}
+    return out
+
+
 def selects(selectors: Sequence[Selector], target: str) -> bool:
     """Whether a value named C{target} (C{args:q}) is among C{selectors}."""
     collection, colon, name = target.partition(":")
@@ -154,16 +171,7 @@ class Rule:
 
     def collections(self) -> dict[str, frozenset[str] | None]:
         """The collections this rule reads: all members (L{None}) or only these names."""
-        out: dict[str, frozenset[str] | None] = {}
-        for selector in self.targets:
-            if selector.negated:
-                continue
-            if selector.name is None:
-                out[selector.collection] = None
-            elif selector.collection not in out or out[selector.collection] is not None:
-                known = out.get(selector.collection) or frozenset()
-                out[selector.collection] = known | {selector.name}
-        return out
+        return collections_of(self.targets)
 
     def operator_text(self) -> str:
         """The operator and its argument, for listings."""
