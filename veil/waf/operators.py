@@ -9,8 +9,9 @@ that every injection it detects matches.  The engine compiles the prefilter
 with the other patterns and calls the detector only on values that match
 it.  A detector may also have a cheap test of values it never flags
 (C{rules_out}): a value the prefilter matched but that test rules out is
-dropped at once, as if the detector had said no.  A rule names a detector with C{detect = "sqli"}: the C{detect_sqli}
-operator of the registry given to the engine.
+dropped at once, as if the detector had said no.  A rule names a detector
+with C{detect = "sqli"}: the C{detect_sqli} operator of the registry given
+to the engine.
 """
 
 from __future__ import annotations

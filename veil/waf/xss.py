@@ -37,11 +37,12 @@ src="cat.jpg">}, C{<span style="color: red">}, as are "<3", "a < b",
 "h2<h1", C{List<String>} and "JavaScript: the good parts".  An event
 handler that calls one page function with plain arguments
 (C{onclick="save()"}, as in a question about HTML) is flagged only from
-paranoia 2 (unless C{autofocus}, or C{open} for C{ontoggle}, fires it
-unasked), as are C{<form>}, C{<template>}, any C{style} and SVG drawings
-(shapes only, as pasted icons are).  A JSX handler (C{onClick={save}}) is
-code that runs nothing when HTML reads it.  A C{<style>} sheet is flagged at paranoia 1 only when its CSS
-runs code, loads more or plays parser tricks, so that HTML e-mail passes.
+paranoia 2 (unless C{autofocus}, or C{open} for C{ontoggle} and
+C{onbeforetoggle}, fires it unasked), as are C{<form>}, C{<template>}, any
+C{style} and SVG drawings (shapes only, as pasted icons are).  A JSX
+handler (C{onClick={save}}) is code that runs nothing when HTML reads it.
+A C{<style>} sheet is flagged at paranoia 1 only when its CSS runs code,
+loads more or plays parser tricks, so that HTML e-mail passes.
 
 L{PREFILTER} is a regular expression that every text L{detect} flags
 matches; the engine scans values with it and calls L{detect} on hits only.
@@ -148,9 +149,9 @@ _BARE_NAME = re.compile(r"\s*[\w$.]*\s*")
 # JSX's handler expressions as HTML reads them, code that runs nothing: a
 # block holding a name ({handleClick}, {this.save}), or an arrow function
 # cut short where the unquoted value ends ({() or {e of {() => f()}).
+_JSX_HANDLER = re.compile(r"\s*\{\s*\(?\s*[\w$.]*\s*\)?\s*\}?\s*")
 # A value that old IE reads as quoted with backticks (=`...`).
 _BACKTICK_VALUE = re.compile(r"=[\t\n\f\r ]*`")
-_JSX_HANDLER = re.compile(r"\s*\{\s*\(?\s*[\w$.]*\s*\)?\s*\}?\s*")
 _ACTIVE_PI = ("xml-stylesheet", "import", "xml:namespace")
 # Content that starts like a sentence: three words and spaces.
 _PROSE = re.compile(r"\s*([A-Za-z][\w'’-]*)[:,;.]?[ \t]+[A-Za-z][\w'’-]*[:,;.]?[ \t]+[A-Za-z]")
